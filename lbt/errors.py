@@ -1,0 +1,13 @@
+"""The one exception type users see for bad input."""
+
+
+class ConfigError(ValueError):
+  """Bad user input, found before any compute starts.
+
+  The message always names the field, the value given and what is allowed, so
+  the command line can print it as one line and exit non-zero.
+  """
+
+  def __init__(self, field: str, value, allowed: str):
+    self.field, self.value, self.allowed = field, value, allowed
+    super().__init__(f"{field}={value!r} is invalid: {allowed}")
