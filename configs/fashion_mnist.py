@@ -1,0 +1,71 @@
+"""Fashion-MNIST: every batch-size point of the offline study, one optimizer each.
+
+  python -m lbt.main --config=configs/fashion_mnist.py:lars,batch=8192 --workdir=DIR
+
+The argument picks the point: the optimizer (first word), `batch` (global batch
+of one update, up to the full 60,000), `epochs`, `model` and `micro` (global
+microbatch; 0 means the whole batch in one pass). Learning rates are given at
+the reference batch B0 = 256 and scaled to the point's batch by the rule named
+next to each optimizer, so the batch dependence is visible here.
+"""
+
+import ml_collections
+
+from lbt.config import parse_point
+
+REFERENCE_BATCH = 256
+
+# Base learning rate at REFERENCE_BATCH, the scaling rule to the point's batch,
+# and the other hyperparameters of each optimizer (lbt.optim.create_by_name).
+OPTIMIZERS = {
+    # Goyal et al. 2017: linear scaling of momentum SGD.
+    "sgd": dict(learning_rate=0.1, scaling="linear", weight_decay=5e-4),
+    "momentum": dict(learning_rate=0.1, scaling="linear", momentum=0.9, weight_decay=5e-4),
+    "nesterov": dict(learning_rate=0.1, scaling="linear", momentum=0.9, weight_decay=5e-4),
+    # Adaptive methods: square-root scaling (Hoffer et al. 2017; You et al. 2019).
+    "adam": dict(learning_rate=1e-3, scaling="sqrt", weight_decay=0.0),
+    "adamw": dict(learning_rate=1e-3, scaling="sqrt", weight_decay=0.05),
+    "adagrad": dict(learning_rate=0.01, scaling="sqrt", weight_decay=0.0),
+    "rmsprop": dict(learning_rate=1e-3, scaling="sqrt", weight_decay=0.0),
+    # Layer-wise adaptive: sqrt scaling as in the LARS-ImageNet table of You's lab.
+    "lars": dict(learning_rate=2.0, scaling="sqrt", momentum=0.9, weight_decay=5e-4,
+                 trust_coefficient=0.001),
+    "lamb": dict(learning_rate=4e-3, scaling="sqrt", weight_decay=0.01),
+}
+
+
+def optimizer_point(name: str, batch: int) -> ml_collections.ConfigDict:
+  """The optimizer section of one point; its LR is scaled by lbt.optim."""
+  del batch  # The scaling rule is applied from base_batch_size at run time.
+  if name not in OPTIMIZERS:
+    from lbt.errors import ConfigError
+    raise ConfigError("config argument 'optimizer'", name,
+                      f"one of {', '.join(sorted(OPTIMIZERS))}")
+  return ml_collections.ConfigDict(dict(
+      name=name, base_batch_size=REFERENCE_BATCH, **OPTIMIZERS[name]))
+
+
+def get_config(arg: str = None) -> ml_collections.ConfigDict:
+  point = parse_point(arg, optimizer="momentum", batch=256, epochs=8.0,
+                      model="lenet5", micro=0)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dataset = dict(
+      name="fashion_mnist",
+      data_dir="",   # "" = $LBT_DATA_DIR or ~/tensorflow_datasets.
+      cache=True)    # Decode the 70,000 images once into memory.
+  config.model = dict(name=point.model, dtype="float32")
+  config.batch_size = point.batch            # Global batch of one update.
+  config.microbatch_size = point.micro      # Global; 0 = no accumulation.
+  config.eval_batch_size = 2000              # Evaluation is independent of the batch.
+  config.num_epochs = point.epochs
+  config.num_train_steps = 0                 # > 0 overrides num_epochs (smoke runs).
+  config.optimizer = optimizer_point(point.optimizer, point.batch)
+  config.schedule = dict(name="cosine", warmup_epochs=1.0, end_learning_rate=0.0)
+  config.loss = dict(label_smoothing=0.0)
+  config.bn = dict(mode="batch", ghost_size=0)  # or mode="ghost", ghost_size=g.
+  config.log_every_steps = 50
+  config.eval_every_steps = 0                # 0 = evaluate at the end only.
+  config.checkpoint_every_steps = 500        # and always at the end.
+  config.checkpoint_keep = 3
+  return config

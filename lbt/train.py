@@ -1,0 +1,233 @@
+"""The training loop: config -> data -> model -> optimizer -> sharded step.
+
+`train_and_evaluate` is the only place that does I/O: it reads batches, runs
+the jitted step, writes metrics and checkpoints, and evaluates. Everything it
+calls is a pure function of the config and of the stage before it.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lbt import checkpoint, data, metrics as metrics_lib, models, optim, parallel, step
+from lbt import config as config_lib
+from lbt.errors import ConfigError
+
+CONFIG_JSON = "config.json"
+
+
+class Diverged(RuntimeError):
+  """A non-finite loss, gradient or parameter appeared; the run stopped."""
+
+  def __init__(self, update: int, loss: float, learning_rate: float,
+               last_checkpoint):
+    self.update, self.loss, self.learning_rate = update, loss, learning_rate
+    self.last_checkpoint = last_checkpoint
+    super().__init__(
+        f"training diverged at update {update}: loss={loss}, "
+        f"learning_rate={learning_rate:.6g}; the last good checkpoint is "
+        f"{'update ' + str(last_checkpoint) if last_checkpoint is not None else 'none'}")
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was written at the next update boundary."""
+
+
+class _TerminationFlag:
+  """Turns SIGTERM (what a preempted Cloud TPU VM gets) into a polled flag."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> None:
+  """Refuses to resume a workdir written by another config, unless allowed."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  changed = config_lib.changed_fields(old, json.loads(config.to_json()))
+  refused = [f for f in changed if f not in allow_changes]
+  if refused:
+    raise ConfigError("--workdir", workdir,
+                      f"it holds a run of another config (changed: {', '.join(refused)}); "
+                      "use a new workdir, or resume with "
+                      f"--allow_config_change={','.join(refused)}")
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, CONFIG_JSON + ".tmp")
+    with open(tmp, "w") as f:
+      f.write(config.to_json(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, CONFIG_JSON))
+
+
+def build_model(config, num_classes: int):
+  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+  return models.create(config.model.name, num_classes=num_classes,
+                       ghost_size=config.bn.ghost_size,
+                       dtype=jnp.dtype(config.model.dtype), **kwargs)
+
+
+def evaluate(eval_fn, state, pipeline: data.Pipeline, mesh) -> Dict[str, float]:
+  """Loss and accuracy over the whole eval split, each example counted once."""
+  totals = None
+  for local in pipeline.eval_batches():
+    sums = eval_fn(state, parallel.to_global(local, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss_sum"]) / count,
+          "accuracy": float(totals["correct"]) / count, "count": int(count)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: Sequence[str] = ()) -> Dict[str, Any]:
+  """Trains one config to its last update, resuming from the workdir if it can.
+
+  Returns:
+    The final eval metrics, update count and wall time.
+
+  Raises:
+    ConfigError: bad config or workdir (before any compute).
+    Diverged: a non-finite value appeared (the last good checkpoint is kept).
+    Preempted: SIGTERM arrived (a checkpoint was written first).
+  """
+  start_time = time.time()
+  config_lib.validate(config, num_devices=jax.device_count(),
+                      num_processes=jax.process_count())
+  check_workdir_config(config, workdir, allow_config_change)
+  is_main = jax.process_index() == 0
+  mesh = parallel.create_mesh()
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+
+  # Data.
+  pipeline = data.create_pipeline(config, jax.process_index(), jax.process_count())
+  steps_per_epoch = pipeline.steps_per_epoch
+  num_steps = config_lib.num_train_steps(config, steps_per_epoch)
+  num_microbatches = config.batch_size // config_lib.microbatch_size(config)
+
+  # Model and optimizer.
+  spec = pipeline.spec
+  model = build_model(config, spec.num_classes)
+  peak_lr = optim.effective_learning_rate(config.optimizer, config.batch_size)
+  schedule = optim.create_schedule(config.schedule, peak_lr, steps_per_epoch, num_steps)
+  tx = optim.create(config.optimizer, schedule)
+
+  # State, created already replicated over the mesh.
+  init_fn = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
+                                      input_shape=spec.image_shape),
+                    out_shardings=replicated)
+  rng = jax.random.PRNGKey(config.seed)
+  state = init_fn(rng)
+  params_init = init_fn(rng).params  # A separate copy: `state` is donated.
+
+  # Resume.
+  write_config(config, workdir)
+  manager = checkpoint.create_manager(workdir, config.checkpoint_keep)
+  train_iter = pipeline.train_iterator(num_steps)
+  restored = checkpoint.restore(manager, checkpoint.abstract(state), train_iter)
+  start_step = 0
+  if restored is not None:
+    state, start_step = restored
+    if is_main:
+      print(f"lbt: resumed from the checkpoint of update {start_step}", flush=True)
+
+  train_fn = jax.jit(
+      functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
+                        schedule=schedule, num_microbatches=num_microbatches,
+                        label_smoothing=config.loss.label_smoothing),
+      in_shardings=(replicated, batch_sharding, replicated),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
+                    in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  writer.write(start_step, "run", {
+      "effective_learning_rate": peak_lr, "steps_per_epoch": steps_per_epoch,
+      "num_train_steps": num_steps, "num_microbatches": num_microbatches,
+      "batch_size": config.batch_size, "num_devices": jax.device_count(),
+      "num_processes": jax.process_count()})
+  progress = metrics_lib.Progress(num_steps, start_step, enabled=is_main)
+  pending = []
+
+  def flush_train_metrics(done: int) -> None:
+    """Writes the buffered per-update metrics and stops on a non-finite one."""
+    rows = metrics_lib.stack_steps(pending)
+    first = done - len(pending)
+    pending.clear()
+    if not rows:
+      return
+    for i in range(len(rows["loss"])):
+      writer.write(first + i + 1, "train", {k: v[i] for k, v in rows.items()})
+    bad = np.flatnonzero(~rows["finite"])
+    if bad.size:
+      i = int(bad[0])
+      writer.flush()
+      raise Diverged(first + i + 1, float(rows["loss"][i]),
+                     float(rows["learning_rate"][i]), manager.latest_step())
+    progress.update(len(rows["loss"]), loss=float(rows["loss"][-1]),
+                    lr=float(rows["learning_rate"][-1]))
+
+  def every(n: int, done: int) -> bool:
+    return n > 0 and done % n == 0
+
+  try:
+    with _TerminationFlag() as termination:
+      for done in range(start_step + 1, num_steps + 1):
+        if termination.requested:
+          flush_train_metrics(done - 1)
+          checkpoint.save(manager, done - 1, state, train_iter)
+          raise Preempted(f"SIGTERM: saved the checkpoint of update {done - 1}")
+        batch = parallel.to_global(next(train_iter), mesh)
+        state, step_metrics = train_fn(state, batch, params_init)
+        pending.append(step_metrics)
+        is_last = done == num_steps
+        evaluate_now = every(config.eval_every_steps, done) or is_last
+        save_now = every(config.checkpoint_every_steps, done) or is_last
+        if every(config.log_every_steps, done) or evaluate_now or save_now:
+          flush_train_metrics(done)
+        if evaluate_now:
+          writer.write(done, "eval", evaluate(eval_fn, state, pipeline, mesh))
+        if save_now:
+          checkpoint.save(manager, done, state, train_iter)
+    final = evaluate(eval_fn, state, pipeline, mesh)
+  finally:
+    progress.close()
+    writer.close()
+    manager.close()
+  summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
+             "eval_count": final["count"], "num_train_steps": num_steps,
+             "effective_learning_rate": peak_lr,
+             "wall_time_s": time.time() - start_time}
+  if is_main:
+    print(f"lbt: test accuracy {final['accuracy']:.4f} on {final['count']} examples "
+          f"after {num_steps} updates ({summary['wall_time_s']:.0f} s)", flush=True)
+  return summary

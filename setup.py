@@ -1,0 +1,27 @@
+"""lbt: the large-batch training lab."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lbt",
+    version="0.1.0",
+    description="How far can the batch size of neural-network training be pushed? "
+                "A JAX lab reproducing 'The Limit of the Batch Size' (You et al. 2020).",
+    packages=find_packages(include=["lbt", "lbt.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11.20,<0.13",
+        "ml-collections>=1.0,<2",
+        "tensorflow-datasets>=4.9.8,<5",
+        "grain>=0.2.12,<0.3",
+        "array-record>=0.7",
+        "absl-py>=2.0",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
+)

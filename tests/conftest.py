@@ -1,0 +1,41 @@
+"""Test set-up: 8 CPU devices, and one prepared Fashion-MNIST for the session."""
+
+import os
+import sys
+
+# Must happen before jax is imported anywhere: sharding tests need 8 devices.
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+  """The TFDS data dir holding Fashion-MNIST, built once from Debian's files."""
+  from lbt.data import catalog, fashion_mnist
+  path = catalog.default_data_dir()
+  fashion_mnist.prepare(path)
+  return path
+
+
+@pytest.fixture
+def make_config(data_dir):
+  """configs/fashion_mnist.py:<arg> with overrides given as a__b=value."""
+  def make(arg: str = "", **overrides):
+    from configs import fashion_mnist
+    config = fashion_mnist.get_config(arg or None)
+    config.dataset.data_dir = data_dir
+    for dotted, value in overrides.items():
+      node = config
+      *parents, leaf = dotted.split("__")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    return config
+  return make

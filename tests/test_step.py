@@ -1,0 +1,114 @@
+"""The train step: accumulation equals one pass, and device count does not matter."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh
+
+from lbt import models, optim, parallel, step
+
+
+class Linear(nn.Module):
+  """A BN-free model: without BN, microbatches are exactly independent."""
+
+  @nn.compact
+  def __call__(self, x, train):
+    del train
+    x = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(x)
+
+
+def random_batch(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(n, 28, 28, 1)).astype(np.float32),
+          "label": rng.integers(0, 10, n).astype(np.int32)}
+
+
+def run_steps(model, tx, batches, *, num_microbatches=1, devices=None, schedule=None):
+  """Runs the real jitted step over a mesh of `devices`; returns state and metrics."""
+  mesh = Mesh(np.asarray(devices or jax.devices()), (parallel.DATA_AXIS,))
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
+                                   input_shape=(28, 28, 1)), out_shardings=replicated)
+  state = init(jax.random.PRNGKey(0))
+  params_init = init(jax.random.PRNGKey(0)).params
+  fn = jax.jit(functools.partial(
+      step.train_step, apply_fn=model.apply, tx=tx,
+      schedule=schedule or (lambda c: 1.0), num_microbatches=num_microbatches,
+      label_smoothing=0.0), in_shardings=(replicated, sharded, replicated),
+      out_shardings=(replicated, replicated))
+  history = []
+  for batch in batches:
+    state, metrics = fn(state, jax.device_put(batch, sharded), params_init)
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def assert_trees_close(a, b, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("model_name,ghost_size", [("linear", 0), ("lenet5", 8),
+                                                   ("mlp", 16)])
+def test_accumulated_gradient_equals_one_shot(model_name, ghost_size):
+  """SGD at lr 1 moves the params by exactly minus the gradient."""
+  model = (Linear() if model_name == "linear" else
+           models.create(model_name, num_classes=10, ghost_size=ghost_size))
+  tx = optax.sgd(1.0)
+  batch = random_batch(128)
+  one_shot, m1 = run_steps(model, tx, [batch])
+  accumulated, m4 = run_steps(model, tx, [batch], num_microbatches=4)
+  assert_trees_close(one_shot.params, accumulated.params, atol=1e-5)
+  np.testing.assert_allclose(m1[0]["loss"], m4[0]["loss"], atol=1e-5)
+  np.testing.assert_allclose(m1[0]["accuracy"], m4[0]["accuracy"], atol=1e-7)
+  np.testing.assert_allclose(m1[0]["grad_norm"], m4[0]["grad_norm"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_microbatches", [1, 2])
+def test_same_losses_on_one_and_eight_devices(num_microbatches):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  model = models.create("lenet5", num_classes=10)
+  tx = optim.create_by_name("momentum", 0.05, weight_decay=5e-4)
+  batches = [random_batch(64, seed=s) for s in range(4)]
+  state1, hist1 = run_steps(model, tx, batches, num_microbatches=num_microbatches,
+                            devices=jax.devices()[:1])
+  state8, hist8 = run_steps(model, tx, batches, num_microbatches=num_microbatches,
+                            devices=jax.devices()[:8])
+  for a, b in zip(hist1, hist8):
+    np.testing.assert_allclose(a["loss"], b["loss"], atol=1e-5)
+  assert_trees_close(state1.params, state8.params, atol=1e-5)
+  assert_trees_close(state1.batch_stats, state8.batch_stats, atol=1e-5)
+
+
+def test_microbatches_are_strided_and_balanced_over_devices():
+  x = jnp.arange(12)
+  split = step.split_microbatches({"x": x}, 3)["x"]
+  np.testing.assert_array_equal(split, [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
+
+
+def test_a_non_finite_update_freezes_the_state():
+  model = Linear()
+  tx = optax.sgd(1.0)
+  good, bad = random_batch(16, 1), random_batch(16, 2)
+  bad["image"][3, 0, 0, 0] = np.nan
+  state, hist = run_steps(model, tx, [good, bad, good])
+  assert [bool(h["finite"]) for h in hist] == [True, False, True]
+  assert int(state.step) == 1 and bool(state.diverged)
+  reference, _ = run_steps(model, tx, [good])
+  assert_trees_close(state.params, reference.params, atol=0)
+
+
+def test_label_smoothing_matches_hand_computed_cross_entropy():
+  logits = jnp.array([[2.0, 0.0, -1.0]])
+  p = np.exp([2.0, 0.0, -1.0]) / np.exp([2.0, 0.0, -1.0]).sum()
+  targets = np.array([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+  expected = -(targets * np.log(p)).sum()
+  got = step.cross_entropy(logits, jnp.array([0]), 0.1)
+  np.testing.assert_allclose(got, [expected], rtol=1e-6)
