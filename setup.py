@@ -18,6 +18,7 @@ setup(
         "tensorflow-datasets>=4.9.8,<5",
         "grain>=0.2.12,<0.3",
         "array-record>=0.7",
+        "importlib-resources>=6",  # needed by tensorflow-datasets without TensorFlow
         "absl-py>=2.0",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",

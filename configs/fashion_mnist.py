@@ -11,7 +11,9 @@ next to each optimizer, so the batch dependence is visible here.
 
 import ml_collections
 
+from lbt import optim
 from lbt.config import parse_point
+from lbt.errors import ConfigError
 
 REFERENCE_BATCH = 256
 
@@ -34,15 +36,34 @@ OPTIMIZERS = {
 }
 
 
-def optimizer_point(name: str, batch: int) -> ml_collections.ConfigDict:
-  """The optimizer section of one point; its LR is scaled by lbt.optim."""
-  del batch  # The scaling rule is applied from base_batch_size at run time.
+# Every option of each model, so that `--config.model.<option>=...` works.
+MODELS = {
+    "lenet5": dict(width=1),
+    "mlp": dict(hidden_sizes=(512, 512)),
+    "resnet_tiny": dict(),
+    "resnet20": dict(zero_init_residual=True),
+}
+
+
+def optimizer_point(name: str) -> ml_collections.ConfigDict:
+  """The optimizer section of one point, with every hyperparameter spelled out.
+
+  The LR is given at REFERENCE_BATCH; lbt.optim scales it to the run's batch.
+  """
   if name not in OPTIMIZERS:
-    from lbt.errors import ConfigError
     raise ConfigError("config argument 'optimizer'", name,
                       f"one of {', '.join(sorted(OPTIMIZERS))}")
-  return ml_collections.ConfigDict(dict(
-      name=name, base_batch_size=REFERENCE_BATCH, **OPTIMIZERS[name]))
+  section = dict(name=name, base_batch_size=REFERENCE_BATCH,
+                 **optim.default_hyperparameters(name))
+  section.update(OPTIMIZERS[name])
+  return ml_collections.ConfigDict(section)
+
+
+def model_point(name: str) -> ml_collections.ConfigDict:
+  if name not in MODELS:
+    raise ConfigError("config argument 'model'", name,
+                      f"one of {', '.join(sorted(MODELS))}")
+  return ml_collections.ConfigDict(dict(name=name, dtype="float32", **MODELS[name]))
 
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
@@ -54,13 +75,13 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
       name="fashion_mnist",
       data_dir="",   # "" = $LBT_DATA_DIR or ~/tensorflow_datasets.
       cache=True)    # Decode the 70,000 images once into memory.
-  config.model = dict(name=point.model, dtype="float32")
+  config.model = model_point(point.model)
   config.batch_size = point.batch            # Global batch of one update.
   config.microbatch_size = point.micro      # Global; 0 = no accumulation.
   config.eval_batch_size = 2000              # Evaluation is independent of the batch.
   config.num_epochs = point.epochs
   config.num_train_steps = 0                 # > 0 overrides num_epochs (smoke runs).
-  config.optimizer = optimizer_point(point.optimizer, point.batch)
+  config.optimizer = optimizer_point(point.optimizer)
   config.schedule = dict(name="cosine", warmup_epochs=1.0, end_learning_rate=0.0)
   config.loss = dict(label_smoothing=0.0)
   config.bn = dict(mode="batch", ghost_size=0)  # or mode="ghost", ghost_size=g.

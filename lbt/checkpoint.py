@@ -29,6 +29,10 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                      DATA: grain.checkpoint.CheckpointHandler()})
 
 
+class CheckpointRestoreError(RuntimeError):
+  """Checkpoints exist but none of them restores into this config's state."""
+
+
 class CheckpointSaveError(RuntimeError):
   """A save failed (e.g. disk full); the earlier checkpoints are intact."""
 
@@ -43,11 +47,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
         STATE: ocp.args.StandardSave(state),
         DATA: grain.checkpoint.CheckpointSave(data_iterator)}), force=True)
     manager.wait_until_finished()
-  except OSError as e:
-    kept = manager.latest_step()
+  except Exception as e:  # OSError from Python, others from tensorstore.
+    kept = [s for s in manager.all_steps() if s != step]
+    reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
     raise CheckpointSaveError(
-        f"could not write the checkpoint of update {step} ({e.strerror or e}); "
-        f"the last complete checkpoint is update {kept}") from None
+        f"could not write the checkpoint of update {step} ({reason}); the last "
+        f"complete checkpoint is update {max(kept) if kept else 'none'}") from None
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
@@ -62,7 +67,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
 
   Returns:
     (state, step) or None when the workdir has no checkpoint.
+
+  Raises:
+    CheckpointRestoreError: there are checkpoints but none restores (another
+      model's, or all damaged); starting over silently would lose the run.
   """
+  failures = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(**{
@@ -73,8 +83,13 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
       logging.warning("Checkpoint of update %d does not restore (%s: %s); "
                       "falling back to an older one.", step, type(e).__name__,
                       str(e).splitlines()[0][:200] if str(e) else "")
-      print(f"lbt: checkpoint of update {step} is damaged "
+      print(f"lbt: checkpoint of update {step} does not restore "
             f"({type(e).__name__}); trying the previous one.", flush=True)
+      failures.append(f"update {step}: {type(e).__name__}")
+  if failures:
+    raise CheckpointRestoreError(
+        f"no checkpoint in {manager.directory} restores for this config "
+        f"({'; '.join(failures)})")
   return None
 
 
@@ -82,3 +97,20 @@ def abstract(state: Any) -> Any:
   """Shapes, dtypes and shardings of a state, without its values."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def load_state(workdir: str, step: Optional[int] = None) -> Any:
+  """A checkpointed TrainState as a tree of host numpy arrays (for analysis).
+
+  Args:
+    workdir: the run's workdir.
+    step: the update of the checkpoint; the newest when None.
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True), item_handlers={STATE: ocp.StandardCheckpointHandler()}) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    return manager.restore(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.StandardRestore()}))[STATE]

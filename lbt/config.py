@@ -18,6 +18,10 @@ BN_MODES = ("batch", "ghost")
 DTYPES = ("float32", "bfloat16")
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string",
+               bool: "true or false"}
+
+
 def parse_point(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   """Parses "lars,batch=8192,epochs=20" into typed values.
 
@@ -42,7 +46,7 @@ def parse_point(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
         values[key] = kind(raw)
     except ValueError:
       raise ConfigError(f"config argument {key!r}", raw,
-                        f"must be a {kind.__name__}") from None
+                        _TYPE_NAMES.get(kind, kind.__name__)) from None
   return ml_collections.ConfigDict(values)
 
 

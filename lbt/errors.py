@@ -8,6 +8,9 @@ class ConfigError(ValueError):
   the command line can print it as one line and exit non-zero.
   """
 
-  def __init__(self, field: str, value, allowed: str):
+  def __init__(self, field: str, value=None, allowed: str = None):
     self.field, self.value, self.allowed = field, value, allowed
-    super().__init__(f"{field}={value!r} is invalid: {allowed}")
+    if allowed is None:  # Rebuilt from its message (absl re-raises this way).
+      super().__init__(field)
+    else:
+      super().__init__(f"{field}={value!r} is invalid: {allowed}")

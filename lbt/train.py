@@ -27,13 +27,14 @@ CONFIG_JSON = "config.json"
 class Diverged(RuntimeError):
   """A non-finite loss, gradient or parameter appeared; the run stopped."""
 
-  def __init__(self, update: int, loss: float, learning_rate: float,
-               last_checkpoint):
+  def __init__(self, update: int, loss: float, grad_norm: float,
+               learning_rate: float, last_checkpoint):
     self.update, self.loss, self.learning_rate = update, loss, learning_rate
-    self.last_checkpoint = last_checkpoint
+    self.grad_norm, self.last_checkpoint = grad_norm, last_checkpoint
     super().__init__(
-        f"training diverged at update {update}: loss={loss}, "
-        f"learning_rate={learning_rate:.6g}; the last good checkpoint is "
+        f"training diverged at update {update}: loss={loss:.6g}, "
+        f"grad_norm={grad_norm:.6g}, learning_rate={learning_rate:.6g}; "
+        "the state before it is not saved; the last good checkpoint is "
         f"{'update ' + str(last_checkpoint) if last_checkpoint is not None else 'none'}")
 
 
@@ -153,7 +154,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   write_config(config, workdir)
   manager = checkpoint.create_manager(workdir, config.checkpoint_keep)
   train_iter = pipeline.train_iterator(num_steps)
-  restored = checkpoint.restore(manager, checkpoint.abstract(state), train_iter)
+  try:
+    restored = checkpoint.restore(manager, checkpoint.abstract(state), train_iter)
+  except checkpoint.CheckpointRestoreError as e:
+    raise ConfigError("--workdir", workdir, f"a workdir of this config: {e}") from None
   start_step = 0
   if restored is not None:
     state, start_step = restored
@@ -191,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if bad.size:
       i = int(bad[0])
       writer.flush()
-      raise Diverged(first + i + 1, float(rows["loss"][i]),
+      raise Diverged(first + i + 1, float(rows["loss"][i]), float(rows["grad_norm"][i]),
                      float(rows["learning_rate"][i]), manager.latest_step())
     progress.update(len(rows["loss"]), loss=float(rows["loss"][-1]),
                     lr=float(rows["learning_rate"][-1]))

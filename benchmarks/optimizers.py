@@ -1,0 +1,127 @@
+"""Update time of every lbt optimizer on ResNet-50's parameter tree.
+
+lbt's LARS and LAMB are custom chains (published trust ratio, masks, stored
+ratios); this checks they cost no more than optax.lars / optax.lamb with the
+same masks. Each timed call is one jit-compiled `tx.update` +
+`optax.apply_updates` with params and opt_state donated, as in the train
+step. Calls are interleaved across optimizers so drift hits all equally.
+
+Usage: python benchmarks/optimizers.py [--reps 50]
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lbt import optim
+
+WEIGHT_DECAY = 1e-4
+
+
+def resnet50_shapes():
+  """ResNet-50 param ShapeDtypeStructs from lbt.models, else built here."""
+  try:
+    from lbt import models  # pylint: disable=g-import-not-at-top
+    module = models.create("resnet50", num_classes=1000)
+    variables = jax.eval_shape(
+        lambda: module.init(jax.random.PRNGKey(0),
+                            jnp.zeros((1, 224, 224, 3)), train=False))
+    return variables["params"], "lbt.models.create('resnet50')"
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"lbt.models unavailable ({e!r}); using the built-in shape tree")
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  bn = lambda c: {"scale": f32(c), "bias": f32(c)}
+  params = {"conv_init": {"kernel": f32(7, 7, 3, 64)}, "bn_init": bn(64)}
+  c_in = 64
+  for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+    for block in range(blocks):  # v1.5 bottleneck: stride on the 3x3 conv
+      p = {"conv1": {"kernel": f32(1, 1, c_in, width)}, "bn1": bn(width),
+           "conv2": {"kernel": f32(3, 3, width, width)}, "bn2": bn(width),
+           "conv3": {"kernel": f32(1, 1, width, 4 * width)}, "bn3": bn(4 * width)}
+      if block == 0:
+        p["proj"] = {"kernel": f32(1, 1, c_in, 4 * width)}
+        p["proj_bn"] = bn(4 * width)
+      params[f"stage{stage + 1}_block{block + 1}"] = p
+      c_in = 4 * width
+  params["head"] = {"kernel": f32(2048, 1000), "bias": f32(1000)}
+  return params, "built-in ResNet-50 v1.5 shape tree"
+
+
+def optimizers(schedule):
+  mask = optim.decay_mask(None)  # lbt's default exclusion: ndim <= 1
+  txs = {
+      "lars": optim.lars(schedule, weight_decay=WEIGHT_DECAY),
+      "optax.lars": optax.lars(schedule, weight_decay=WEIGHT_DECAY,
+                               weight_decay_mask=mask, trust_ratio_mask=mask),
+      "lamb": optim.lamb(schedule, weight_decay=WEIGHT_DECAY),
+      "optax.lamb": optax.lamb(schedule, weight_decay=WEIGHT_DECAY, mask=mask),
+  }
+  for name in optim.OPTIMIZERS.names():
+    if name not in txs:
+      txs[name] = optim.create_by_name(name, schedule, weight_decay=WEIGHT_DECAY)
+  return txs
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--reps", type=int, default=50)
+  parser.add_argument("--warmup", type=int, default=5)
+  args = parser.parse_args()
+
+  shapes, source = resnet50_shapes()
+  leaves = jax.tree.leaves(shapes)
+  print(f"ResNet-50 params: {len(leaves)} tensors, "
+        f"{sum(int(np.prod(x.shape)) for x in leaves):,} parameters ({source})")
+  print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, "
+        f"jax {jax.__version__}, optax {optax.__version__}, "
+        f"{args.reps} interleaved reps after {args.warmup} warm-up calls")
+
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 2 * len(leaves)))
+  normal = lambda s: 0.05 * jax.random.normal(next(keys), s.shape, s.dtype)
+  params0 = jax.tree.map(normal, shapes)
+  grads = jax.tree.map(normal, shapes)
+  schedule = optim.create_schedule(
+      ml_collections.ConfigDict(dict(name="poly", warmup_epochs=5.0,
+                                     end_learning_rate=1e-4, power=2.0)),
+      10.0, steps_per_epoch=100, num_train_steps=10_000)
+
+  def make_step(tx):
+    def step(params, state, grads):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+    return jax.jit(step, donate_argnums=(0, 1))
+
+  runs = {}
+  for name, tx in optimizers(schedule).items():
+    params = jax.tree.map(jnp.copy, params0)
+    runs[name] = [make_step(tx), params, tx.init(params), []]
+    for _ in range(args.warmup):
+      run = runs[name]
+      run[1], run[2] = run[0](run[1], run[2], grads)
+    jax.block_until_ready(runs[name][1:3])
+
+  for _ in range(args.reps):
+    for run in runs.values():
+      start = time.perf_counter()
+      run[1], run[2] = run[0](run[1], run[2], grads)
+      jax.block_until_ready((run[1], run[2]))
+      run[3].append(time.perf_counter() - start)
+
+  median = {name: 1e3 * statistics.median(run[3]) for name, run in runs.items()}
+  print(f"{'optimizer':<10} {'lbt ms':>9} {'optax ms':>9} {'lbt/optax':>10}")
+  for name in ["lars", "lamb"] + [n for n in optim.OPTIMIZERS.names()
+                                  if n not in ("lars", "lamb")]:
+    ref = median.get(f"optax.{name}")
+    cols = (f"{ref:9.2f} {median[name] / ref:10.3f}" if ref
+            else f"{'':>9} {'':>10}")
+    print(f"{name:<10} {median[name]:9.2f} {cols}")
+
+
+if __name__ == "__main__":
+  main()

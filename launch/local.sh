@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Sets lbt up on this machine (idempotent) and runs it.
+#
+#   bash launch/local.sh train [flags...]   train the default config, print test accuracy
+#   bash launch/local.sh test  [pytest args] run the test suite (what CI runs)
+#   bash launch/local.sh setup               only install
+#
+# Set-up: a virtual environment in $LBT_VENV (default .venv) with
+# `pip install -e .[test]`, redone only when setup.py changes, and Debian's
+# dataset-fashion-mnist when apt is usable (otherwise lbt downloads the files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${LBT_VENV:-.venv}"
+PY="$VENV/bin/python"
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+  fi
+  local stamp="$VENV/.lbt-setup-$(sha1sum setup.py | cut -c1-12)"
+  if [ ! -e "$stamp" ]; then
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet -e '.[test]'
+    rm -f "$VENV"/.lbt-setup-*
+    touch "$stamp"
+  fi
+  if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null ||
+        echo "lbt: apt-get failed; Fashion-MNIST will be downloaded instead." >&2
+    elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then
+      (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null ||
+        echo "lbt: apt-get failed; Fashion-MNIST will be downloaded instead." >&2
+    fi
+  fi
+}
+
+command="${1:-train}"
+shift || true
+case "$command" in
+  setup) setup ;;
+  train)
+    setup
+    exec "$PY" -m lbt.main --config=configs/fashion_mnist.py \
+      --workdir="${LBT_WORKDIR:-workdirs/fashion_mnist}" "$@" ;;
+  test)
+    setup
+    export XLA_FLAGS="--xla_force_host_platform_device_count=8"
+    exec "$PY" -m pytest -q -p no:cacheprovider tests "$@" ;;
+  *) echo "usage: bash launch/local.sh {train|test|setup} [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,34 @@
+"""Optimizers, schedules and LR scaling rules for large-batch training.
+
+Every optimizer is an optax chain with explicit decay/adaptation masks
+(`exclude`), registered by name; configs reach them through `create`.
+"""
+
+from lbt.optim.factory import OPTIMIZERS
+from lbt.optim.factory import check
+from lbt.optim.factory import create
+from lbt.optim.factory import create_by_name
+from lbt.optim.factory import default_hyperparameters
+from lbt.optim.factory import effective_learning_rate
+from lbt.optim.masks import decay_mask
+from lbt.optim.schedules import create_schedule
+from lbt.optim.trust import TrustRatioState
+from lbt.optim.trust import trust_ratio_stats
+# Optimizer modules register themselves in OPTIMIZERS on import.
+from lbt.optim.adagrad import adagrad
+from lbt.optim.adam import adam
+from lbt.optim.adamw import adamw
+from lbt.optim.lamb import lamb
+from lbt.optim.lars import lars
+from lbt.optim.rmsprop import rmsprop
+from lbt.optim.sgd import momentum
+from lbt.optim.sgd import nesterov
+from lbt.optim.sgd import sgd
+
+__all__ = [
+    "OPTIMIZERS", "TrustRatioState", "adagrad", "adam", "adamw", "check",
+    "create", "create_by_name", "create_schedule", "decay_mask",
+    "default_hyperparameters",
+    "effective_learning_rate", "lamb", "lars", "momentum", "nesterov",
+    "rmsprop", "sgd", "trust_ratio_stats",
+]

@@ -1,0 +1,227 @@
+"""Reliability: kill -9 and SIGTERM resume exactly, divergence stops cleanly,
+damaged checkpoints fall back, and results do not depend on the device count.
+"""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lbt import checkpoint, metrics, train
+from lbt.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 10 updates per epoch at batch 6000; a tiny MLP keeps each update cheap.
+CONFIG_FILE = """
+from configs import fashion_mnist
+
+def get_config(arg=None):
+  config = fashion_mnist.get_config("momentum,batch=6000,model=mlp")
+  config.model.hidden_sizes = (64,)
+  config.num_train_steps = {num_steps}
+  config.schedule.warmup_epochs = 0.3
+  config.checkpoint_every_steps = 4
+  config.log_every_steps = 1
+  config.eval_batch_size = 5000
+  config.dataset.data_dir = {data_dir!r}
+  return config
+"""
+
+
+def write_config_file(tmp_path, data_dir, num_steps=25):
+  path = tmp_path / "config_under_test.py"
+  path.write_text(CONFIG_FILE.format(num_steps=num_steps, data_dir=data_dir))
+  return str(path)
+
+
+def start(config_file, workdir, devices=8, extra=()):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=REPO)
+  return subprocess.Popen(
+      [sys.executable, "-m", "lbt.main", f"--config={config_file}",
+       f"--workdir={workdir}", *extra],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def last_logged_update(workdir):
+  records = metrics.read_jsonl(str(workdir), "train") if os.path.exists(
+      os.path.join(workdir, metrics.JSONL)) else []
+  return records[-1]["step"] if records else 0
+
+
+def wait_for_update(process, workdir, update, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if process.poll() is not None:
+      raise AssertionError(f"run ended early: {process.communicate()}")
+    try:
+      if last_logged_update(workdir) >= update:
+        return
+    except ValueError:  # A line being written.
+      pass
+    time.sleep(0.05)
+  raise AssertionError(f"update {update} not reached")
+
+
+def final_params(workdir):
+  state = checkpoint.load_state(str(workdir))
+  return [np.asarray(x) for x in jax.tree.leaves(state["params"])], int(state["step"])
+
+
+def test_sigkill_at_three_updates_then_resume_is_bit_identical(data_dir, tmp_path):
+  config_file = write_config_file(tmp_path, data_dir)
+  reference = start(config_file, tmp_path / "reference")
+  assert reference.wait() == 0, reference.communicate()
+
+  workdir = tmp_path / "killed"
+  # Update 6 is mid-epoch, 10 ends epoch 1, 17 is mid-epoch 2.
+  for update in (6, 10, 17):
+    process = start(config_file, workdir)
+    wait_for_update(process, workdir, update)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  process = start(config_file, workdir)
+  out, err = process.communicate()
+  assert process.returncode == 0, err
+  assert "resumed from the checkpoint" in out
+
+  want, want_step = final_params(tmp_path / "reference")
+  got, got_step = final_params(workdir)
+  assert want_step == got_step == 25
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_checkpoints_at_the_next_update_and_resumes(data_dir, tmp_path):
+  config_file = write_config_file(tmp_path, data_dir, num_steps=40)
+  workdir = tmp_path / "preempted"
+  process = start(config_file, workdir)
+  wait_for_update(process, workdir, 5)
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 143, err
+  saved = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+  assert saved >= 5 and "SIGTERM: saved the checkpoint of update" in err
+  assert f"update {saved}" in err
+  # Every update logged before the signal is in that checkpoint.
+  assert saved == last_logged_update(workdir)
+  process = start(config_file, workdir)
+  out, err = process.communicate()
+  assert process.returncode == 0 and f"update {saved}" in out
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(
+    make_config, tmp_path):
+  # The LR ramps up during warmup to 1e3: the first updates are fine, then
+  # the parameters blow up until a norm overflows.
+  config = make_config("sgd,batch=6000,model=mlp", num_train_steps=12,
+                       checkpoint_every_steps=2, log_every_steps=1,
+                       eval_batch_size=5000, schedule__warmup_epochs=1.0)
+  config.optimizer.learning_rate = 1e3
+  with pytest.raises(train.Diverged) as info:
+    train.train_and_evaluate(config, str(tmp_path))
+  error = info.value
+  assert error.update > 2 and error.learning_rate > 0
+  message = str(error)
+  assert f"diverged at update {error.update}" in message
+  assert "learning_rate=" in message and "loss=" in message
+  assert error.last_checkpoint is not None and error.last_checkpoint < error.update
+  assert f"update {error.last_checkpoint}" in message
+  state = checkpoint.load_state(str(tmp_path), error.last_checkpoint)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+  assert not bool(state["diverged"])
+  records = metrics.read_jsonl(str(tmp_path), "train")
+  assert records[-1]["step"] == error.update and records[-1]["finite"] is False
+
+
+def small_run(make_config, **overrides):
+  args = dict(model__name="mlp", batch_size=6000, num_train_steps=12,
+              schedule__warmup_epochs=0.2, checkpoint_every_steps=4,
+              eval_batch_size=5000, checkpoint_keep=5)
+  args.update(overrides)
+  config = make_config("momentum", **args)
+  config.model.hidden_sizes = (64,)
+  return config
+
+
+@pytest.mark.parametrize("damage", ["truncate_file", "delete_directory"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    make_config, tmp_path, capsys, damage):
+  config = small_run(make_config)
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+
+  workdir = tmp_path / "damaged"
+  train.train_and_evaluate(small_run(make_config, num_train_steps=12), str(workdir))
+  # Damage the last checkpoint and drop back to a shorter finished run's
+  # state by deleting nothing else: the run must restore update 8 and redo 9-12.
+  latest = workdir / "checkpoints" / "12" / "state"
+  if damage == "truncate_file":
+    files = sorted((p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 0),
+                   key=lambda p: -p.stat().st_size)
+    with open(files[0], "r+b") as f:
+      f.truncate(files[0].stat().st_size // 2)
+  else:
+    shutil.rmtree(latest)
+  capsys.readouterr()
+  resumed = train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert "checkpoint of update 12 does not restore" in out
+  assert "resumed from the checkpoint of update 8" in out
+  assert resumed["eval_loss"] == reference["eval_loss"]
+
+
+def test_no_restorable_checkpoint_is_an_error_not_a_silent_restart(make_config, tmp_path):
+  config = small_run(make_config, num_train_steps=4, checkpoint_every_steps=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")
+  with pytest.raises(ConfigError, match="--workdir"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_disk_full_on_save_is_reported_and_keeps_the_previous_checkpoint(
+    make_config, tmp_path, monkeypatch):
+  config = small_run(make_config)
+  real_save = ocp.CheckpointManager.save
+  def save_until_disk_full(self, step, *args, **kwargs):
+    if step >= 8:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_save(self, step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save_until_disk_full)
+  with pytest.raises(checkpoint.CheckpointSaveError) as info:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "No space left on device" in str(info.value)
+  assert "update 8" in str(info.value) and "last complete checkpoint is update 4" in str(info.value)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  state = checkpoint.load_state(str(tmp_path))
+  assert int(state["step"]) == 4
+
+
+def test_same_config_twice_is_bit_identical(make_config, tmp_path):
+  config = small_run(make_config, num_train_steps=5, checkpoint_every_steps=0)
+  train.train_and_evaluate(config, str(tmp_path / "a"))
+  train.train_and_evaluate(config, str(tmp_path / "b"))
+  for a, b in zip(final_params(tmp_path / "a")[0], final_params(tmp_path / "b")[0]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_one_device_and_eight_devices_agree(data_dir, tmp_path):
+  config_file = write_config_file(tmp_path, data_dir, num_steps=6)
+  runs = {n: start(config_file, tmp_path / f"devices{n}", devices=n) for n in (1, 8)}
+  for n, process in runs.items():
+    assert process.wait() == 0, process.communicate()
+  one, _ = final_params(tmp_path / "devices1")
+  eight, _ = final_params(tmp_path / "devices8")
+  for a, b in zip(one, eight):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  losses = [[r["loss"] for r in metrics.read_jsonl(str(tmp_path / f"devices{n}"), "train")]
+            for n in (1, 8)]
+  np.testing.assert_allclose(losses[0], losses[1], atol=1e-5)

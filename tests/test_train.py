@@ -1,0 +1,83 @@
+"""End to end on real Fashion-MNIST: accuracy, resume, metrics, evaluation."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lbt import checkpoint, metrics, train
+
+
+def params_of(workdir):
+  return jax.tree.map(np.asarray, checkpoint.load_state(workdir)["params"])
+
+
+def small(make_config, **overrides):
+  """A quick run: the MLP, 12 updates of 128 examples, checkpoints every 4."""
+  args = dict(model__name="mlp", batch_size=128, num_train_steps=12,
+              schedule__warmup_epochs=0.01, checkpoint_every_steps=4,
+              log_every_steps=5, eval_batch_size=5000)
+  args.update(overrides)
+  return make_config("momentum", **args)
+
+
+def test_lenet5_reaches_85_percent(make_config, tmp_path):
+  config = make_config("momentum,batch=256,epochs=1", schedule__warmup_epochs=0.1)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["eval_count"] == 10000
+  assert summary["eval_accuracy"] >= 0.85, summary
+
+
+def test_workdir_records_config_metrics_and_checkpoints(make_config, tmp_path):
+  config = small(make_config)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f) == json.loads(config.to_json())
+  records = metrics.read_jsonl(str(tmp_path), "train")
+  assert [r["step"] for r in records] == list(range(1, 13))
+  for key in ("loss", "accuracy", "learning_rate", "grad_norm", "distance_from_init"):
+    assert all(np.isfinite(r[key]) for r in records), key
+  run = metrics.read_jsonl(str(tmp_path), "run")[0]
+  assert run["effective_learning_rate"] == pytest.approx(0.1 * 128 / 256)
+  evals = metrics.read_jsonl(str(tmp_path), "eval")
+  assert evals[-1]["count"] == 10000
+  assert evals[-1]["accuracy"] == pytest.approx(summary["eval_accuracy"])
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")
+                if d.isdigit()) == [4, 8, 12]
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_interrupted_run_resumes_and_finishes_identically(make_config, tmp_path,
+                                                          monkeypatch):
+  config = small(make_config)
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+
+  # Crash right after the checkpoint of update 8 has been written.
+  real_save = checkpoint.save
+  def crash_after_eight(manager, step, state, iterator):
+    real_save(manager, step, state, iterator)
+    if step == 8:
+      raise KeyboardInterrupt("simulated crash")
+  monkeypatch.setattr(checkpoint, "save", crash_after_eight)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(checkpoint, "save", real_save)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  assert resumed["eval_loss"] == reference["eval_loss"]
+  for a, b in zip(jax.tree.leaves(params_of(tmp_path / "reference")),
+                  jax.tree.leaves(params_of(tmp_path / "resumed"))):
+    np.testing.assert_array_equal(a, b)
+  steps = [r["step"] for r in metrics.read_jsonl(str(tmp_path / "resumed"), "train")]
+  assert steps[-4:] == [9, 10, 11, 12]
+
+
+def test_accumulation_and_ghost_bn_run_end_to_end(make_config, tmp_path):
+  config = small(make_config, microbatch_size=32, bn__mode="ghost", bn__ghost_size=16,
+                 num_train_steps=3, checkpoint_every_steps=0,
+                 schedule__warmup_epochs=0.0)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  run = metrics.read_jsonl(str(tmp_path), "run")[0]
+  assert run["num_microbatches"] == 4 and summary["eval_count"] == 10000
