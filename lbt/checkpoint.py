@@ -112,5 +112,10 @@ def load_state(workdir: str, step: Optional[int] = None) -> Any:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {directory}")
+    # Place every array on one local device, whatever mesh wrote it.
+    metadata = manager.item_metadata(step)[STATE]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
     return manager.restore(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardRestore()}))[STATE]
+        **{STATE: ocp.args.StandardRestore(target)}))[STATE]

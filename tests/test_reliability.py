@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -213,15 +214,29 @@ def test_same_config_twice_is_bit_identical(make_config, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_one_device_and_eight_devices_agree(data_dir, tmp_path):
+def free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_device_and_process_counts_agree(data_dir, tmp_path):
+  """1 device, 8 devices, and 2 processes x 4 devices (jax.distributed + gloo)."""
   config_file = write_config_file(tmp_path, data_dir, num_steps=6)
-  runs = {n: start(config_file, tmp_path / f"devices{n}", devices=n) for n in (1, 8)}
-  for n, process in runs.items():
-    assert process.wait() == 0, process.communicate()
-  one, _ = final_params(tmp_path / "devices1")
-  eight, _ = final_params(tmp_path / "devices8")
-  for a, b in zip(one, eight):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-  losses = [[r["loss"] for r in metrics.read_jsonl(str(tmp_path / f"devices{n}"), "train")]
-            for n in (1, 8)]
-  np.testing.assert_allclose(losses[0], losses[1], atol=1e-5)
+  port = free_port()
+  runs = [start(config_file, tmp_path / "devices1", devices=1),
+          start(config_file, tmp_path / "devices8", devices=8)]
+  runs += [start(config_file, tmp_path / "processes2", devices=4,
+                 extra=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                        f"--process_id={i}"]) for i in range(2)]
+  for process in runs:
+    out, err = process.communicate(timeout=400)
+    assert process.returncode == 0, err[-2000:]
+  names = ("devices1", "devices8", "processes2")
+  params = {n: final_params(tmp_path / n)[0] for n in names}
+  losses = {n: [r["loss"] for r in metrics.read_jsonl(str(tmp_path / n), "train")]
+            for n in names}
+  for n in names[1:]:
+    np.testing.assert_allclose(losses[n], losses["devices1"], atol=1e-5)
+    for a, b in zip(params[n], params["devices1"]):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -1,0 +1,66 @@
+"""Models by name: `create(name, num_classes, ...)` returns a flax linen Module.
+
+Every model takes NHWC float32 images, returns float32 logits, and normalizes
+with `lbt.models.norm.BatchNorm` (collection 'batch_stats'), so the trainer
+treats them all alike:
+
+  module = create("resnet20", num_classes=10, ghost_size=128)
+  logits, updates = module.apply(variables, x, train=True,
+                                 mutable=["batch_stats"])
+"""
+
+import inspect
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lbt.models.common import MODELS
+
+# Imported for their registrations.
+from lbt.models import cifar_resnet  # noqa: F401  pylint: disable=unused-import
+from lbt.models import lenet  # noqa: F401  pylint: disable=unused-import
+from lbt.models import mlp  # noqa: F401  pylint: disable=unused-import
+from lbt.models import resnet  # noqa: F401  pylint: disable=unused-import
+
+
+def create(name: str, num_classes: int, *, ghost_size: int = 0,
+           dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+  """Builds the model registered as `name`.
+
+  Args:
+    name: one of `names()`.
+    num_classes: size of the logits.
+    ghost_size: examples per BN statistics batch in every BN layer; 0 means
+      the whole batch the model is given (see `norm.BatchNorm`).
+    dtype: compute dtype (e.g. jnp.bfloat16); params stay float32 and the
+      logits are returned as float32.
+    **kwargs: model-specific options, e.g. `hidden_sizes` for "mlp",
+      `width` for "lenet5", `zero_init_residual` for the ResNets.
+
+  Returns:
+    An unbound flax.linen Module called as `module(x, train=...)`.
+
+  Raises:
+    KeyError: unknown `name` (the message lists the known names).
+    TypeError: an option the model does not take (the message names both).
+  """
+  factory = MODELS.get(name, field="model")
+  allowed = [p for p in inspect.signature(factory).parameters
+             if p not in ("num_classes", "ghost_size", "dtype")]
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise TypeError(
+        f"model {name!r} does not take {', '.join(unknown)}; "
+        f"its options are: {', '.join(allowed) or 'none'}.")
+  if num_classes < 1:
+    raise ValueError(f"num_classes={num_classes!r} must be >= 1.")
+  if ghost_size < 0:
+    raise ValueError(f"bn.ghost_size={ghost_size!r} must be >= 0.")
+  return factory(num_classes=num_classes, ghost_size=ghost_size, dtype=dtype,
+                 **kwargs)
+
+
+def names() -> list:
+  """Names accepted by `create`, sorted."""
+  return MODELS.names()

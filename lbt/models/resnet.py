@@ -1,0 +1,126 @@
+"""ImageNet ResNets (v1.5), laid out as torchvision's so counts match exactly.
+
+resnet18/34 use basic blocks, resnet50 bottlenecks with the stride on the 3x3
+conv (v1.5). Stem: 7x7/2 conv, BN, ReLU, 3x3/2 max pool. Shortcuts are
+identity, or a 1x1 strided conv + BN where the shape changes (option B).
+Padding follows torchvision (explicit 3 / 1 / 1), not XLA's SAME.
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lbt.models.common import MODELS, conv_init, global_avg_pool, logits
+from lbt.models.norm import BatchNorm
+
+ModuleDef = Any
+
+
+def _pad(k: int):
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (resnet18/34)."""
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef  # the residual branch's last BN (zero-init option)
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    s = (self.strides, self.strides)
+    y = self.conv(self.features, (3, 3), s, padding=_pad(3), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+    y = self.last_norm(name="bn2")(y, train)
+    if x.shape[-1] != self.features or self.strides != 1:
+      x = self.conv(self.features, (1, 1), s, name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x, train)
+    return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 x4 (resnet50 and deeper)."""
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    s = (self.strides, self.strides)
+    out = self.features * 4
+    y = self.conv(self.features, (1, 1), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = self.conv(self.features, (3, 3), s, padding=_pad(3), name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y, train))
+    y = self.conv(out, (1, 1), name="conv3")(y)
+    y = self.last_norm(name="bn3")(y, train)
+    if x.shape[-1] != out or self.strides != 1:
+      x = self.conv(out, (1, 1), s, name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x, train)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """ResNet for 224x224 ImageNet (works at any input size).
+
+  `zero_init_residual` starts each residual branch's last BN scale at 0 so
+  that every block is the identity at init, which Goyal et al. found makes
+  large-batch training with a large learning rate easier to start.
+
+  References:
+    He et al. 2016, "Deep Residual Learning", https://arxiv.org/abs/1512.03385
+    Goyal et al. 2017, "Accurate, Large Minibatch SGD" §5.1 (zero gamma),
+      https://arxiv.org/abs/1706.02677
+  """
+  stage_sizes: Sequence[int]
+  block_cls: Callable
+  num_classes: int
+  num_filters: int = 64
+  zero_init_residual: bool = True
+  ghost_size: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=conv_init)
+    norm = functools.partial(BatchNorm, ghost_size=self.ghost_size,
+                             dtype=self.dtype)
+    last_norm = functools.partial(
+        norm, scale_init=(nn.initializers.zeros if self.zero_init_residual
+                          else nn.initializers.ones))
+    x = x.astype(self.dtype)
+    x = conv(self.num_filters, (7, 7), (2, 2), padding=_pad(7),
+             name="stem_conv")(x)
+    x = nn.relu(norm(name="stem_bn")(x, train))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = self.block_cls(self.num_filters * 2**i, strides, conv=conv,
+                           norm=norm, last_norm=last_norm,
+                           name=f"stage{i + 1}_block{j + 1}")(x, train)
+    return logits(global_avg_pool(x), self.num_classes)
+
+
+def _register(name: str, stage_sizes: Sequence[int], block_cls: Callable):
+  @MODELS.register(name)
+  def factory(num_classes, ghost_size, dtype, zero_init_residual=True):
+    return ResNet(stage_sizes=tuple(stage_sizes), block_cls=block_cls,
+                  num_classes=num_classes,
+                  zero_init_residual=zero_init_residual,
+                  ghost_size=ghost_size, dtype=dtype)
+  factory.__name__ = name
+  return factory
+
+
+resnet18 = _register("resnet18", (2, 2, 2, 2), BasicBlock)
+resnet34 = _register("resnet34", (3, 4, 6, 3), BasicBlock)
+resnet50 = _register("resnet50", (3, 4, 6, 3), Bottleneck)
