@@ -145,11 +145,11 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(
 
 
 def small_run(make_config, **overrides):
-  args = dict(model__name="mlp", batch_size=6000, num_train_steps=12,
+  args = dict(batch_size=6000, num_train_steps=12,
               schedule__warmup_epochs=0.2, checkpoint_every_steps=4,
               eval_batch_size=5000, checkpoint_keep=5)
   args.update(overrides)
-  config = make_config("momentum", **args)
+  config = make_config("momentum,model=mlp", **args)
   config.model.hidden_sizes = (64,)
   return config
 

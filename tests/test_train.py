@@ -16,11 +16,11 @@ def params_of(workdir):
 
 def small(make_config, **overrides):
   """A quick run: the MLP, 12 updates of 128 examples, checkpoints every 4."""
-  args = dict(model__name="mlp", batch_size=128, num_train_steps=12,
+  args = dict(batch_size=128, num_train_steps=12,
               schedule__warmup_epochs=0.01, checkpoint_every_steps=4,
               log_every_steps=5, eval_batch_size=5000)
   args.update(overrides)
-  return make_config("momentum", **args)
+  return make_config("momentum,model=mlp", **args)
 
 
 def test_lenet5_reaches_85_percent(make_config, tmp_path):
