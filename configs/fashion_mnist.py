@@ -67,7 +67,7 @@ def model_point(name: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = None) -> ml_collections.ConfigDict:
-  point = parse_point(arg, optimizer="momentum", batch=256, epochs=8.0,
+  point = parse_point(arg, optimizer="momentum", batch=256, epochs=6.0,
                       model="lenet5", micro=0)
   config = ml_collections.ConfigDict()
   config.seed = 0

@@ -6,6 +6,7 @@ split along it; parameters and optimizer state are replicated. Collectives
 model and the step never name an axis.
 """
 
+import os
 from typing import Optional
 
 import jax
@@ -28,6 +29,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    # A multi-host Cloud TPU VM slice: JAX reads the peers from the metadata.
+    jax.distributed.initialize()
 
 
 def create_mesh() -> Mesh:

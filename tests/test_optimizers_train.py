@@ -1,0 +1,24 @@
+"""Every optimizer trains the default Fashion-MNIST point without diverging."""
+
+import numpy as np
+import pytest
+
+from lbt import metrics, optim, train
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS.names())
+def test_optimizer_trains_the_default_point(make_config, tmp_path, name):
+  config = make_config(name, num_train_steps=40, schedule__warmup_epochs=0.04,
+                       log_every_steps=10, eval_batch_size=5000)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  records = metrics.read_jsonl(str(tmp_path), "train")
+  losses = np.array([r["loss"] for r in records])
+  assert np.isfinite(losses).all()
+  assert losses[-10:].mean() < 0.75 * losses[:3].mean(), losses
+  assert summary["eval_accuracy"] > 0.6, summary
+  if name in ("lars", "lamb"):
+    ratios = [(r["trust_ratio_min"], r["trust_ratio_mean"], r["trust_ratio_max"])
+              for r in records]
+    assert all(0 < lo <= mean <= hi for lo, mean, hi in ratios)
+  else:
+    assert "trust_ratio_mean" not in records[0]
