@@ -15,6 +15,13 @@ import ml_collections
 from lbt.errors import ConfigError
 
 BN_MODES = ("batch", "ghost")
+# Every field a run reads, by section; anything else in a config is a typo.
+TOP_LEVEL_FIELDS = (
+    "seed", "dataset", "model", "batch_size", "microbatch_size", "eval_batch_size",
+    "num_epochs", "num_train_steps", "optimizer", "schedule", "loss", "bn",
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
+SECTION_FIELDS = {"dataset": ("name", "data_dir", "cache"), "bn": ("mode", "ghost_size"),
+                  "loss": ("label_smoothing",)}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -97,9 +104,20 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   # need to be imported before the command line is parsed.
   from lbt import data, models, optim
 
-  for section in ("dataset", "model", "optimizer", "schedule", "loss", "bn"):
-    _require(section in config and isinstance(config[section], ml_collections.ConfigDict),
+  for key in config.keys():
+    _require(key in TOP_LEVEL_FIELDS, key, config[key],
+             f"not a field lbt reads; the fields are: {', '.join(TOP_LEVEL_FIELDS)}")
+  sections = ("dataset", "model", "optimizer", "schedule", "loss", "bn")
+  for field in TOP_LEVEL_FIELDS:
+    _require(field in config, field, None, "a section of the config (ConfigDict)"
+             if field in sections else "a field every config must have")
+  for section in sections:
+    _require(isinstance(config[section], ml_collections.ConfigDict),
              section, config.get(section), "a section of the config (ConfigDict)")
+  for section, fields in SECTION_FIELDS.items():
+    for key in config[section].keys():
+      _require(key in fields, f"{section}.{key}", config[section][key],
+               f"not a field lbt reads; {section} has: {', '.join(fields)}")
 
   _require(config.dataset.name in data.DATASETS, "dataset.name", config.dataset.name,
            f"one of {', '.join(data.DATASETS.names())}")
@@ -161,8 +179,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   smoothing = config.loss.label_smoothing
   _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
            "loss.label_smoothing", smoothing, "a number in [0, 1)")
-  _require(set(config.loss.keys()) == {"label_smoothing"}, "loss",
-           sorted(config.loss.keys()), "only label_smoothing")
 
   steps_per_epoch = spec.num_train_examples // batch
   optim.check(config.optimizer, config.schedule)

@@ -31,12 +31,20 @@ def _plain(value):
 class MetricsWriter:
   """Appends metrics to metrics.jsonl and TensorBoard events in the workdir."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+    """Opens the files; a resumed run first drops the records of the updates
+    after its checkpoint, which it is about to redo, so each update has one line."""
     self.enabled = enabled
     self._file = self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._file = open(os.path.join(workdir, JSONL), "a", buffering=1)
+      path = os.path.join(workdir, JSONL)
+      if os.path.exists(path):
+        kept = [r for r in read_jsonl(workdir) if r["step"] <= resume_step]
+        with open(path + ".tmp", "w") as f:
+          f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(path + ".tmp", path)
+      self._file = open(path, "a", buffering=1)
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -67,8 +75,13 @@ def read_jsonl(workdir: str, kind: Optional[str] = None) -> list:
   path = os.path.join(workdir, JSONL)
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:  # The last line of a killed run, half written.
+        continue
   return [r for r in records if kind is None or r["kind"] == kind]
 
 

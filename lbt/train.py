@@ -173,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
   writer.write(start_step, "run", {
       "effective_learning_rate": peak_lr, "steps_per_epoch": steps_per_epoch,
       "num_train_steps": num_steps, "num_microbatches": num_microbatches,

@@ -183,7 +183,7 @@ CASES = [
     ("schedule_name", [BASE, "--config.schedule.name=step"],
      ["schedule.name", "step", "constant, cosine, multistep, poly"]),
     ("warmup_longer_than_run", [BASE, "--config.schedule.warmup_epochs=10"],
-     ["schedule.warmup_epochs", "10", "shorter than the run (1872 updates)"]),
+     ["schedule.warmup_epochs", "10", "shorter than the run (1404 updates)"]),
     ("end_learning_rate_negative", [BASE, "--config.schedule.end_learning_rate=-1"],
      ["schedule.end_learning_rate", "-1", ">= 0"]),
     ("num_epochs_negative", [BASE, "--config.num_epochs=-1"],
@@ -205,7 +205,7 @@ CASES = [
     ("file_unknown_schedule_key", config_file("c.schedule.power = 2.0"),
      ["schedule.power", "2.0", "allowed: name, warmup_epochs, end_learning_rate"]),
     ("file_unknown_loss_key", config_file("c.loss.focal_gamma = 2.0"),
-     ["loss", "focal_gamma", "only label_smoothing"]),
+     ["loss.focal_gamma", "2.0", "loss has: label_smoothing"]),
     ("file_decay_epochs_not_increasing", config_file(
         "c.schedule = dict(name='multistep', warmup_epochs=1.0, "
         "decay_epochs=[5, 3], decay_factor=0.1)"),

@@ -1,0 +1,54 @@
+"""Configs: every point of the study is valid, and every key is one lbt reads."""
+
+import pytest
+
+from configs import fashion_mnist
+from lbt import config as config_lib
+from lbt import optim
+from lbt.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS.names())
+@pytest.mark.parametrize("batch,micro", [(128, 0), (8192, 0), (60000, 2000)])
+def test_every_point_of_the_study_validates(name, batch, micro):
+  config = fashion_mnist.get_config(f"{name},batch={batch},micro={micro}")
+  config_lib.validate(config, num_devices=8)
+  assert config.batch_size == batch
+  steps_per_epoch = 60000 // batch
+  assert config_lib.num_train_steps(config, steps_per_epoch) == round(
+      config.num_epochs * steps_per_epoch)
+
+
+@pytest.mark.parametrize("model", sorted(fashion_mnist.MODELS))
+def test_every_model_point_validates(model):
+  config_lib.validate(fashion_mnist.get_config(f"momentum,model={model}"), num_devices=8)
+
+
+def test_full_batch_has_one_update_per_epoch():
+  config = fashion_mnist.get_config("lars,batch=60000,micro=6000,epochs=30")
+  assert config_lib.num_train_steps(config, 60000 // config.batch_size) == 30
+
+
+@pytest.mark.parametrize("section,key", [(None, "learning_rate"), ("dataset", "shuffle"),
+                                         ("bn", "momentum"), ("loss", "weight")])
+def test_a_key_no_code_reads_is_refused(section, key):
+  config = fashion_mnist.get_config()
+  with config.unlocked():
+    (config if section is None else config[section])[key] = 1
+  field = key if section is None else f"{section}.{key}"
+  with pytest.raises(ConfigError, match=f"^{field}=1 is invalid: not a field lbt reads"):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_point_arguments_are_typed():
+  point = config_lib.parse_point("lamb,batch=4096,epochs=2.5", optimizer="sgd",
+                                 batch=1, epochs=1.0)
+  assert (point.optimizer, point.batch, point.epochs) == ("lamb", 4096, 2.5)
+  with pytest.raises(ConfigError, match="allowed keys: batch, epochs, optimizer"):
+    config_lib.parse_point("sgd,bach=3", optimizer="sgd", batch=1, epochs=1.0)
+
+
+def test_changed_fields_are_named_by_their_dotted_path():
+  old = {"a": 1, "b": {"c": 2, "d": 3}}
+  new = {"a": 1, "b": {"c": 5, "d": 3}, "e": 0}
+  assert config_lib.changed_fields(old, new) == ["b.c", "e"]
