@@ -78,18 +78,21 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
       restored = manager.restore(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardRestore(abstract_state),
           DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
-      return restored[STATE], step
     except Exception as e:  # Orbax/tensorstore raise many types on bad files.
-      logging.warning("Checkpoint of update %d does not restore (%s: %s); "
-                      "falling back to an older one.", step, type(e).__name__,
-                      str(e).splitlines()[0][:200] if str(e) else "")
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      logging.warning("Checkpoint of update %d does not restore (%s).", step, reason)
       print(f"lbt: checkpoint of update {step} does not restore "
             f"({type(e).__name__}); trying the previous one.", flush=True)
-      failures.append(f"update {step}: {type(e).__name__}")
+      failures.append((step, reason))
+      continue
+    # The run will pass the damaged steps again: make room for fresh saves.
+    for damaged, _ in failures:
+      manager.delete(damaged)
+    return restored[STATE], step
   if failures:
     raise CheckpointRestoreError(
         f"no checkpoint in {manager.directory} restores for this config "
-        f"({'; '.join(failures)})")
+        f"({'; '.join(f'update {s}: {r[:80]}' for s, r in failures)})")
   return None
 
 

@@ -176,6 +176,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   else:
     _require(ghost == 0, "bn.ghost_size", ghost, "0 unless bn.mode='ghost'")
 
+  try:  # Building the module (no parameters yet) checks the options' values.
+    models.create(config.model.name, num_classes=spec.num_classes,
+                  ghost_size=config.bn.ghost_size, **model_kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError("model", dict(model_kwargs), f"options {config.model.name} "
+                      f"accepts ({str(e).splitlines()[0]})") from None
+
   smoothing = config.loss.label_smoothing
   _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
            "loss.label_smoothing", smoothing, "a number in [0, 1)")

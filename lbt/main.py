@@ -31,7 +31,8 @@ flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 # Exit statuses, so that scripts (and the study runner) can tell outcomes apart.
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_PREEMPTED = 2, 3, 4, 143
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECKPOINT = 2, 3, 4
+EXIT_INTERRUPTED, EXIT_PREEMPTED = 130, 143
 
 
 KNOWN_FLAGS = ("--config", "--workdir", "--allow_config_change",
@@ -152,6 +153,10 @@ def run(argv: Optional[List[str]] = None) -> int:
   except ConfigError as e:
     print(f"lbt: error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
+  except KeyboardInterrupt:
+    print("lbt: interrupted; rerun the same command to resume from the last "
+          "checkpoint.", file=sys.stderr)
+    return EXIT_INTERRUPTED
   except Exception as e:  # pylint: disable=broad-except
     from lbt import checkpoint, train
     if isinstance(e, train.Diverged):

@@ -35,7 +35,24 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 
 
 def create_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+  """All devices, grouped by process so that each process's part of a batch
+  is one contiguous block of it (see `to_global`)."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any (a host sync)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -70,8 +70,12 @@ def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> 
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    old = json.load(f)
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError("--workdir", workdir, f"a workdir whose {CONFIG_JSON} "
+                      f"reads as JSON ({e}); fix or remove that file") from None
   changed = config_lib.changed_fields(old, json.loads(config.to_json()))
   refused = [f for f in changed if f not in allow_changes]
   if refused:
@@ -129,7 +133,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.create_mesh()
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
 
-  # Data.
+  # Data: process 0 builds offline datasets before the others look.
+  if jax.process_count() > 1:
+    if is_main:
+      data.prepare(config)
+    parallel.barrier("lbt: data prepared")
   pipeline = data.create_pipeline(config, jax.process_index(), jax.process_count())
   steps_per_epoch = pipeline.steps_per_epoch
   num_steps = config_lib.num_train_steps(config, steps_per_epoch)
@@ -148,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     out_shardings=replicated)
   rng = jax.random.PRNGKey(config.seed)
   state = init_fn(rng)
-  params_init = init_fn(rng).params  # A separate copy: `state` is donated.
+  params_init = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
 
   # Resume.
   write_config(config, workdir)
@@ -203,26 +211,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def every(n: int, done: int) -> bool:
     return n > 0 and done % n == 0
 
+  final = None
   try:
     with _TerminationFlag() as termination:
       for done in range(start_step + 1, num_steps + 1):
-        if termination.requested:
-          flush_train_metrics(done - 1)
-          checkpoint.save(manager, done - 1, state, train_iter)
-          raise Preempted(f"SIGTERM: saved the checkpoint of update {done - 1}")
         batch = parallel.to_global(next(train_iter), mesh)
         state, step_metrics = train_fn(state, batch, params_init)
         pending.append(step_metrics)
         is_last = done == num_steps
         evaluate_now = every(config.eval_every_steps, done) or is_last
         save_now = every(config.checkpoint_every_steps, done) or is_last
-        if every(config.log_every_steps, done) or evaluate_now or save_now:
+        host_sync = every(config.log_every_steps, done) or evaluate_now or save_now
+        if host_sync:
           flush_train_metrics(done)
         if evaluate_now:
-          writer.write(done, "eval", evaluate(eval_fn, state, pipeline, mesh))
+          final = evaluate(eval_fn, state, pipeline, mesh)
+          writer.write(done, "eval", final)
         if save_now:
           checkpoint.save(manager, done, state, train_iter)
-    final = evaluate(eval_fn, state, pipeline, mesh)
+        # Processes must agree to stop at the same update; with several they
+        # compare flags only when the host syncs anyway.
+        if not is_last and (host_sync or jax.process_count() == 1) and (
+            parallel.any_process(termination.requested)):
+          flush_train_metrics(done)
+          checkpoint.save(manager, done, state, train_iter)
+          raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
+    if final is None:  # Resumed from the checkpoint of the last update.
+      final = evaluate(eval_fn, state, pipeline, mesh)
   finally:
     progress.close()
     writer.close()

@@ -162,8 +162,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
 
   workdir = tmp_path / "damaged"
   train.train_and_evaluate(small_run(make_config, num_train_steps=12), str(workdir))
-  # Damage the last checkpoint and drop back to a shorter finished run's
-  # state by deleting nothing else: the run must restore update 8 and redo 9-12.
+  # Damage the last checkpoint: the run must restore update 8 and redo 9-12.
   latest = workdir / "checkpoints" / "12" / "state"
   if damage == "truncate_file":
     files = sorted((p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 0),
@@ -178,6 +177,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   assert "checkpoint of update 12 does not restore" in out
   assert "resumed from the checkpoint of update 8" in out
   assert resumed["eval_loss"] == reference["eval_loss"]
+  # The damaged checkpoint was replaced by a fresh one of the same update.
+  assert final_params(workdir)[1] == 12
 
 
 def test_no_restorable_checkpoint_is_an_error_not_a_silent_restart(make_config, tmp_path):

@@ -18,7 +18,7 @@ def small(make_config, **overrides):
   """A quick run: the MLP, 12 updates of 128 examples, checkpoints every 4."""
   args = dict(batch_size=128, num_train_steps=12,
               schedule__warmup_epochs=0.01, checkpoint_every_steps=4,
-              log_every_steps=5, eval_batch_size=5000)
+              log_every_steps=5, eval_batch_size=3000)
   args.update(overrides)
   return make_config("momentum,model=mlp", **args)
 
@@ -47,6 +47,15 @@ def test_workdir_records_config_metrics_and_checkpoints(make_config, tmp_path):
   assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")
                 if d.isdigit()) == [4, 8, 12]
   assert os.listdir(tmp_path / "tensorboard")
+
+  # Eval in batches of 3000 pads and masks the fourth; in one batch of 10000
+  # nothing is padded. Both must see the same 10000 examples once.
+  config.eval_batch_size = 10000
+  unpadded = train.train_and_evaluate(config, str(tmp_path),
+                                      allow_config_change=["eval_batch_size"])
+  assert unpadded["eval_count"] == summary["eval_count"] == 10000
+  assert unpadded["eval_accuracy"] == summary["eval_accuracy"]
+  assert unpadded["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)
 
 
 def test_interrupted_run_resumes_and_finishes_identically(make_config, tmp_path,

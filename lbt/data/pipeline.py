@@ -68,10 +68,11 @@ def load_source(spec: DatasetSpec, data_dir: str, split: str, cache: bool):
 @functools.lru_cache(maxsize=8)
 def _load_source(spec: DatasetSpec, data_dir: str, split: str, cache: bool):
   """Decoding is done once per process: a study runs many points on one split."""
-  os.makedirs(data_dir, exist_ok=True) if not data_dir.startswith("gs://") else None
-  if spec.prepare is not None:
-    spec.prepare(data_dir)
   try:
+    if not data_dir.startswith("gs://"):
+      os.makedirs(data_dir, exist_ok=True)
+    if spec.prepare is not None:
+      spec.prepare(data_dir)
     source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir,
                               download=spec.prepare is None)
   except Exception as e:  # TFDS raises many types; the user needs one message.
@@ -182,6 +183,14 @@ class Pipeline:
       yield {"image": normalize(batch["image"], self.spec),
              "label": batch["label"].astype(np.int32),
              "mask": mask.astype(np.float32)}
+
+
+def prepare(config) -> None:
+  """Builds an offline dataset in the data dir if it is not there yet."""
+  from lbt.data.catalog import DATASETS
+  spec = DATASETS.get(config.dataset.name, "dataset.name")
+  for split in (spec.train_split, spec.eval_split):
+    load_source(spec, config.dataset.data_dir, split, cache=False)
 
 
 def create_pipeline(config, process_index: int = 0, process_count: int = 1) -> Pipeline:

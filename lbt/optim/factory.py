@@ -38,12 +38,28 @@ def default_hyperparameters(name: str) -> dict:
           and v.default is not None}
 
 
+# Ranges of the hyperparameters that are numbers, wherever an optimizer takes them.
+_UNIT = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+VALUE_RANGES = {
+    "momentum": _UNIT, "b1": _UNIT, "b2": _UNIT, "decay": _UNIT,
+    "eps": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
+    "initial_accumulator_value": _NON_NEGATIVE, "initial_scale": _NON_NEGATIVE,
+    "trust_coefficient": (lambda v: v > 0, "a number > 0"),
+}
+
+
 def _check_hyperparameters(name: str, hyperparameters: Mapping) -> None:
   allowed = hyperparameter_names(name)
   for key, value in hyperparameters.items():
     if key not in allowed:
       raise ConfigError(f"optimizer.{key}", value,
                         f"allowed for {name}: {', '.join(allowed)}")
+    if key in VALUE_RANGES and value is not None:
+      in_range, description = VALUE_RANGES[key]
+      if (isinstance(value, bool) or not isinstance(value, (int, float))
+          or not math.isfinite(value) or not in_range(value)):
+        raise ConfigError(f"optimizer.{key}", value, description)
 
 
 def create_by_name(name: str, learning_rate: optax.ScalarOrSchedule,
