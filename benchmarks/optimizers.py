@@ -19,38 +19,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from lbt import optim
+from lbt import models, optim
 
 WEIGHT_DECAY = 1e-4
 
 
 def resnet50_shapes():
-  """ResNet-50 param ShapeDtypeStructs from lbt.models, else built here."""
-  try:
-    from lbt import models  # pylint: disable=g-import-not-at-top
-    module = models.create("resnet50", num_classes=1000)
-    variables = jax.eval_shape(
-        lambda: module.init(jax.random.PRNGKey(0),
-                            jnp.zeros((1, 224, 224, 3)), train=False))
-    return variables["params"], "lbt.models.create('resnet50')"
-  except Exception as e:  # pylint: disable=broad-except
-    print(f"lbt.models unavailable ({e!r}); using the built-in shape tree")
-  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  bn = lambda c: {"scale": f32(c), "bias": f32(c)}
-  params = {"conv_init": {"kernel": f32(7, 7, 3, 64)}, "bn_init": bn(64)}
-  c_in = 64
-  for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
-    for block in range(blocks):  # v1.5 bottleneck: stride on the 3x3 conv
-      p = {"conv1": {"kernel": f32(1, 1, c_in, width)}, "bn1": bn(width),
-           "conv2": {"kernel": f32(3, 3, width, width)}, "bn2": bn(width),
-           "conv3": {"kernel": f32(1, 1, width, 4 * width)}, "bn3": bn(4 * width)}
-      if block == 0:
-        p["proj"] = {"kernel": f32(1, 1, c_in, 4 * width)}
-        p["proj_bn"] = bn(4 * width)
-      params[f"stage{stage + 1}_block{block + 1}"] = p
-      c_in = 4 * width
-  params["head"] = {"kernel": f32(2048, 1000), "bias": f32(1000)}
-  return params, "built-in ResNet-50 v1.5 shape tree"
+  """ResNet-50's parameter ShapeDtypeStructs, without allocating them."""
+  module = models.create("resnet50", num_classes=1000)
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)),
+                          train=False))
+  return variables["params"], "lbt.models.create('resnet50')"
 
 
 def optimizers(schedule):

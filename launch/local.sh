@@ -15,7 +15,12 @@ PY="$VENV/bin/python"
 
 setup() {
   if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+      # Debian splits venv out of python3.
+      as_root apt-get install -y -qq python3-venv >/dev/null
+      rm -rf "$VENV"
+      python3 -m venv "$VENV"
+    fi
   fi
   local stamp="$VENV/.lbt-setup-$(sha1sum setup.py | cut -c1-12)"
   if [ ! -e "$stamp" ]; then
@@ -25,14 +30,16 @@ setup() {
     touch "$stamp"
   fi
   if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-      (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null ||
-        echo "lbt: apt-get failed; Fashion-MNIST will be downloaded instead." >&2
-    elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then
-      (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null ||
-        echo "lbt: apt-get failed; Fashion-MNIST will be downloaded instead." >&2
-    fi
+    (as_root apt-get update -qq && as_root apt-get install -y -qq dataset-fashion-mnist) \
+      >/dev/null 2>&1 ||
+      echo "lbt: could not apt-get dataset-fashion-mnist; it will be downloaded instead." >&2
   fi
+}
+
+# apt-get as root, or through sudo without a password prompt; fails otherwise.
+as_root() {
+  command -v apt-get >/dev/null || return 1
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi
 }
 
 command="${1:-train}"
@@ -46,6 +53,6 @@ case "$command" in
   test)
     setup
     export XLA_FLAGS="--xla_force_host_platform_device_count=8"
-    exec "$PY" -m pytest -q -p no:cacheprovider tests "$@" ;;
+    exec "$PY" -m pytest -q -p no:cacheprovider -n 2 tests "$@" ;;
   *) echo "usage: bash launch/local.sh {train|test|setup} [args]" >&2; exit 2 ;;
 esac
