@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from lbt.errors import ConfigError
+from lbt.registry import Registry
 
 _COMMON = ("name", "warmup_epochs")
 SCHEDULE_KEYS = {
@@ -105,6 +106,51 @@ def _cosine(peak, end, steps):
   return schedule
 
 
+# What follows the warmup, by schedule.name. Each builds a schedule of
+# k = count - W from (config, peak P, warmup W, last k = D - 1, steps/epoch).
+DECAYS: Registry = Registry("schedule")
+
+
+@DECAYS.register("poly")
+def _poly(config, peak, warmup, last, steps_per_epoch):
+  del warmup, steps_per_epoch
+  return optax.polynomial_schedule(
+      peak, _number(config, "end_learning_rate", 0.0),
+      _number(config, "power", 2.0), transition_steps=last)
+
+
+@DECAYS.register("cosine")
+def _cosine_decay(config, peak, warmup, last, steps_per_epoch):
+  del warmup, steps_per_epoch
+  return _cosine(peak, _number(config, "end_learning_rate", 0.0), last)
+
+
+@DECAYS.register("multistep")
+def _multistep(config, peak, warmup, last, steps_per_epoch):
+  del last
+  boundaries = {}
+  for epoch in config["decay_epochs"]:
+    # round() guards ceil against 0.1 * 30 = 3.0000000000000004.
+    step = math.ceil(round(epoch * steps_per_epoch, 9))
+    if step < warmup:
+      raise ConfigError(
+          "schedule.decay_epochs", config["decay_epochs"],
+          f"each decay epoch must be >= warmup_epochs "
+          f"({epoch} is update {step}, warmup ends at update {warmup})")
+    if step - warmup in boundaries:
+      raise ConfigError(
+          "schedule.decay_epochs", config["decay_epochs"],
+          f"epochs {epoch} and an earlier one fall on the same update {step}")
+    boundaries[step - warmup] = _number(config, "decay_factor", 0.1)
+  return optax.piecewise_constant_schedule(peak, boundaries)
+
+
+@DECAYS.register("constant")
+def _constant(config, peak, warmup, last, steps_per_epoch):
+  del config, warmup, last, steps_per_epoch
+  return optax.constant_schedule(peak)
+
+
 def create_schedule(schedule_config: Mapping, peak_learning_rate: float,
                     steps_per_epoch: int, num_train_steps: int
                     ) -> optax.Schedule:
@@ -135,31 +181,8 @@ def create_schedule(schedule_config: Mapping, peak_learning_rate: float,
         f"than the run ({num_train_steps} updates)")
   last = num_train_steps - w - 1  # k of the last update, D - 1
 
-  if name == "poly":
-    decay = optax.polynomial_schedule(
-        peak, _number(schedule_config, "end_learning_rate", 0.0),
-        _number(schedule_config, "power", 2.0), transition_steps=last)
-  elif name == "cosine":
-    decay = _cosine(peak, _number(schedule_config, "end_learning_rate", 0.0),
-                    last)
-  elif name == "multistep":
-    boundaries = {}
-    for epoch in schedule_config["decay_epochs"]:
-      # round() guards ceil against 0.1 * 30 = 3.0000000000000004.
-      step = math.ceil(round(epoch * steps_per_epoch, 9))
-      if step < w:
-        raise ConfigError(
-            "schedule.decay_epochs", schedule_config["decay_epochs"],
-            f"each decay epoch must be >= warmup_epochs "
-            f"({epoch} is update {step}, warmup ends at update {w})")
-      if step - w in boundaries:
-        raise ConfigError(
-            "schedule.decay_epochs", schedule_config["decay_epochs"],
-            f"epochs {epoch} and an earlier one fall on the same update {step}")
-      boundaries[step - w] = _number(schedule_config, "decay_factor", 0.1)
-    decay = optax.piecewise_constant_schedule(peak, boundaries)
-  else:
-    decay = optax.constant_schedule(peak)
+  decay = DECAYS.get(name, field="schedule.name")(
+      schedule_config, peak, w, last, steps_per_epoch)
 
   if w > 0:
     # linear_schedule(P/W, P, W-1) is P/W + (P - P/W) * c/(W-1) = P*(c+1)/W.
