@@ -69,6 +69,11 @@ def microbatch_size(config) -> int:
   return config.microbatch_size or config.batch_size
 
 
+def model_options(config) -> Dict[str, Any]:
+  """config.model without name and dtype: the model's own keyword options."""
+  return {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+
+
 def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
   if not condition:
     raise ConfigError(field, value, allowed)
@@ -135,7 +140,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
            f"one of {', '.join(models.names())}")
   _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
            f"one of {', '.join(DTYPES)}")
-  model_kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+  model_kwargs = model_options(config)
   allowed = _model_hyperparameters(config.model.name)
   for key in model_kwargs:
     _require(key in allowed, f"model.{key}", model_kwargs[key],

@@ -95,10 +95,10 @@ def write_config(config, workdir: str) -> None:
 
 
 def build_model(config, num_classes: int):
-  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
   return models.create(config.model.name, num_classes=num_classes,
                        ghost_size=config.bn.ghost_size,
-                       dtype=jnp.dtype(config.model.dtype), **kwargs)
+                       dtype=jnp.dtype(config.model.dtype),
+                       **config_lib.model_options(config))
 
 
 def evaluate(eval_fn, state, pipeline: data.Pipeline, mesh) -> Dict[str, float]:
