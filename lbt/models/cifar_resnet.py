@@ -6,14 +6,12 @@ a Dense classifier: 6n + 2 layers. Shortcuts are option A, which has no
 parameters: subsample by 2 and append zero channels.
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbt.models.common import MODELS, conv_init, global_avg_pool, logits
-from lbt.models.norm import BatchNorm
+from lbt.models.common import MODELS, global_avg_pool, logits, resnet_layers
 
 ModuleDef = Any
 _SAME3 = ((1, 1), (1, 1))  # torch-style padding 1, also for stride 2
@@ -64,13 +62,8 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=conv_init)
-    norm = functools.partial(BatchNorm, ghost_size=self.ghost_size,
-                             dtype=self.dtype)
-    last_norm = functools.partial(
-        norm, scale_init=(nn.initializers.zeros if self.zero_init_residual
-                          else nn.initializers.ones))
+    conv, norm, last_norm = resnet_layers(self.dtype, self.ghost_size,
+                                          self.zero_init_residual)
     x = x.astype(self.dtype)
     x = conv(self.widths[0], (3, 3), padding=_SAME3, name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x, train))

@@ -1,8 +1,11 @@
 """What every model family shares: the registry, conv init, the classifier."""
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lbt.models.norm import BatchNorm
 from lbt.registry import Registry
 
 # name -> factory(num_classes, ghost_size, dtype, **options) -> nn.Module.
@@ -13,6 +16,20 @@ MODELS = Registry("model")
 # References: He et al. 2015, "Delving Deep into Rectifiers",
 #   https://arxiv.org/abs/1502.01852
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def resnet_layers(dtype, ghost_size: int, zero_init_residual: bool):
+  """The conv, BN and last-BN-of-a-block constructors every ResNet shares.
+
+  The last BN of a residual branch starts at scale 0 when zero_init_residual
+  (Goyal et al. 2017), so each block starts as the identity.
+  """
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_init)
+  norm = functools.partial(BatchNorm, ghost_size=ghost_size, dtype=dtype)
+  last_norm = functools.partial(
+      norm, scale_init=(nn.initializers.zeros if zero_init_residual
+                        else nn.initializers.ones))
+  return conv, norm, last_norm
 
 
 def logits(x, num_classes: int, name: str = "head"):

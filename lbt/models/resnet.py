@@ -6,14 +6,12 @@ identity, or a 1x1 strided conv + BN where the shape changes (option B).
 Padding follows torchvision (explicit 3 / 1 / 1), not XLA's SAME.
 """
 
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbt.models.common import MODELS, conv_init, global_avg_pool, logits
-from lbt.models.norm import BatchNorm
+from lbt.models.common import MODELS, global_avg_pool, logits, resnet_layers
 
 ModuleDef = Any
 
@@ -89,13 +87,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=conv_init)
-    norm = functools.partial(BatchNorm, ghost_size=self.ghost_size,
-                             dtype=self.dtype)
-    last_norm = functools.partial(
-        norm, scale_init=(nn.initializers.zeros if self.zero_init_residual
-                          else nn.initializers.ones))
+    conv, norm, last_norm = resnet_layers(self.dtype, self.ghost_size,
+                                          self.zero_init_residual)
     x = x.astype(self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=_pad(7),
              name="stem_conv")(x)
