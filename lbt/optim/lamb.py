@@ -30,17 +30,7 @@ def scale_by_lamb_trust_ratio(exclude: masks.Exclude = None
     ratio = trust.safe_ratio(w_norm, u_norm, w_norm, u_norm)
     return ratio.astype(u.dtype) * u, ratio
 
-  def init_fn(params):
-    return trust.init_state(params, mask_fn(params))
-
-  def update_fn(updates, state, params=None):
-    del state
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
-    return trust.map_layerwise(adapted, lambda u, w: u, updates, params,
-                               mask_fn(params))
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return trust.layerwise(adapted, mask_fn)
 
 
 @OPTIMIZERS.register("lamb")

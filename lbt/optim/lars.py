@@ -40,17 +40,7 @@ def scale_by_lars_trust_ratio(
                              w_norm, g_norm)
     return ratio.astype(g.dtype) * (g + weight_decay * w), ratio
 
-  def init_fn(params):
-    return trust.init_state(params, mask_fn(params))
-
-  def update_fn(updates, state, params=None):
-    del state
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
-    return trust.map_layerwise(adapted, lambda g, w: g, updates, params,
-                               mask_fn(params))
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return trust.layerwise(adapted, mask_fn)
 
 
 @OPTIMIZERS.register("lars")

@@ -86,3 +86,21 @@ def trust_ratio_stats(opt_state) -> Dict[str, jax.Array]:
       "trust_ratio_mean": jnp.mean(stacked),
       "trust_ratio_max": jnp.max(stacked),
   }
+
+
+def layerwise(adapted: Callable[[jax.Array, jax.Array], Tuple[jax.Array, jax.Array]],
+              mask_fn: Callable) -> optax.GradientTransformation:
+  """A transformation applying `adapted(g, w) -> (u, ratio)` to the tensors
+  `mask_fn(params)` marks, passing the others through, and keeping the ratios
+  in a TrustRatioState (LARS and LAMB differ only in `adapted`)."""
+
+  def init_fn(params):
+    return init_state(params, mask_fn(params))
+
+  def update_fn(updates, state, params=None):
+    del state
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    return map_layerwise(adapted, lambda g, w: g, updates, params, mask_fn(params))
+
+  return optax.GradientTransformation(init_fn, update_fn)
