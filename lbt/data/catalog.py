@@ -1,13 +1,16 @@
 """The datasets lbt knows: where TFDS keeps them and what their examples are.
 
 Sizes are declared here so that a config can be validated (a batch larger than
-the training set, say) before anything is read from disk.
+the training set, say) before anything is read from disk. A dataset with
+augmentation names its per-example transforms (`lbt.data.augment`) here, so
+the pipeline applies them without knowing which dataset it reads.
 """
 
 import dataclasses
 import os
 from typing import Callable, Optional, Tuple
 
+from lbt.data import augment
 from lbt.registry import Registry
 
 
@@ -26,6 +29,12 @@ class DatasetSpec:
   std: Tuple[float, ...]
   # Builds the TFDS dataset in a data dir when TFDS cannot (offline builders).
   prepare: Optional[Callable[[str], None]] = None
+  # Per-example transforms of one decoded uint8 HWC record to a uint8
+  # size x size x C image: train_transform(image, rng, size) with the
+  # generator of augment.example_rng(seed, update, example), and
+  # eval_transform(image, size). None: records are used as stored.
+  train_transform: Optional[Callable] = None
+  eval_transform: Optional[Callable] = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -50,3 +59,22 @@ register("fashion_mnist", DatasetSpec(
     num_train_examples=60_000, num_eval_examples=10_000, num_classes=10,
     image_shape=(28, 28, 1), mean=(0.2860,), std=(0.3530,),
     prepare=_prepare_fashion_mnist))
+
+
+# Per-channel statistics of the 50,000 training images, pixels in [0, 1].
+register("cifar10", DatasetSpec(
+    tfds_name="cifar10", train_split="train", eval_split="test",
+    num_train_examples=50_000, num_eval_examples=10_000, num_classes=10,
+    image_shape=(32, 32, 3), mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    train_transform=augment.cifar_train, eval_transform=augment.cifar_eval))
+
+# ImageNet-1k (ILSVRC 2012). TFDS needs the manual download of the two tars
+# (see README); image_shape is the model's input after the crop. Mean and std
+# are the usual RGB statistics of the training set (torchvision, MLPerf).
+register("imagenet2012", DatasetSpec(
+    tfds_name="imagenet2012", train_split="train", eval_split="validation",
+    num_train_examples=1_281_167, num_eval_examples=50_000, num_classes=1000,
+    image_shape=(224, 224, 3), mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    train_transform=augment.imagenet_train, eval_transform=augment.imagenet_eval))
