@@ -1,0 +1,215 @@
+"""What every lbt command shares: flags, Python config files, overrides, exit codes.
+
+`lbt.main`, `lbt.study` and `lbt.report` are thin: each defines its own
+`absl.flags.FlagValues` (so that several can be imported into one process),
+and uses this module to parse them, load a Python file
+(`path/to/file.py[:ARG]`), apply `--config.a.b=value` overrides, and turn the
+outcome into an exit status. Bad input of any kind becomes one `ConfigError`
+line naming the flag or field, the value and what is allowed; the library's
+exception text is never parsed.
+"""
+
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+from typing import Callable, List, NamedTuple, Sequence
+
+from absl import flags
+import ml_collections
+
+from lbt.errors import ConfigError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECKPOINT = 0, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_PREEMPTED = 130, 143
+
+# The repository root, so that config files can `import configs.<benchmark>`.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ExitRule(NamedTuple):
+  """An exception type (by module and name), its exit status and its line."""
+  module: str
+  name: str
+  status: int
+  line: str  # formatted with the exception
+
+
+# Outcomes scripts (and the study runner) tell apart by the exit status. The
+# classes are looked up in sys.modules when an exception arrives: a module
+# never imported cannot have raised its exception, and this keeps jax unloaded.
+EXIT_RULES = (
+    ExitRule("lbt.errors", "ConfigError", EXIT_BAD_INPUT, "lbt: error: {}"),
+    ExitRule("lbt.train", "Diverged", EXIT_DIVERGED, "lbt: {}"),
+    ExitRule("lbt.checkpoint", "CheckpointSaveError", EXIT_CHECKPOINT, "lbt: error: {}"),
+    ExitRule("builtins", "KeyboardInterrupt", EXIT_INTERRUPTED,
+             "lbt: interrupted; rerun the same command to resume from the last checkpoint."),
+    ExitRule("lbt.train", "Preempted", EXIT_PREEMPTED,
+             "lbt: {}; rerun the same command to resume."),
+)
+
+
+def one_line(text) -> str:
+  return " ".join(str(text).split())
+
+
+def run(command: Callable[[], object]) -> int:
+  """Calls `command()`; returns 0, or the exit status of its exception.
+
+  The exception's one line goes to stderr; an exception no rule names is
+  re-raised with its traceback (a bug, not an outcome).
+  """
+  try:
+    command()
+  except BaseException as e:  # pylint: disable=broad-except
+    for rule in EXIT_RULES:
+      kind = getattr(sys.modules.get(rule.module), rule.name, None)
+      if kind is not None and isinstance(e, kind):
+        print(rule.line.format(one_line(e)), file=sys.stderr, flush=True)
+        return rule.status
+    raise
+  return EXIT_OK
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], *, program: str,
+                override_prefix: str = "--config.") -> List[str]:
+  """Parses `argv` (argv[0] is the program) into `flag_values`, repeatably.
+
+  Returns:
+    The `override_prefix` arguments, in order, for `apply_overrides`.
+
+  Raises:
+    ConfigError: an unknown flag (with the closest known one), a value that
+      does not parse as its flag's type, or a stray positional argument.
+  """
+  overrides = [a for a in argv[1:] if a.startswith(override_prefix)]
+  plain = [a for a in argv if not a.startswith(override_prefix)]
+  known = [f"--{name}" for name in flag_values]
+  flag_values.unparse_flags()
+  try:
+    rest = flag_values(plain)
+  except flags.UnrecognizedFlagError as e:
+    close = difflib.get_close_matches(f"--{e.flagname}", known, n=1)
+    raise ConfigError(
+        f"--{e.flagname}", _value_of(plain, e.flagname),
+        f"not a flag of {program}; its flags are: {', '.join(known)}"
+        f"{'; did you mean ' + close[0] + '?' if close else ''}") from None
+  except flags.Error as e:
+    for arg in plain[1:]:
+      name, _, value = arg.lstrip("-").partition("=")
+      if name in flag_values:
+        try:
+          flag_values[name].parser.parse(value)
+        except (ValueError, TypeError):
+          raise ConfigError(f"--{name}", value,
+                            f"a value of type {flag_values[name].flag_type()}") from None
+    raise ConfigError("flags", one_line(" ".join(plain[1:])), one_line(e)) from None
+  if rest[1:]:
+    raise ConfigError("arguments", rest[1:], f"none besides flags ({', '.join(known)})")
+  return overrides
+
+
+def _value_of(argv: Sequence[str], name: str):
+  return next((a.partition("=")[2] or None for a in argv
+               if a.lstrip("-").partition("=")[0] == name), None)
+
+
+def load_python_file(spec: str, *, flag: str = "--config", function: str = "get_config"):
+  """Imports `path/to/file.py` and returns `function(ARG)` (`function()` without ARG).
+
+  `spec` is `path/to/file.py` or `path/to/file.py:ARG`, as ml_collections'
+  config flags take it. The file may import `configs.*` and `lbt.*`. The
+  result's type is not checked here: each command knows what it expects.
+
+  Raises:
+    ConfigError naming `flag` and `spec` for a missing file, an import error
+    or an exception inside the function; a ConfigError the file raises itself
+    (e.g. for a bad ARG) keeps its own message.
+  """
+  path, has_arg, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(flag, spec, f"a config file that loads (no file {path!r})")
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  name = "_lbt_file_" + os.path.splitext(os.path.basename(path))[0]
+  try:
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(flag, spec, f"a config file that loads ({type(e).__name__}: "
+                      f"{one_line(e)})") from None
+  make = getattr(module, function, None)
+  if not callable(make):
+    raise ConfigError(flag, spec, f"a config file that defines {function}(arg)")
+  try:
+    return make(arg) if has_arg else make()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(flag, spec, f"a file whose {function}() runs ({type(e).__name__}: "
+                      f"{one_line(e)})") from None
+
+
+def _parse_value(text: str, current, field: str):
+  """`text` as the type of the field's current value."""
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ConfigError(field, text, "a boolean: true or false")
+    return text.lower() in ("true", "1")
+  if isinstance(current, (int, float)):
+    try:
+      return type(current)(text)
+    except ValueError:
+      raise ConfigError(field, text, f"a value of type {type(current).__name__}") from None
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ConfigError(field, text, f"a {type(current).__name__} literal such as "
+                        "(1, 2) or 1,2 ('' quotes around strings)") from None
+    return type(current)(value if isinstance(value, (tuple, list)) else (value,))
+  if current is None:  # No type to follow: a Python literal, else the text.
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str],
+                    flag_prefix: str = "--config.") -> None:
+  """Applies `--config.a.b=value` strings, in order, to a locked ConfigDict.
+
+  Each value takes the type of the field it replaces (int, float, bool, str,
+  tuple or list; a None field takes a Python literal or the text).
+
+  Raises:
+    ConfigError naming the override: a field the config does not have (with
+    the fields it has), a section given a value, or a value of the wrong type.
+  """
+  for override in overrides:
+    path, has_value, text = override[len(flag_prefix):].partition("=")
+    field = flag_prefix + path
+    node, parts = config, path.split(".")
+    for depth, part in enumerate(parts):
+      keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      if part not in keys:
+        section = ".".join(["config"] + parts[:depth])
+        raise ConfigError(field, text or None, f"not a field of {section}; its fields "
+                          f"are: {', '.join(keys) or 'none'}")
+      if depth < len(parts) - 1:
+        node = node[part]
+    current = node[parts[-1]]
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigError(field, text or None, f"a value for a field of this section, "
+                        f"e.g. {field}.{sorted(current.keys())[0] if current else 'x'}=...")
+    if not has_value:
+      raise ConfigError(field, None, f"a value: {field}=VALUE")
+    try:
+      node[parts[-1]] = _parse_value(text, current, field)
+    except TypeError:  # ml_collections refuses the type change.
+      raise ConfigError(field, text, f"a value of type {type(current).__name__}") from None
