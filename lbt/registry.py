@@ -4,13 +4,16 @@ Configs name things by string; a registry turns the string into the object and,
 on a miss, lists every known name so the error tells the user what is allowed.
 """
 
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+import inspect
+from typing import Any, Callable, Dict, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
   """A module-level dict filled by a decorator that refuses duplicates."""
+
+  REQUIRED = inspect.Parameter.empty  # `options` value of an argument without default
 
   def __init__(self, kind: str):
     self.kind = kind
@@ -31,6 +34,17 @@ class Registry(Generic[T]):
           f"{field}={name!r} is not a known {self.kind}; "
           f"allowed: {', '.join(sorted(self._entries))}.")
     return self._entries[name]
+
+  def options(self, name: str, *, internal=()) -> Dict[str, Any]:
+    """The keyword options of the entry `name` (a factory), with their defaults.
+
+    The one place lbt reads a signature: what a config section may hold for an
+    optimizer or a model is what its factory accepts. Arguments in `internal`
+    (supplied by lbt, not by the config) are left out; an option without a
+    default maps to `Registry.REQUIRED`.
+    """
+    parameters = inspect.signature(self.get(name)).parameters
+    return {p: v.default for p, v in parameters.items() if p not in internal}
 
   def names(self) -> list:
     return sorted(self._entries)

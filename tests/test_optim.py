@@ -266,8 +266,8 @@ def test_multistep_constant_and_full_batch_schedules():
 
 
 @pytest.mark.parametrize("fields, field", [
-    (dict(name="poly", warmup_epochs=10), "schedule.warmup_epochs"),  # W = N
-    (dict(name="poly", warmup_epochs=9.6), "schedule.warmup_epochs"),  # rounds to 10
+    (dict(name="poly", warmup_epochs=-1), "schedule.warmup_epochs"),
+    (dict(name="poly", warmup_epochs=float("nan")), "schedule.warmup_epochs"),
     (dict(name="cosine", power=2), "schedule.power"),
     (dict(name="multistep", decay_epochs=[3], end_learning_rate=0.0),
      "schedule.end_learning_rate"),
@@ -279,6 +279,32 @@ def test_schedule_config_errors_name_the_field(fields, field):
   with pytest.raises(ConfigError) as e:
     _schedule(1.0, 1, 10, **fields)
   assert e.value.field == field
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_for_a_tenth_of_it():
+  # spe 234, warmup 1 epoch = 234 updates > N = 30: W = min(ceil(30/10), 29) = 3.
+  # warmup c=0,1,2: 1.2*(c+1)/3 = 0.4, 0.8, 1.2; cosine to 0 over D - 1 = 26:
+  # c=16 (k=13): 1.2*(1 + cos(pi/2))/2 = 0.6; c=29 (k=26): 0.
+  fields = dict(name="cosine", warmup_epochs=1.0, end_learning_rate=0.0)
+  short = _schedule(1.2, 234, 30, **fields)
+  np.testing.assert_allclose(_values(short, [0, 1, 2, 3, 16, 29]),
+                             [0.4, 0.8, 1.2, 1.2, 0.6, 0.0], atol=1e-7)
+  note = optim.warmup_note(ml_collections.ConfigDict(fields), 234, 30)
+  assert "234 updates" in note and "3 updates" in note and "10 %" in note
+  assert optim.warmup_note(ml_collections.ConfigDict(fields), 234, 235) is None
+  # W = N = 10 (warmup 9.6 epochs rounds to 10): ceil(10/10) = 1 warmup update
+  # at the peak, then poly (power 1) from 1 to 0 over D - 1 = 8: c=5 (k=4): 0.5.
+  ten = _schedule(1.0, 1, 10, name="poly", warmup_epochs=9.6, power=1)
+  np.testing.assert_allclose(_values(ten, [0, 1, 5, 9]), [1, 1, 0.5, 0], atol=1e-7)
+  # N = 1: no warmup (at least one update decays); N = 2: one warmup update.
+  assert _values(_schedule(0.5, 1, 1, name="poly", warmup_epochs=3), [0]) == [0.5]
+  two = _schedule(0.5, 1, 2, name="poly", warmup_epochs=3, power=1)
+  np.testing.assert_allclose(_values(two, [0, 1]), [0.5, 0.5])
+  # Multistep decay epochs are checked against the shortened warmup (W = 2 of 20).
+  multi = _schedule(1.0, 30, 20, name="multistep", warmup_epochs=1.0,
+                    decay_epochs=[0.5], decay_factor=0.1)
+  np.testing.assert_allclose(_values(multi, [0, 1, 14, 15, 19]), [0.5, 1, 1, 0.1, 0.1],
+                             rtol=1e-6)
 
 
 def test_scaling_rules():
@@ -298,11 +324,11 @@ def test_scaling_rules():
 def test_exclude_masks():
   params = _nest({k: np.zeros(s) for k, s in SHAPES.items()})
   flat = lambda mask: {f"{l}/{p}": v for l, d in mask.items() for p, v in d.items()}
-  assert flat(optim.decay_mask()(params)) == {k: len(s) > 1 for k, s in SHAPES.items()}
-  custom = flat(optim.decay_mask(["BatchNorm", r"^Conv_0/bias$"])(params))
+  assert flat(optim.decay_and_trust_mask()(params)) == {k: len(s) > 1 for k, s in SHAPES.items()}
+  custom = flat(optim.decay_and_trust_mask(["BatchNorm", r"^Conv_0/bias$"])(params))
   assert [k for k, v in custom.items() if not v] == [
       "BatchNorm_0/bias", "BatchNorm_0/scale", "Conv_0/bias"]
-  assert flat(optim.decay_mask("kernel")(params))["Dense_0/bias"]  # one pattern
+  assert flat(optim.decay_and_trust_mask("kernel")(params))["Dense_0/bias"]  # one pattern
   with pytest.raises(ConfigError) as e:
     optim.lars(0.1, exclude=["("])
   assert e.value.field == "optimizer.exclude"

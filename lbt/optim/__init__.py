@@ -10,8 +10,9 @@ from lbt.optim.factory import create
 from lbt.optim.factory import create_by_name
 from lbt.optim.factory import default_hyperparameters
 from lbt.optim.factory import effective_learning_rate
-from lbt.optim.masks import decay_mask
+from lbt.optim.masks import decay_and_trust_mask
 from lbt.optim.schedules import create_schedule
+from lbt.optim.schedules import warmup_note
 from lbt.optim.trust import TrustRatioState
 from lbt.optim.trust import trust_ratio_stats
 # Optimizer modules register themselves in OPTIMIZERS on import.
@@ -27,8 +28,8 @@ from lbt.optim.sgd import sgd
 
 __all__ = [
     "OPTIMIZERS", "TrustRatioState", "adagrad", "adam", "adamw", "check",
-    "create", "create_by_name", "create_schedule", "decay_mask",
+    "create", "create_by_name", "create_schedule", "decay_and_trust_mask",
     "default_hyperparameters",
     "effective_learning_rate", "lamb", "lars", "momentum", "nesterov",
-    "rmsprop", "sgd", "trust_ratio_stats",
+    "rmsprop", "sgd", "trust_ratio_stats", "warmup_note",
 ]

@@ -3,9 +3,15 @@
 The trainer builds its optimizer only through these functions, so every key of
 `config.optimizer` is either read here or rejected with the field's name.
 Config fields other than the four below are the factory's hyperparameters.
+
+Each field has one owner that checks it: `optimizer.name` is checked by
+`check`; learning_rate, scaling and base_batch_size by
+`effective_learning_rate`, which reads them; the hyperparameters (keys and
+ranges) by `create_by_name`, the one door to a factory; `exclude` by
+`masks.compile_exclude` inside the factory. `check` reaches every one of them
+without training, so `lbt.config.validate` calls only `check`.
 """
 
-import inspect
 import math
 import numbers
 from typing import Mapping, Optional
@@ -13,7 +19,6 @@ from typing import Mapping, Optional
 import optax
 
 from lbt.errors import ConfigError
-from lbt.optim import masks
 from lbt.optim import schedules
 from lbt.registry import Registry
 
@@ -24,18 +29,19 @@ RESERVED_KEYS = ("name", "learning_rate", "scaling", "base_batch_size")
 SCALING_RULES = ("linear", "sqrt", "none")
 
 
+def _options(name: str) -> dict:
+  return OPTIMIZERS.options(name, internal=("learning_rate",))
+
+
 def hyperparameter_names(name: str) -> list:
   """The factory's arguments other than learning_rate, in signature order."""
-  params = inspect.signature(OPTIMIZERS.get(name)).parameters
-  return [p for p in params if p != "learning_rate"]
+  return list(_options(name))
 
 
 def default_hyperparameters(name: str) -> dict:
   """The factory's defaults (those a config can hold: not None)."""
-  params = inspect.signature(OPTIMIZERS.get(name, field="optimizer.name")).parameters
-  return {p: v.default for p, v in params.items()
-          if p != "learning_rate" and v.default is not inspect.Parameter.empty
-          and v.default is not None}
+  return {k: v for k, v in _options(name).items()
+          if v is not None and v is not Registry.REQUIRED}
 
 
 # Ranges of the hyperparameters that are numbers, wherever an optimizer takes them.
@@ -64,7 +70,11 @@ def _check_hyperparameters(name: str, hyperparameters: Mapping) -> None:
 
 def create_by_name(name: str, learning_rate: optax.ScalarOrSchedule,
                    **hyperparameters) -> optax.GradientTransformation:
-  """Calls the registered factory; unknown name -> KeyError listing names."""
+  """Calls the registered factory; unknown name -> KeyError listing names.
+
+  The hyperparameters' keys and ranges are checked here (ConfigError naming
+  `optimizer.<key>`), so that every way to an optimizer checks them.
+  """
   factory = OPTIMIZERS.get(name, field="optimizer.name")
   _check_hyperparameters(name, hyperparameters)
   return factory(learning_rate, **hyperparameters)
@@ -78,63 +88,56 @@ def _hyperparameters(optimizer_config: Mapping) -> dict:
   return hyper
 
 
-def effective_learning_rate(optimizer_config: Mapping, batch_size: int
-                            ) -> float:
+def _field(optimizer_config: Mapping, key: str):
+  return optimizer_config[key] if key in optimizer_config else None
+
+
+def effective_learning_rate(optimizer_config: Mapping, batch_size: int) -> float:
   """The peak LR at `batch_size` from the base LR at base_batch_size B0.
 
   linear: base * B / B0 (Goyal et al.); sqrt: base * sqrt(B / B0) (Krizhevsky
-  2014; the LARS-ImageNet-PyTorch table); none: base.
+  2014; the LARS-ImageNet-PyTorch table); none: base. The owner of the three
+  fields it reads: a bad one raises ConfigError naming it.
 
   References:
     Goyal et al. 2017, https://arxiv.org/abs/1706.02677 ;
     Krizhevsky, "One weird trick for parallelizing convolutional neural
     networks", 2014, https://arxiv.org/abs/1404.5997
   """
-  scaling = optimizer_config["scaling"] if "scaling" in optimizer_config else None
+  scaling = _field(optimizer_config, "scaling")
   if scaling not in SCALING_RULES:
-    raise ConfigError("optimizer.scaling", scaling,
-                      f"one of {', '.join(SCALING_RULES)}")
-  if "learning_rate" not in optimizer_config:
-    raise ConfigError("optimizer.learning_rate", None, "a number >= 0")
-  base = optimizer_config["learning_rate"]
+    raise ConfigError("optimizer.scaling", scaling, f"one of {', '.join(SCALING_RULES)}")
+  base = _field(optimizer_config, "learning_rate")
   if (isinstance(base, bool) or not isinstance(base, numbers.Real)
-      or not base >= 0):
-    raise ConfigError("optimizer.learning_rate", base, "a number >= 0")
+      or not math.isfinite(base) or base < 0):
+    raise ConfigError("optimizer.learning_rate", base, "a finite number >= 0")
   if scaling == "none":
     return float(base)
-  b0 = (optimizer_config["base_batch_size"]
-        if "base_batch_size" in optimizer_config else None)
+  b0 = _field(optimizer_config, "base_batch_size")
   if isinstance(b0, bool) or not isinstance(b0, numbers.Integral) or b0 < 1:
     raise ConfigError("optimizer.base_batch_size", b0,
                       f"an int >= 1 (needed by scaling={scaling!r})")
-  if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-    raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
   ratio = batch_size / b0
   return float(base * (ratio if scaling == "linear" else math.sqrt(ratio)))
 
 
 def check(optimizer_config: Mapping,
           schedule_config: Optional[Mapping] = None) -> None:
-  """Validates names, keys and cheap values; builds nothing.
+  """Validates the optimizer section (and the schedule's own fields); trains nothing.
 
-  Raises ConfigError naming the field: optimizer.name, optimizer.<key> for a
-  key the optimizer does not take, optimizer.scaling, optimizer.exclude (bad
-  regex), schedule.name and schedule.<key>.
+  Runs each field's owner once: the name here, the learning-rate fields in
+  `effective_learning_rate`, the hyperparameters and `exclude` by building
+  the optax chain (pure Python closures, no arrays). With `schedule_config`,
+  also `schedules.check_schedule` (the fields that need no step counts).
+
+  Raises:
+    ConfigError naming the field.
   """
-  name = optimizer_config["name"] if "name" in optimizer_config else None
-  try:
-    OPTIMIZERS.get(name, field="optimizer.name")
-  except KeyError:
-    raise ConfigError("optimizer.name", name,
-                      f"one of {', '.join(OPTIMIZERS.names())}") from None
-  hyper = _hyperparameters(optimizer_config)
-  _check_hyperparameters(name, hyper)
-  if "exclude" in hyper:
-    masks.compile_exclude(hyper["exclude"])
-  if "scaling" in optimizer_config and (
-      optimizer_config["scaling"] not in SCALING_RULES):
-    raise ConfigError("optimizer.scaling", optimizer_config["scaling"],
-                      f"one of {', '.join(SCALING_RULES)}")
+  name = _field(optimizer_config, "name")
+  if name not in OPTIMIZERS:
+    raise ConfigError("optimizer.name", name, f"one of {', '.join(OPTIMIZERS.names())}")
+  effective_learning_rate(optimizer_config, 1)
+  create(optimizer_config, 0.0)
   if schedule_config is not None:
     schedules.check_schedule(schedule_config)
 
@@ -146,6 +149,5 @@ def create(optimizer_config: Mapping, schedule: optax.ScalarOrSchedule
   optimizer_config.learning_rate is not read here: the trainer turns it into
   the peak of `schedule` via effective_learning_rate and create_schedule.
   """
-  check(optimizer_config)
   return create_by_name(optimizer_config["name"], schedule,
                         **_hyperparameters(optimizer_config))

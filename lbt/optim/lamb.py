@@ -16,21 +16,21 @@ def scale_by_lamb_trust_ratio(exclude: masks.Exclude = None
                              ) -> optax.GradientTransformation:
   """u -> (||w|| / ||u||) * u on adapted tensors; excluded tensors unchanged.
 
-  The ratio is exactly 1 when ||w|| or ||u|| is 0 (phi = identity, no clamp,
-  as in TF-addons). The state keeps the ratio for `trust_ratio_stats`.
+  optax.scale_by_trust_ratio (coefficient 1, eps 0, no clamp, as in
+  TF-addons) does the scaling, ratio exactly 1 when ||w|| or ||u|| is 0; the
+  same ratio is kept in a TrustRatioState for `trust_ratio_stats`.
 
   References:
     You et al., "Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes", ICLR 2020, Algorithm 2, https://arxiv.org/abs/1904.00962
   """
-  mask_fn = masks.decay_mask(exclude)
 
-  def adapted(u, w):
+  def record(u, w):
     w_norm, u_norm = trust.norm(w), trust.norm(u)
-    ratio = trust.safe_ratio(w_norm, u_norm, w_norm, u_norm)
-    return ratio.astype(u.dtype) * u, ratio
+    return u, trust.safe_ratio(w_norm, u_norm, w_norm, u_norm)
 
-  return trust.layerwise(adapted, mask_fn)
+  return trust.layerwise(record, masks.decay_and_trust_mask(exclude),
+                         optax.scale_by_trust_ratio())
 
 
 @OPTIMIZERS.register("lamb")

@@ -30,7 +30,7 @@ def scale_by_lars_trust_ratio(
     You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks",
     2017, Algorithm 1, https://arxiv.org/abs/1708.03888
   """
-  mask_fn = masks.decay_mask(exclude)
+  mask_fn = masks.decay_and_trust_mask(exclude)
 
   def adapted(g, w):
     w = w.astype(g.dtype)

@@ -17,23 +17,6 @@ from lbt.errors import ConfigError
 Exclude = Optional[Union[str, Sequence[str]]]
 
 
-def path_name(path) -> str:
-  """Joins a jax key path into 'Conv_0/kernel', the form `exclude` matches."""
-  parts = []
-  for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
-      parts.append(str(key.key))
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      parts.append(key.name)
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      parts.append(str(key.idx))
-    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(key.key))
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
 def compile_exclude(exclude: Exclude) -> Optional[tuple]:
   """Validates `exclude` once, at construction, so a bad regex fails early.
 
@@ -62,18 +45,21 @@ def is_excluded(name: str, ndim: int, patterns: Optional[tuple]) -> bool:
   return any(p.search(name) for p in patterns)
 
 
-def decay_mask(exclude: Exclude = None) -> Callable[[Any], Any]:
-  """Returns params -> tree of bools, True where decay/adaptation applies.
+def decay_and_trust_mask(exclude: Exclude = None) -> Callable[[Any], Any]:
+  """Returns params -> tree of bools, True where weight decay AND the layer-wise
+  trust ratio apply (one mask for both: an excluded tensor gets neither).
 
   A function rather than a tree so that one optimizer works for any model;
-  it only reads paths and ranks, so it also works on `jax.eval_shape` output.
+  it only reads paths ('Conv_0/kernel') and ranks, so it also works on
+  `jax.eval_shape` output.
   """
   patterns = compile_exclude(exclude)
 
   def mask_fn(params):
     return jax.tree_util.tree_map_with_path(
         lambda path, x: not is_excluded(
-            path_name(path), len(getattr(x, "shape", ())), patterns),
+            jax.tree_util.keystr(path, simple=True, separator="/"),
+            len(getattr(x, "shape", ())), patterns),
         params)
 
   return mask_fn
@@ -86,7 +72,7 @@ def add_decayed_weights(weight_decay: float, exclude: Exclude = None
   Skipping the zero case keeps the state and the compiled update free of a
   no-op masked transformation.
   """
-  mask = decay_mask(exclude)  # validates `exclude` even when decay is off
+  mask = decay_and_trust_mask(exclude)  # validates `exclude` even when decay is off
   if weight_decay == 0.0:
     return optax.identity()
   return optax.add_decayed_weights(weight_decay, mask=mask)

@@ -3,7 +3,11 @@
 All schedules are functions of the 0-based update count c (the number of
 updates already applied, i.e. optax's `count`). With peak P, end E,
 W = round(warmup_epochs * steps_per_epoch) warmup updates (Python round, half
-to even), N = num_train_steps and D = N - W >= 1 decay updates, k = c - W:
+to even), N = num_train_steps and D = N - W >= 1 decay updates, k = c - W.
+A run shorter than its warmup (W >= N, e.g. a smoke run of 30 updates on a
+config with a 1-epoch warmup) runs with W = min(ceil(N / 10), N - 1): the
+warmup becomes 10 % of the run, rounded up, and at least one update decays;
+`warmup_note` says so in one line.
 
   warmup (c < W):  P * (c + 1) / W
       The first update already moves (P/W) and update W-1 uses exactly P, so no
@@ -28,7 +32,7 @@ References:
 
 import math
 import numbers
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax.numpy as jnp
 import optax
@@ -43,27 +47,23 @@ SCHEDULE_KEYS = {
     "multistep": _COMMON + ("decay_epochs", "decay_factor"),
     "constant": _COMMON,
 }
+DEFAULTS = dict(warmup_epochs=0.0, end_learning_rate=0.0, power=2.0, decay_factor=0.1)
+# A run shorter than its warmup warms up for this share of its updates.
+SHORT_RUN_WARMUP_FRACTION = 10  # percent, rounded up
 
 
-def _get(config, key, default):
-  return config[key] if key in config else default
-
-
-def _number(config, key, default, minimum=0.0):
-  value = _get(config, key, default)
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-      or not math.isfinite(value) or value < minimum):
-    raise ConfigError(f"schedule.{key}", value, f"a number >= {minimum}")
-  return float(value)
+def _get(config, key):
+  return config[key] if key in config else DEFAULTS.get(key)
 
 
 def check_schedule(schedule_config: Mapping) -> None:
   """Validates the name, that every key is used, and value ranges.
 
-  Checks that need step counts (warmup vs run length, decay epochs vs
-  warmup) happen in `create_schedule`, where those counts are known.
+  The one owner of the schedule's fields; the builders below read them
+  unchecked. The checks that need step counts (decay epochs against the
+  warmup) are made where those counts are known, in `_multistep`.
   """
-  name = _get(schedule_config, "name", None)
+  name = _get(schedule_config, "name")
   if name not in SCHEDULE_KEYS:
     raise ConfigError("schedule.name", name,
                       f"one of {', '.join(sorted(SCHEDULE_KEYS))}")
@@ -73,14 +73,13 @@ def check_schedule(schedule_config: Mapping) -> None:
       raise ConfigError(f"schedule.{key}", schedule_config[key],
                         f"not used by schedule {name!r}; allowed: "
                         f"{', '.join(allowed)}")
-  _number(schedule_config, "warmup_epochs", 0.0)
-  if name in ("poly", "cosine"):
-    _number(schedule_config, "end_learning_rate", 0.0)
-  if name == "poly":
-    _number(schedule_config, "power", 2.0, minimum=0.0)
+  for key in (k for k in allowed if k in DEFAULTS):
+    value = _get(schedule_config, key)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+        or not math.isfinite(value) or value < 0):
+      raise ConfigError(f"schedule.{key}", value, "a number >= 0.0")
   if name == "multistep":
-    _number(schedule_config, "decay_factor", 0.1)
-    epochs = _get(schedule_config, "decay_epochs", None)
+    epochs = _get(schedule_config, "decay_epochs")
     if (not isinstance(epochs, (list, tuple))
         or not all(isinstance(e, numbers.Real) and not isinstance(e, bool)
                    and e >= 0 for e in epochs)
@@ -89,21 +88,31 @@ def check_schedule(schedule_config: Mapping) -> None:
                         "a list of increasing epochs >= 0")
 
 
-def warmup_steps(schedule_config: Mapping, steps_per_epoch: int) -> int:
-  """W = round(warmup_epochs * steps_per_epoch), the number of warmup updates."""
-  return round(_number(schedule_config, "warmup_epochs", 0.0) * steps_per_epoch)
+def warmup_steps(schedule_config: Mapping, steps_per_epoch: int,
+                 num_train_steps: Optional[int] = None) -> int:
+  """The number of warmup updates W.
+
+  round(warmup_epochs * steps_per_epoch); given the run's length N and
+  W >= N, the short-run warmup min(ceil(N / 10), N - 1) instead.
+  """
+  w = round(float(_get(schedule_config, "warmup_epochs")) * steps_per_epoch)
+  if num_train_steps is None or w < num_train_steps:
+    return w
+  return min(-(-num_train_steps * SHORT_RUN_WARMUP_FRACTION // 100), num_train_steps - 1)
 
 
-def _cosine(peak, end, steps):
-  """Half cosine from peak (count 0) to end (count `steps`), then end."""
-  if steps <= 0:
-    return optax.constant_schedule(peak)
-
-  def schedule(count):
-    frac = jnp.clip(count, 0, steps) / steps
-    return end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
-
-  return schedule
+def warmup_note(schedule_config: Mapping, steps_per_epoch: int,
+                num_train_steps: int) -> Optional[str]:
+  """One line saying that the warmup was shortened to fit the run; else None."""
+  configured = warmup_steps(schedule_config, steps_per_epoch)
+  used = warmup_steps(schedule_config, steps_per_epoch, num_train_steps)
+  if used == configured:
+    return None
+  return (f"lbt: the run ({num_train_steps} updates) is shorter than its warmup "
+          f"(schedule.warmup_epochs={_get(schedule_config, 'warmup_epochs')}: "
+          f"{configured} updates at {steps_per_epoch} per epoch); warming up for "
+          f"{used} updates instead ({SHORT_RUN_WARMUP_FRACTION} % of the run, "
+          "rounded up, leaving at least one update to decay)")
 
 
 # What follows the warmup, by schedule.name. Each builds a schedule of
@@ -115,14 +124,23 @@ DECAYS: Registry = Registry("schedule")
 def _poly(config, peak, warmup, last, steps_per_epoch):
   del warmup, steps_per_epoch
   return optax.polynomial_schedule(
-      peak, _number(config, "end_learning_rate", 0.0),
-      _number(config, "power", 2.0), transition_steps=last)
+      peak, float(_get(config, "end_learning_rate")), float(_get(config, "power")),
+      transition_steps=last)
 
 
 @DECAYS.register("cosine")
-def _cosine_decay(config, peak, warmup, last, steps_per_epoch):
+def _cosine(config, peak, warmup, last, steps_per_epoch):
+  """E + (P - E) * (1 + cos(pi * k / last)) / 2, k clipped to [0, last].
+
+  optax's cosine decay from P - E to 0, lifted by E: the same numbers as
+  alpha = E / P, without dividing by a peak that may be 0.
+  """
   del warmup, steps_per_epoch
-  return _cosine(peak, _number(config, "end_learning_rate", 0.0), last)
+  end = float(_get(config, "end_learning_rate"))
+  if last <= 0:  # One decay update, at the peak.
+    return optax.constant_schedule(peak)
+  decay = optax.cosine_decay_schedule(peak - end, decay_steps=last)
+  return lambda count: end + decay(count)
 
 
 @DECAYS.register("multistep")
@@ -141,7 +159,7 @@ def _multistep(config, peak, warmup, last, steps_per_epoch):
       raise ConfigError(
           "schedule.decay_epochs", config["decay_epochs"],
           f"epochs {epoch} and an earlier one fall on the same update {step}")
-    boundaries[step - warmup] = _number(config, "decay_factor", 0.1)
+    boundaries[step - warmup] = float(_get(config, "decay_factor"))
   return optax.piecewise_constant_schedule(peak, boundaries)
 
 
@@ -157,31 +175,22 @@ def create_schedule(schedule_config: Mapping, peak_learning_rate: float,
   """Builds the schedule defined in the module docstring.
 
   Args:
-    schedule_config: name, warmup_epochs and the chosen schedule's fields.
+    schedule_config: name, warmup_epochs and the chosen schedule's fields
+      (checked by `check_schedule`).
     peak_learning_rate: P, the LR after warmup (already batch-scaled).
-    steps_per_epoch: updates per epoch (1 for full-batch training).
-    num_train_steps: N, total number of updates of the run.
+    steps_per_epoch: updates per epoch (1 for full-batch training), >= 1.
+    num_train_steps: N, total number of updates of the run, >= 1.
 
   Returns:
     A function of the 0-based update count returning the LR as a jnp scalar.
   """
   check_schedule(schedule_config)
-  for arg, value in (("steps_per_epoch", steps_per_epoch),
-                     ("num_train_steps", num_train_steps)):
-    if not isinstance(value, numbers.Integral) or value < 1:
-      raise ValueError(f"{arg}={value!r} must be an int >= 1")
   steps_per_epoch, num_train_steps = int(steps_per_epoch), int(num_train_steps)
-  name = schedule_config["name"]
   peak = float(peak_learning_rate)
-  w = warmup_steps(schedule_config, steps_per_epoch)
-  if w >= num_train_steps:
-    raise ConfigError(
-        "schedule.warmup_epochs", schedule_config["warmup_epochs"],
-        f"warmup ({w} updates at {steps_per_epoch} per epoch) must be shorter "
-        f"than the run ({num_train_steps} updates)")
+  w = warmup_steps(schedule_config, steps_per_epoch, num_train_steps)
   last = num_train_steps - w - 1  # k of the last update, D - 1
 
-  decay = DECAYS.get(name, field="schedule.name")(
+  decay = DECAYS.get(schedule_config["name"], field="schedule.name")(
       schedule_config, peak, w, last, steps_per_epoch)
 
   if w > 0:

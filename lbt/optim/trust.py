@@ -20,7 +20,9 @@ class TrustRatioState(NamedTuple):
 
 
 def init_state(params, mask) -> TrustRatioState:
-  leaves, treedef = jax.tree_util.tree_flatten(params)
+  """Ratios of 1 where `mask` is True, MaskedNode elsewhere: the layout that
+  `layerwise` keeps, for optimizers that write their own update."""
+  _, treedef = jax.tree_util.tree_flatten(params)
   ratios = [jnp.ones([], jnp.float32) if m else optax.MaskedNode()
             for m in treedef.flatten_up_to(mask)]
   return TrustRatioState(trust_ratio=treedef.unflatten(ratios))
@@ -40,30 +42,6 @@ def safe_ratio(numerator, denominator, param_norm, other_norm) -> jax.Array:
   """
   ok = jnp.logical_and(param_norm > 0, other_norm > 0)
   return jnp.where(ok, numerator / jnp.where(ok, denominator, 1), 1)
-
-
-def map_layerwise(
-    adapted: Callable[[jax.Array, jax.Array], Tuple[jax.Array, jax.Array]],
-    excluded: Callable[[jax.Array, jax.Array], jax.Array],
-    updates, params, mask) -> Tuple[Any, TrustRatioState]:
-  """Applies `adapted(g, w) -> (u, ratio)` or `excluded(g, w) -> u` per leaf.
-
-  Returns the new updates and a TrustRatioState in the layout of `init_state`.
-  The mask is a tree of Python bools, so the choice is made at trace time.
-  """
-  grads, treedef = jax.tree_util.tree_flatten(updates)
-  new_updates, ratios = [], []
-  for g, w, m in zip(grads, treedef.flatten_up_to(params),
-                     treedef.flatten_up_to(mask)):
-    if m:
-      u, ratio = adapted(g, w)
-      ratios.append(ratio.astype(jnp.float32))
-    else:
-      u = excluded(g, w)
-      ratios.append(optax.MaskedNode())
-    new_updates.append(u.astype(g.dtype))
-  return (treedef.unflatten(new_updates),
-          TrustRatioState(trust_ratio=treedef.unflatten(ratios)))
 
 
 def trust_ratio_stats(opt_state) -> Dict[str, jax.Array]:
@@ -88,19 +66,40 @@ def trust_ratio_stats(opt_state) -> Dict[str, jax.Array]:
   }
 
 
-def layerwise(adapted: Callable[[jax.Array, jax.Array], Tuple[jax.Array, jax.Array]],
-              mask_fn: Callable) -> optax.GradientTransformation:
-  """A transformation applying `adapted(g, w) -> (u, ratio)` to the tensors
-  `mask_fn(params)` marks, passing the others through, and keeping the ratios
-  in a TrustRatioState (LARS and LAMB differ only in `adapted`)."""
+def record_ratios(adapted: Callable[[jax.Array, jax.Array], Tuple[jax.Array, jax.Array]]
+                  ) -> optax.GradientTransformation:
+  """Applies `adapted(g, w) -> (u, ratio)` to every leaf and keeps each ratio.
+
+  Meant to run inside `optax.masked` (see `layerwise`): excluded tensors are
+  MaskedNodes there, so they have neither an update here nor a stored ratio.
+  """
 
   def init_fn(params):
-    return init_state(params, mask_fn(params))
+    return TrustRatioState(trust_ratio=jax.tree.map(
+        lambda _: jnp.ones([], jnp.float32), params))
 
   def update_fn(updates, state, params=None):
     del state
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
-    return map_layerwise(adapted, lambda g, w: g, updates, params, mask_fn(params))
+    grads, treedef = jax.tree_util.tree_flatten(updates)
+    pairs = [adapted(g, w) for g, w in zip(grads, treedef.flatten_up_to(params))]
+    new_updates = [u.astype(g.dtype) for (u, _), g in zip(pairs, grads)]
+    ratios = [ratio.astype(jnp.float32) for _, ratio in pairs]
+    return (treedef.unflatten(new_updates),
+            TrustRatioState(trust_ratio=treedef.unflatten(ratios)))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def layerwise(adapted: Callable[[jax.Array, jax.Array], Tuple[jax.Array, jax.Array]],
+              mask_fn: Callable, *then: optax.GradientTransformation
+              ) -> optax.GradientTransformation:
+  """`record_ratios(adapted)` and then `then`, on the tensors `mask_fn` marks.
+
+  optax.masked passes the other tensors through unchanged. LARS gives the
+  whole rule as `adapted`; LAMB records its ratio there and scales with
+  optax.scale_by_trust_ratio in `then`.
+  """
+  inner = record_ratios(adapted)
+  return optax.masked(optax.chain(inner, *then) if then else inner, mask_fn)
