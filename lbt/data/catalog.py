@@ -61,6 +61,13 @@ register("fashion_mnist", DatasetSpec(
     prepare=_prepare_fashion_mnist))
 
 
+# TFDS's own builders. Reading them (tfds.data_source, images decoded with
+# OpenCV or PIL) needs no TensorFlow; building the array_record files does
+# (their builders read with tf.io.gfile): run once where TensorFlow is
+# installed, `tfds build cifar10 --file_format=array_record --data_dir=DIR`
+# (ImageNet: `tfds build imagenet2012 --manual_dir=<the two ILSVRC tars>`),
+# with DIR local or gs://, and point dataset.data_dir or $LBT_DATA_DIR at it.
+
 # Per-channel statistics of the 50,000 training images, pixels in [0, 1].
 register("cifar10", DatasetSpec(
     tfds_name="cifar10", train_split="train", eval_split="test",
