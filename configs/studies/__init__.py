@@ -1,0 +1,1 @@
+"""Study files: `get_study(arg) -> {point name: run config}`, run by `python -m lbt.study`."""

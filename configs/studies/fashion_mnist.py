@@ -1,0 +1,171 @@
+"""The default Fashion-MNIST batch-size study: every batch from 128 to the full 60,000.
+
+  python -m lbt.study --study=configs/studies/fashion_mnist.py --workdir=studies/fashion_mnist
+  python -m lbt.study --study=configs/studies/fashion_mnist.py:quick --workdir=studies/quick
+
+Model: the MLP of `configs/fashion_mnist.py` with two hidden layers of 128
+(Hoffer et al.'s F1 family, narrowed): on a 2-core CPU an epoch costs about 2 s
+at any batch, against ~5 s for 512 units and ~25 s for LeNet-5, and the whole
+study has to fit in 20 minutes. Points (names `<optimizer>-b<batch>[-variant]`):
+
+- the batch sweep: momentum (Goyal's baseline, linear scaling), LARS, LAMB and
+  Adam (sqrt scaling) at every power of two from 128 to 32,768 and at 60,000,
+  for EPOCHS epochs each (cosine decay, 1 warmup epoch): equal epochs, so the
+  larger the batch the fewer the updates, as in the paper;
+- a learning-rate grid (×0.5, ×1, ×2 of the base LR) for momentum and LARS at
+  B = TUNED_BATCH, chosen by the report on a 10,000-example validation split
+  held out from the training set (`-tuned-lr<base lr>`); every other point
+  uses its optimizer's scaling rule untuned;
+- the recipe ladder at 60,000 (`-recipe<k>`, see LADDER), for LADDER_EPOCHS;
+- Hoffer et al.'s test at HOFFER_BATCH against B0 = 128 (`-sqrt`, `-sqrt-gbn`,
+  `-regime`): the largest batch whose regime adaptation (HOFFER_BATCH/128 times
+  the epochs, the schedule stretched the same way) fits the 20-minute budget.
+
+`:quick` is a subset that runs in under 3 minutes.
+"""
+
+from typing import Dict
+
+import ml_collections
+
+from configs import fashion_mnist
+from lbt.errors import ConfigError
+
+OPTIMIZERS = ("momentum", "lars", "lamb", "adam")
+BATCHES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 60000)
+HIDDEN = (128, 128)
+EPOCHS = 3.0
+TUNED_BATCH, TUNED_FACTORS, VALIDATION_EXAMPLES = 16384, (0.5, 1.0, 2.0), 10000
+SMALL_BATCH, HOFFER_BATCH = 128, 2048
+LADDER_BATCH, LADDER_EPOCHS = 60000, 15.0
+EVALUATIONS = 10  # per run, for the updates-to-target columns and the curves.
+
+
+def point(optimizer: str, batch: int, epochs: float = EPOCHS) -> ml_collections.ConfigDict:
+  """One point of the sweep: `configs/fashion_mnist.py` with the study's MLP."""
+  config = fashion_mnist.get_config(f"{optimizer},batch={batch},epochs={epochs},model=mlp")
+  config.model.hidden_sizes = HIDDEN
+  config.eval_batch_size = 5000
+  _evaluate_often(config)
+  return config
+
+
+def _evaluate_often(config) -> None:
+  updates = int(config.num_epochs * (60000 // config.batch_size))
+  config.eval_every_steps = max(1, updates // EVALUATIONS)
+
+
+def _copy(config) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(config.to_dict())
+
+
+def tuned_grid(optimizer: str, batch: int, factors=TUNED_FACTORS) -> Dict[str, ml_collections.ConfigDict]:
+  """Base learning rates around the default, trained on 50,000 examples and
+  compared on the 10,000 held out; empty until configs carry a validation split."""
+  base = point(optimizer, batch)
+  if "validation_examples" not in base.dataset:
+    return {}
+  grid = {}
+  for factor in factors:
+    config = _copy(base)
+    config.dataset.validation_examples = VALIDATION_EXAMPLES
+    config.optimizer.learning_rate = base.optimizer.learning_rate * factor
+    grid[f"{optimizer}-b{batch}-tuned-lr{config.optimizer.learning_rate:g}"] = config
+  return grid
+
+
+# The recipe ladder (You et al. 2020 §3 as read in paper.md §3): each step
+# changes the previous step's config by one ingredient.
+def _lars(config):
+  keep = {k: config.optimizer[k] for k in ("learning_rate", "scaling", "base_batch_size")}
+  section = fashion_mnist.optimizer_point("lars").to_dict()
+  section.update(keep, exclude=())  # Decay and trust ratio on every tensor.
+  config.optimizer = ml_collections.ConfigDict(section)
+
+
+def _exclusions(config):
+  del config.optimizer["exclude"]  # The default: no decay or trust ratio on BN and biases.
+
+
+def _poly(config):
+  config.schedule = dict(name="poly", warmup_epochs=config.schedule.warmup_epochs,
+                         end_learning_rate=0.0, power=2.0)
+
+
+def _longer_warmup(config):
+  config.schedule.warmup_epochs = round(0.28 * config.num_epochs)  # MLPerf: 18 of 64 epochs.
+
+
+def _sqrt_legw(config):
+  config.optimizer.update(learning_rate=fashion_mnist.OPTIMIZERS["lars"]["learning_rate"],
+                          scaling="sqrt")
+  config.schedule.warmup_epochs = round(min(10 * config.batch_size / 32768,
+                                            0.4 * config.num_epochs))
+
+
+def _label_smoothing(config):
+  config.loss.label_smoothing = 0.1
+
+
+def _momentum_and_decay(config):
+  config.optimizer.update(momentum=0.95, weight_decay=1e-4)  # MLPerf at >= 64K.
+
+
+def _more_epochs(config):
+  config.num_epochs *= 2
+  _evaluate_often(config)
+
+
+LADDER = (_lars, _exclusions, _poly, _longer_warmup, _sqrt_legw, _label_smoothing,
+          _momentum_and_decay, _more_epochs)
+
+
+def ladder(batch: int = LADDER_BATCH, epochs: float = LADDER_EPOCHS, steps: int = len(LADDER)):
+  """Step 0 is Goyal et al.: momentum, linear scaling, warmup 5/90 and x0.1
+  steps at 30/60/80 of 90 epochs, scaled to the run."""
+  config = point("momentum", batch, epochs)
+  config.schedule = dict(name="multistep", warmup_epochs=round(epochs * 5 / 90),
+                         decay_epochs=[round(epochs * f, 3) for f in (1 / 3, 2 / 3, 8 / 9)],
+                         decay_factor=0.1)
+  points = {f"momentum-b{batch}-recipe0": config}
+  for k, change in enumerate(LADDER[:steps], start=1):
+    config = _copy(config)
+    change(config)
+    points[f"{config.optimizer.name}-b{batch}-recipe{k}"] = config
+  return points
+
+
+def hoffer(batch: int = HOFFER_BATCH, small: int = SMALL_BATCH, epochs: float = EPOCHS):
+  """Hoffer et al.'s remedies added in turn to momentum at `batch`: the LR of
+  the small batch scaled by sqrt(batch/small), ghost BN over `small`
+  examples, then regime adaptation (batch/small times the epochs and warmup)."""
+  sqrt = point("momentum", batch, epochs)
+  sqrt.optimizer.update(learning_rate=sqrt.optimizer.learning_rate * small
+                        / sqrt.optimizer.base_batch_size, base_batch_size=small, scaling="sqrt")
+  gbn = _copy(sqrt)
+  if "mode" in gbn.bn:
+    gbn.bn.mode = "ghost"
+  gbn.bn.ghost_size = small
+  regime = _copy(gbn)
+  regime.num_epochs = epochs * batch / small
+  regime.schedule.warmup_epochs *= batch / small
+  _evaluate_often(regime)
+  return {f"momentum-b{batch}-sqrt": sqrt, f"momentum-b{batch}-sqrt-gbn": gbn,
+          f"momentum-b{batch}-regime": regime}
+
+
+def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
+  if arg not in (None, "", "quick"):
+    raise ConfigError("--study argument", arg, "none (the default study) or 'quick'")
+  if arg == "quick":
+    points = {f"{o}-b{b}": point(o, b, 2.0) for o in ("momentum", "lars")
+              for b in (256, 1024, 8192, 60000)}
+    points.update(hoffer(batch=1024, small=256, epochs=2.0))
+    points.update(ladder(epochs=5.0, steps=1))
+    return points
+  points = {f"{o}-b{b}": point(o, b) for o in OPTIMIZERS for b in BATCHES}
+  for optimizer in ("momentum", "lars"):
+    points.update(tuned_grid(optimizer, TUNED_BATCH))
+  points.update(ladder())
+  points.update(hoffer())
+  return points
