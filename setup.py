@@ -23,6 +23,8 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        "pillow>=10",  # lbt.data.augment resizes and crops images
+        "tqdm>=4.60",  # lbt.metrics' progress bar
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

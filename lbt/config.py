@@ -4,9 +4,16 @@ A run is fully described by one `ml_collections.ConfigDict`. `parse_point`
 turns the argument of `configs/<benchmark>.py:get_config(arg)` into typed values;
 `validate` checks every field and every combination once and raises
 `ConfigError` naming the field, the value and what is allowed.
+
+Each field has one owner. `validate` owns the layout (which sections and keys
+exist), the dataset, the sizes and their combinations with the machine, the
+model's name, dtype and option names, bn.ghost_size against the microbatch,
+and the loss. It calls the other owners once: `lbt.models.create` (the
+options' values and bn.ghost_size's range), `lbt.optim.check` (the optimizer
+section) and `lbt.optim.create_schedule` (the schedule against the run's
+length). Those builders assume nothing else is checked twice.
 """
 
-import math
 import os
 from typing import Any, Dict, Optional
 
@@ -14,14 +21,16 @@ import ml_collections
 
 from lbt.errors import ConfigError
 
-BN_MODES = ("batch", "ghost")
 # Every field a run reads, by section; anything else in a config is a typo.
 TOP_LEVEL_FIELDS = (
     "seed", "dataset", "model", "batch_size", "microbatch_size", "eval_batch_size",
     "num_epochs", "num_train_steps", "optimizer", "schedule", "loss", "bn",
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
-SECTION_FIELDS = {"dataset": ("name", "data_dir", "cache"), "bn": ("mode", "ghost_size"),
-                  "loss": ("label_smoothing",)}
+SECTION_FIELDS = {
+    "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
+    "bn": ("ghost_size",), "loss": ("label_smoothing",)}
+# Dataset fields a config may leave out, and the value that means.
+DATASET_DEFAULTS = {"validation_examples": 0, "image_size": 0}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -79,18 +88,19 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
     raise ConfigError(field, value, allowed)
 
 
-def _positive_int(config, field: str, allow_zero: bool = False) -> None:
-  value = config[field] if "." not in field else _get(config, field)
-  ok = isinstance(value, int) and not isinstance(value, bool) and (
-      value >= 0 if allow_zero else value > 0)
-  _require(ok, field, value, "a non-negative integer" if allow_zero else "a positive integer")
+def dataset_field(config, key: str):
+  """config.dataset[key], or its DATASET_DEFAULTS value when the config has none."""
+  return config.dataset[key] if key in config.dataset else DATASET_DEFAULTS[key]
 
 
-def _get(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
+def num_train_examples(config, spec) -> int:
+  """Examples the run trains on: the training split less the validation hold-out."""
+  return spec.num_train_examples - dataset_field(config, "validation_examples")
+
+
+def _integer(field: str, value, minimum: int) -> None:
+  ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+  _require(ok, field, value, "a non-negative integer" if minimum == 0 else "a positive integer")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int,
@@ -124,6 +134,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
       _require(key in fields, f"{section}.{key}", config[section][key],
                f"not a field lbt reads; {section} has: {', '.join(fields)}")
 
+  # Each field is checked once: here, or by the one owner named beside it.
   _require(config.dataset.name in data.DATASETS, "dataset.name", config.dataset.name,
            f"one of {', '.join(data.DATASETS.names())}")
   spec = data.DATASETS.get(config.dataset.name)
@@ -135,29 +146,25 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
              f"{data.default_data_dir()})")
   _require(isinstance(config.dataset.cache, bool), "dataset.cache", config.dataset.cache,
            "True (decode the split once into memory) or False")
+  held_out = dataset_field(config, "validation_examples")
+  _integer("dataset.validation_examples", held_out, 0)
+  _require(held_out < spec.num_train_examples, "dataset.validation_examples", held_out,
+           f"fewer than the training split of {config.dataset.name} "
+           f"({spec.num_train_examples} examples)")
+  _integer("dataset.image_size", dataset_field(config, "image_size"), 0)
 
-  _require(config.model.name in models.names(), "model.name", config.model.name,
-           f"one of {', '.join(models.names())}")
-  _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
-           f"one of {', '.join(DTYPES)}")
-  model_kwargs = model_options(config)
-  allowed = _model_hyperparameters(config.model.name)
-  for key in model_kwargs:
-    _require(key in allowed, f"model.{key}", model_kwargs[key],
-             f"allowed for {config.model.name}: {', '.join(allowed) or 'none'}")
-
-  for field in ("batch_size", "eval_batch_size", "seed"):
-    _positive_int(config, field, allow_zero=(field == "seed"))
-  for field in ("microbatch_size", "num_train_steps", "eval_every_steps",
-                "checkpoint_every_steps", "log_every_steps", "checkpoint_keep"):
-    _positive_int(config, field, allow_zero=(field != "checkpoint_keep"))
+  for field in ("batch_size", "eval_batch_size", "checkpoint_keep"):
+    _integer(field, config[field], 1)
+  for field in ("seed", "microbatch_size", "num_train_steps", "eval_every_steps",
+                "checkpoint_every_steps", "log_every_steps"):
+    _integer(field, config[field], 0)
   _require(isinstance(config.num_epochs, (int, float)) and config.num_epochs > 0,
            "num_epochs", config.num_epochs, "a positive number")
 
-  batch = config.batch_size
-  _require(batch <= spec.num_train_examples, "batch_size", batch,
-           f"at most the training set of {config.dataset.name} "
-           f"({spec.num_train_examples} examples)")
+  batch, train_examples = config.batch_size, num_train_examples(config, spec)
+  _require(batch <= train_examples, "batch_size", batch,
+           f"at most the training set of {config.dataset.name} ({train_examples} "
+           f"examples{f' after {held_out} held out for validation' if held_out else ''})")
   micro = microbatch_size(config)
   _require(micro <= batch, "microbatch_size", micro,
            f"at most batch_size ({batch}); 0 means no accumulation")
@@ -170,44 +177,41 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   _require(config.eval_batch_size % num_devices == 0, "eval_batch_size",
            config.eval_batch_size, f"a multiple of the device count ({num_devices})")
 
-  _require(config.bn.mode in BN_MODES, "bn.mode", config.bn.mode,
-           f"one of {', '.join(BN_MODES)}")
+  # The model: name and dtype here; the options' names from the factory's
+  # signature; their values, and bn.ghost_size's range, by models.create.
+  _require(config.model.name in models.names(), "model.name", config.model.name,
+           f"one of {', '.join(models.names())}")
+  _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
+           f"one of {', '.join(DTYPES)}")
+  model_kwargs = model_options(config)
+  allowed = models.options(config.model.name)
+  for key in model_kwargs:
+    _require(key in allowed, f"model.{key}", model_kwargs[key],
+             f"allowed for {config.model.name}: {', '.join(allowed) or 'none'}")
   ghost = config.bn.ghost_size
-  _require(isinstance(ghost, int) and ghost >= 0, "bn.ghost_size", ghost,
-           "a non-negative integer")
-  if config.bn.mode == "ghost":
-    _require(ghost > 0 and micro % ghost == 0, "bn.ghost_size", ghost,
-             f"a positive divisor of the microbatch ({micro}) when bn.mode='ghost'")
-  else:
-    _require(ghost == 0, "bn.ghost_size", ghost, "0 unless bn.mode='ghost'")
-
   try:  # Building the module (no parameters yet) checks the options' values.
-    models.create(config.model.name, num_classes=spec.num_classes,
-                  ghost_size=config.bn.ghost_size, **model_kwargs)
+    models.create(config.model.name, num_classes=spec.num_classes, ghost_size=ghost,
+                  **model_kwargs)
+  except ConfigError:
+    raise
   except (TypeError, ValueError) as e:
     raise ConfigError("model", dict(model_kwargs), f"options {config.model.name} "
                       f"accepts ({str(e).splitlines()[0]})") from None
+  _require(ghost == 0 or micro % ghost == 0, "bn.ghost_size", ghost,
+           "0 (statistics over each microbatch) or a positive divisor of the "
+           f"microbatch ({micro})")
 
   smoothing = config.loss.label_smoothing
   _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
            "loss.label_smoothing", smoothing, "a number in [0, 1)")
 
-  steps_per_epoch = spec.num_train_examples // batch
-  optim.check(config.optimizer, config.schedule)
-  _require(math.isfinite(optim.effective_learning_rate(config.optimizer, batch)),
-           "optimizer.learning_rate", config.optimizer.learning_rate, "a finite number")
-  # Building the schedule is cheap and checks its length against the run.
+  # The optimizer's fields are owned by lbt.optim (see optim/factory.py); the
+  # schedule's by optim/schedules.py, whose builder also checks the fields
+  # that need the run's length. Both build only Python closures here.
+  optim.check(config.optimizer)
+  steps_per_epoch = train_examples // batch
   optim.create_schedule(config.schedule, 1.0, steps_per_epoch,
                         num_train_steps(config, steps_per_epoch))
-
-
-def _model_hyperparameters(name: str) -> tuple:
-  """The keyword options a model accepts from `config.model`, besides its name."""
-  import inspect
-  from lbt.models.common import MODELS
-  internal = {"num_classes", "ghost_size", "dtype"}
-  return tuple(p for p in inspect.signature(MODELS.get(name)).parameters
-               if p not in internal)
 
 
 def changed_fields(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:

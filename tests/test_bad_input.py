@@ -160,14 +160,25 @@ CASES = [
      ["eval_batch_size", "100", "multiple of the device count (8)"]),
     ("seed_negative", [BASE, "--config.seed=-1"],
      ["seed", "-1", "non-negative integer"]),
-    ("bn_mode", [BASE, "--config.bn.mode=layer"],
-     ["bn.mode", "layer", "batch, ghost"]),
-    ("ghost_size_zero", [BASE, "--config.bn.mode=ghost"],
-     ["bn.ghost_size", "0", "positive divisor of the microbatch (256)"]),
-    ("ghost_size_not_divisor", [BASE, "--config.bn.mode=ghost", "--config.bn.ghost_size=48"],
+    # bn.mode is gone: it only restated bn.ghost_size > 0 (issue 12).
+    ("bn_mode", [BASE, "--config.bn.mode=ghost"],
+     ["--config.bn.mode", "not a field", "ghost_size"]),
+    ("ghost_size_negative", [BASE, "--config.bn.ghost_size=-4"],
+     ["bn.ghost_size", "-4", "an integer >= 0"]),
+    ("ghost_size_not_divisor", [BASE, "--config.bn.ghost_size=48"],
      ["bn.ghost_size", "48", "positive divisor of the microbatch (256)"]),
-    ("ghost_size_with_mode_batch", [BASE, "--config.bn.ghost_size=32"],
-     ["bn.ghost_size", "32", "0 unless bn.mode='ghost'"]),
+    ("ghost_size_above_microbatch",
+     [BASE, "--config.microbatch_size=64", "--config.bn.ghost_size=128"],
+     ["bn.ghost_size", "128", "positive divisor of the microbatch (64)"]),
+    ("validation_examples_negative", [BASE, "--config.dataset.validation_examples=-1"],
+     ["dataset.validation_examples", "-1", "non-negative integer"]),
+    ("validation_examples_whole_split", [BASE, "--config.dataset.validation_examples=60000"],
+     ["dataset.validation_examples", "60000", "fewer than the training split"]),
+    ("batch_above_train_set_after_validation",
+     [BASE, "--config.dataset.validation_examples=10000", "--config.batch_size=50048"],
+     ["batch_size", "50048", "50000 examples after 10000 held out for validation"]),
+    ("image_size_negative", [BASE, "--config.dataset.image_size=-32"],
+     ["dataset.image_size", "-32", "non-negative integer"]),
     ("label_smoothing_one", [BASE, "--config.loss.label_smoothing=1.0"],
      ["loss.label_smoothing", "1.0", "[0, 1)"]),
     ("label_smoothing_negative", [BASE, "--config.loss.label_smoothing=-0.1"],
@@ -182,8 +193,9 @@ CASES = [
      ["optimizer.base_batch_size", "0", ">= 1"]),
     ("schedule_name", [BASE, "--config.schedule.name=step"],
      ["schedule.name", "step", "constant, cosine, multistep, poly"]),
-    ("warmup_longer_than_run", [BASE, "--config.schedule.warmup_epochs=10"],
-     ["schedule.warmup_epochs", "10", "shorter than the run (1404 updates)"]),
+    # A warmup longer than the run is shortened now (issue 13's smoke runs).
+    ("warmup_negative", [BASE, "--config.schedule.warmup_epochs=-1"],
+     ["schedule.warmup_epochs", "-1", ">= 0"]),
     ("end_learning_rate_negative", [BASE, "--config.schedule.end_learning_rate=-1"],
      ["schedule.end_learning_rate", "-1", ">= 0"]),
     ("num_epochs_negative", [BASE, "--config.num_epochs=-1"],
@@ -293,6 +305,16 @@ def test_the_base_command_reaches_compute(lbt_run, tmp_path):
   """The rows fail for their one bad input: without it, compute would start."""
   with pytest.raises(ComputeStarted):
     lbt_run([BASE, f"--workdir={tmp_path / 'wd'}"])
+
+
+@pytest.mark.parametrize("extra", [
+    ["--config.num_train_steps=30"],  # shorter than the 234-update warmup
+    ["--config.schedule.warmup_epochs=10"],  # longer than the 1404-update run
+    ["--config.bn.ghost_size=32", "--config.dataset.validation_examples=10000"],
+], ids=["smoke_run", "warmup_longer_than_run", "ghost_and_validation"])
+def test_valid_inputs_reach_compute(extra, lbt_run, tmp_path):
+  with pytest.raises(ComputeStarted):
+    lbt_run([BASE, *extra, f"--workdir={tmp_path / 'wd'}"])
 
 
 def test_allow_config_change_lets_a_changed_field_resume(lbt_run, tmp_path):

@@ -19,7 +19,7 @@ def test_every_point_of_the_study_validates(name, batch, micro):
       config.num_epochs * steps_per_epoch)
 
 
-@pytest.mark.parametrize("model", sorted(fashion_mnist.MODELS))
+@pytest.mark.parametrize("model", sorted(fashion_mnist.MODEL_SETTINGS))
 def test_every_model_point_validates(model):
   config_lib.validate(fashion_mnist.get_config(f"momentum,model={model}"), num_devices=8)
 

@@ -9,12 +9,12 @@ treats them all alike:
                                  mutable=["batch_stats"])
 """
 
-import inspect
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lbt.errors import ConfigError
 from lbt.models.common import MODELS
 
 # Imported for their registrations.
@@ -23,10 +23,17 @@ from lbt.models import lenet  # noqa: F401  pylint: disable=unused-import
 from lbt.models import mlp  # noqa: F401  pylint: disable=unused-import
 from lbt.models import resnet  # noqa: F401  pylint: disable=unused-import
 
+# Arguments every factory takes from lbt rather than from config.model.
+INTERNAL_ARGUMENTS = ("num_classes", "ghost_size", "dtype")
+
 
 def create(name: str, num_classes: int, *, ghost_size: int = 0,
            dtype: Any = jnp.float32, **kwargs) -> nn.Module:
   """Builds the model registered as `name`.
+
+  The owner of bn.ghost_size's range (every BatchNorm of the model uses it);
+  each factory owns the values of its own options. The options a model
+  accepts are `options(name)`.
 
   Args:
     name: one of `names()`.
@@ -43,22 +50,21 @@ def create(name: str, num_classes: int, *, ghost_size: int = 0,
 
   Raises:
     KeyError: unknown `name` (the message lists the known names).
-    TypeError: an option the model does not take (the message names both).
+    TypeError: an option the model does not take (Python names both).
+    ConfigError (a ValueError): a ghost_size that is not an integer >= 0, or
+      an option value the model refuses.
   """
-  factory = MODELS.get(name, field="model")
-  allowed = [p for p in inspect.signature(factory).parameters
-             if p not in ("num_classes", "ghost_size", "dtype")]
-  unknown = sorted(set(kwargs) - set(allowed))
-  if unknown:
-    raise TypeError(
-        f"model {name!r} does not take {', '.join(unknown)}; "
-        f"its options are: {', '.join(allowed) or 'none'}.")
-  if num_classes < 1:
-    raise ValueError(f"num_classes={num_classes!r} must be >= 1.")
-  if ghost_size < 0:
-    raise ValueError(f"bn.ghost_size={ghost_size!r} must be >= 0.")
+  factory = MODELS.get(name, field="model.name")
+  if isinstance(ghost_size, bool) or not isinstance(ghost_size, int) or ghost_size < 0:
+    raise ConfigError("bn.ghost_size", ghost_size,
+                      "an integer >= 0 (0: statistics over the whole batch)")
   return factory(num_classes=num_classes, ghost_size=ghost_size, dtype=dtype,
                  **kwargs)
+
+
+def options(name: str) -> dict:
+  """The options config.model may hold for model `name`, with their defaults."""
+  return MODELS.options(name, internal=INTERNAL_ARGUMENTS)
 
 
 def names() -> list:

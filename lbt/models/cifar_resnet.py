@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbt.models.common import MODELS, global_avg_pool, logits, resnet_layers
+from lbt.models.common import ModuleDef, global_avg_pool, logits, register_resnets
+from lbt.models.common import resnet_layers
 
-ModuleDef = Any
 _SAME3 = ((1, 1), (1, 1))  # torch-style padding 1, also for stride 2
 
 
@@ -76,20 +76,11 @@ class CifarResNet(nn.Module):
     return logits(global_avg_pool(x), self.num_classes)
 
 
-def _register(name: str, num_blocks: int, widths: Sequence[int]):
-  @MODELS.register(name)
-  def factory(num_classes, ghost_size, dtype, zero_init_residual=True):
-    return CifarResNet(num_blocks=num_blocks, num_classes=num_classes,
-                       widths=tuple(widths),
-                       zero_init_residual=zero_init_residual,
-                       ghost_size=ghost_size, dtype=dtype)
-  factory.__name__ = name
-  return factory
-
-
-resnet20 = _register("resnet20", 3, (16, 32, 64))
-resnet32 = _register("resnet32", 5, (16, 32, 64))
-resnet56 = _register("resnet56", 9, (16, 32, 64))
-# For fast tests only: one block per stage and a quarter of the widths
-# (an 8-layer net, ~5K parameters at 10 classes).
-resnet_tiny = _register("resnet_tiny", 1, (4, 8, 16))
+register_resnets(CifarResNet, {
+    "resnet20": dict(num_blocks=3, widths=(16, 32, 64)),
+    "resnet32": dict(num_blocks=5, widths=(16, 32, 64)),
+    "resnet56": dict(num_blocks=9, widths=(16, 32, 64)),
+    # For fast tests only: one block per stage and a quarter of the widths
+    # (an 8-layer net, ~5K parameters at 10 classes).
+    "resnet_tiny": dict(num_blocks=1, widths=(4, 8, 16)),
+})

@@ -1,6 +1,7 @@
 """What every model family shares: the registry, conv init, the classifier."""
 
 import functools
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ from lbt.registry import Registry
 
 # name -> factory(num_classes, ghost_size, dtype, **options) -> nn.Module.
 MODELS = Registry("model")
+# A flax module constructor passed into a block (conv, norm): a partial.
+ModuleDef = Any
 
 # He-normal with fan_out and no truncation, as torchvision's ResNets use
 # (kaiming_normal_(mode="fan_out", nonlinearity="relu")).
@@ -45,3 +48,21 @@ def logits(x, num_classes: int, name: str = "head"):
 def global_avg_pool(x):
   """Mean over the spatial axes of NHWC, accumulated in float32."""
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def register_resnets(module_cls: Callable, variants: Mapping[str, Mapping[str, Any]]
+                     ) -> None:
+  """Registers one factory per ResNet variant: `module_cls(**variant, ...)`.
+
+  Each factory takes the one option the ResNets share, zero_init_residual, so
+  that `config.model` may set it; the variant fixes depth and block.
+  """
+  def make(name, fixed):
+    def factory(num_classes, ghost_size, dtype, zero_init_residual=True):
+      return module_cls(num_classes=num_classes, zero_init_residual=zero_init_residual,
+                        ghost_size=ghost_size, dtype=dtype, **fixed)
+    factory.__name__ = factory.__qualname__ = name  # named in TypeErrors
+    return factory
+
+  for name, fixed in variants.items():
+    MODELS.register(name)(make(name, fixed))

@@ -5,6 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lbt.errors import ConfigError
 from lbt.models.common import MODELS, logits
 from lbt.models.norm import BatchNorm
 
@@ -48,7 +49,7 @@ class LeNet5(nn.Module):
 
 @MODELS.register("lenet5")
 def lenet5(num_classes, ghost_size, dtype, width=1):
-  if width <= 0:
-    raise ValueError(f"lenet5 width={width!r} must be > 0.")
+  if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+    raise ConfigError("model.width", width, "a number > 0 (scales every hidden width)")
   return LeNet5(num_classes=num_classes, width=width, ghost_size=ghost_size,
                 dtype=dtype)

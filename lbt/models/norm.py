@@ -39,7 +39,9 @@ class BatchNorm(nn.Module):
   Attributes:
     momentum: running = momentum * running + (1 - momentum) * batch.
     epsilon: added to the variance before the square root.
-    ghost_size: examples per statistics batch; 0 means the whole batch.
+    ghost_size: examples per statistics batch; 0 means the whole batch. Its
+      range is checked by `lbt.models.create`; that it divides the batch
+      given can only be checked here, where the batch is seen.
     dtype: output (compute) dtype; params and batch_stats stay float32.
     scale_init: initializer of the scale (gamma); zeros for Goyal's
       zero-init-residual trick.
@@ -74,8 +76,6 @@ class BatchNorm(nn.Module):
       return (y + bias).astype(self.dtype)
 
     n = x.shape[0]
-    if self.ghost_size < 0:
-      raise ValueError(f"bn.ghost_size={self.ghost_size} must be >= 0.")
     group = self.ghost_size or n
     if n % group:
       raise ValueError(

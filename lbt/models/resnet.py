@@ -11,9 +11,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbt.models.common import MODELS, global_avg_pool, logits, resnet_layers
-
-ModuleDef = Any
+from lbt.models.common import ModuleDef, global_avg_pool, logits, register_resnets
+from lbt.models.common import resnet_layers
 
 
 def _pad(k: int):
@@ -103,17 +102,8 @@ class ResNet(nn.Module):
     return logits(global_avg_pool(x), self.num_classes)
 
 
-def _register(name: str, stage_sizes: Sequence[int], block_cls: Callable):
-  @MODELS.register(name)
-  def factory(num_classes, ghost_size, dtype, zero_init_residual=True):
-    return ResNet(stage_sizes=tuple(stage_sizes), block_cls=block_cls,
-                  num_classes=num_classes,
-                  zero_init_residual=zero_init_residual,
-                  ghost_size=ghost_size, dtype=dtype)
-  factory.__name__ = name
-  return factory
-
-
-resnet18 = _register("resnet18", (2, 2, 2, 2), BasicBlock)
-resnet34 = _register("resnet34", (3, 4, 6, 3), BasicBlock)
-resnet50 = _register("resnet50", (3, 4, 6, 3), Bottleneck)
+register_resnets(ResNet, {
+    "resnet18": dict(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
+    "resnet34": dict(stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
+    "resnet50": dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck),
+})
