@@ -19,7 +19,15 @@ from lbt.optim.trust import trust_ratio_stats
 from lbt.optim.adagrad import adagrad
 from lbt.optim.adam import adam
 from lbt.optim.adamw import adamw
+from lbt.optim.clars import clars
+from lbt.optim.gsnr import vr_adam
+from lbt.optim.gsnr import vr_lamb
+from lbt.optim.gsnr import vr_lars
+from lbt.optim.gsnr import vr_momentum
+from lbt.optim.gsnr import vr_sgd
+from lbt.optim.gsnr import vrgd
 from lbt.optim.lamb import lamb
+from lbt.optim.lans import lans
 from lbt.optim.lars import lars
 from lbt.optim.rmsprop import rmsprop
 from lbt.optim.sgd import momentum
@@ -32,4 +40,6 @@ __all__ = [
     "default_hyperparameters",
     "effective_learning_rate", "lamb", "lars", "momentum", "nesterov",
     "rmsprop", "sgd", "trust_ratio_stats", "warmup_note",
+    "clars", "lans", "vr_adam", "vr_lamb", "vr_lars", "vr_momentum", "vr_sgd",
+    "vrgd",
 ]
