@@ -133,7 +133,7 @@ class Commands:
 
   def run(self) -> List[List[str]]:
     inner = f"{self.program()} > {LOG} 2>&1; echo $? > {RC}"
-    start = (f"cd ~/lbt && rm -f {RC} && (setsid nohup bash -c {shlex.quote(inner)} "
+    start = (f"cd ~/lbt && rm -f {RC} && : > {LOG} && (setsid nohup bash -c {shlex.quote(inner)} "
              f"> /dev/null 2>&1 < /dev/null &)")
     wait = f"while [ ! -e {RC} ]; do sleep 10; done"
     stream = (f"tail -n +1 -F {LOG} & t=$!; {wait}; sleep 2; kill $t; "
