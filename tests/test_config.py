@@ -24,6 +24,19 @@ def test_every_model_point_validates(model):
   config_lib.validate(fashion_mnist.get_config(f"momentum,model={model}"), num_devices=8)
 
 
+def test_validation_hold_out_is_optional_and_shrinks_the_training_set():
+  from lbt import data
+  spec = data.DATASETS.get("fashion_mnist")
+  config = fashion_mnist.get_config("lars,batch=50000,micro=5000")
+  config.dataset.validation_examples = 10000
+  config_lib.validate(config, num_devices=8)
+  assert config_lib.num_train_examples(config, spec) == 50000
+  with config.unlocked():  # configs written before the fields existed
+    del config.dataset["validation_examples"], config.dataset["image_size"]
+  config_lib.validate(config, num_devices=8)
+  assert config_lib.num_train_examples(config, spec) == 60000
+
+
 def test_full_batch_has_one_update_per_epoch():
   config = fashion_mnist.get_config("lars,batch=60000,micro=6000,epochs=30")
   assert config_lib.num_train_steps(config, 60000 // config.batch_size) == 30
