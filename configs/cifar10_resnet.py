@@ -88,5 +88,5 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
       epochs=epochs, label_smoothing=0.0,
       steps_per_epoch=max(1, NUM_TRAIN // point.batch),
       dataset=dict(name="cifar10", data_dir="", cache=True,  # 180 MB decoded
-                   image_size=0),
+                   validation_examples=0, image_size=0),
       model=dict(name=point.model, dtype=point.dtype, zero_init_residual=True))

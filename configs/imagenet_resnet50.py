@@ -229,9 +229,9 @@ def run_config(point, *, dataset: dict, model: dict, plan: MicrobatchPlan,
   config.optimizer.update(optimizer)
   config.schedule = schedule
   config.loss = dict(label_smoothing=label_smoothing)
-  # BN statistics over each device's share of the microbatch, all devices
-  # together (cross-replica, as MLPerf's groups of >= 64 examples).
-  config.bn = dict(mode="batch", ghost_size=0)
+  # BN statistics over the whole microbatch, all devices together
+  # (cross-replica, as MLPerf's groups of >= 64 examples); g > 0: ghost batches.
+  config.bn = dict(ghost_size=0)
   config.log_every_steps = min(100, steps_per_epoch)
   config.eval_every_steps = 0
   config.checkpoint_every_steps = min(1000, steps_per_epoch)
@@ -251,6 +251,6 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
       point, plan=plan, eval_batch=eval_batch, optimizer=opt, schedule=schedule,
       epochs=epochs, label_smoothing=smoothing,
       steps_per_epoch=max(1, NUM_TRAIN // point.batch),
-      dataset=dict(name="imagenet2012", data_dir="", cache=False,
+      dataset=dict(name="imagenet2012", data_dir="", cache=False, validation_examples=0,
                    image_size=0),  # 0 = the native 224; small for CPU tests.
       model=dict(name="resnet50", dtype=point.dtype, zero_init_residual=True))
