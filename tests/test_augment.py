@@ -27,6 +27,26 @@ def test_train_transform_deterministic_per_seed_update_example(name):
     assert not np.array_equal(first, run(*key)), key
 
 
+def test_batch_split_across_processes_equals_one_process():
+  """Two processes reading halves of update 7's batch augment it as one does."""
+  spec = DATASETS.get("imagenet2012")
+  images = [_image(40 + i, 30 + 2 * i, seed=i) for i in range(6)]
+  whole = augment.train_batch(images, spec.train_transform, 16, seed=3, update=7,
+                              first_example=0)
+  halves = [augment.train_batch(images[k:k + 3], spec.train_transform, 16, seed=3,
+                                update=7, first_example=k) for k in (0, 3)]
+  assert whole.shape == (6, 16, 16, 3) and whole.dtype == np.uint8
+  np.testing.assert_array_equal(np.concatenate(halves), whole)
+  again = augment.train_batch(images, spec.train_transform, 16, seed=3, update=7,
+                              first_example=0)
+  np.testing.assert_array_equal(again, whole)  # a resumed run sees the same batch
+  other = augment.train_batch(images, spec.train_transform, 16, seed=3, update=8,
+                              first_example=0)
+  assert not np.array_equal(other, whole)
+  evaluated = augment.eval_batch(images, spec.eval_transform, 16)
+  assert evaluated.shape == (6, 16, 16, 3) and evaluated.dtype == np.uint8
+
+
 def test_crop_box_statistics():
   """Area fraction in [0.08, 1], aspect in [3/4, 4/3], box inside the image."""
   height, width = 375, 500

@@ -8,10 +8,12 @@ boundaries at a quarter of the float32 size; the pipeline normalizes the
 stacked batch by the dataset's mean and std (`lbt.data.pipeline.normalize`).
 
 Random transforms draw every decision from the `np.random.Generator` they are
-given, in a fixed order, and from nothing else. The pipeline builds that
-generator with `example_rng(seed, update, example)`, so a resumed run, or a
-process that reads another part of the same batch, augments every example of
-update t exactly as an uninterrupted single-process run does.
+given, in a fixed order, and from nothing else. `train_batch` builds that
+generator with `example_rng(seed, update, example)` from the example's position
+in the update's global batch, so a resumed run, or a process that reads another
+part of the same batch, augments every example of update t exactly as an
+uninterrupted single-process run does. The pipeline calls `train_batch` /
+`eval_batch` on the records it read (in grain's reader threads).
 
 Transforms are looked up from the `DatasetSpec` (`train_transform`,
 `eval_transform`); `size` is the side of the model's input, the dataset's
@@ -19,7 +21,7 @@ native size unless `config.dataset.image_size` shrinks it (small CPU tests).
 """
 
 import math
-from typing import Tuple
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -39,6 +41,23 @@ def example_rng(seed: int, update: int, example: int) -> np.random.Generator:
   many processes read it.
   """
   return np.random.default_rng((AUGMENT_STREAM, int(seed), int(update), int(example)))
+
+
+def train_batch(images: Sequence[np.ndarray], transform: Callable, size: int, *,
+                seed: int, update: int, first_example: int) -> np.ndarray:
+  """One process's part of an update's batch, augmented and stacked (uint8).
+
+  `images[i]` is example `first_example + i` of the update's global batch, so
+  processes that read disjoint slices of the batch together produce exactly
+  the batch one process would, for any number of processes.
+  """
+  return np.stack([transform(image, example_rng(seed, update, first_example + i), size)
+                   for i, image in enumerate(images)])
+
+
+def eval_batch(images: Sequence[np.ndarray], transform: Callable, size: int) -> np.ndarray:
+  """Evaluation images, transformed and stacked (uint8)."""
+  return np.stack([transform(image, size) for image in images])
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
