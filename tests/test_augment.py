@@ -14,7 +14,7 @@ def _image(height, width, channels=3, seed=0):
 
 
 @pytest.mark.parametrize("name", ["imagenet2012", "cifar10"])
-def test_train_transform_deterministic_per_seed_update_example(name):
+def test_train_transform_deterministic_per_seed_update_index(name):
   spec = DATASETS.get(name)
   image = _image(64, 48) if name == "imagenet2012" else _image(32, 32)
   size = 24
@@ -28,22 +28,22 @@ def test_train_transform_deterministic_per_seed_update_example(name):
 
 
 def test_batch_split_across_processes_equals_one_process():
-  """Two processes reading halves of update 7's batch augment it as one does."""
+  """Any split of update 7's batch (processes, strided microbatches) augments
+  each example as the whole batch read at once does."""
   spec = DATASETS.get("imagenet2012")
-  images = [_image(40 + i, 30 + 2 * i, seed=i) for i in range(6)]
-  whole = augment.train_batch(images, spec.train_transform, 16, seed=3, update=7,
-                              first_example=0)
-  halves = [augment.train_batch(images[k:k + 3], spec.train_transform, 16, seed=3,
-                                update=7, first_example=k) for k in (0, 3)]
+  indices = np.array([11, 5, 902, 3, 77, 40])  # training-split indices
+  images = {i: _image(40 + i % 7, 30 + i % 5, seed=int(i)) for i in indices}
+  batch = lambda idx, update=7: augment.train_batch(
+      [images[i] for i in idx], idx, spec.train_transform, 16, seed=3, update=update)
+  whole = batch(indices)
   assert whole.shape == (6, 16, 16, 3) and whole.dtype == np.uint8
-  np.testing.assert_array_equal(np.concatenate(halves), whole)
-  again = augment.train_batch(images, spec.train_transform, 16, seed=3, update=7,
-                              first_example=0)
-  np.testing.assert_array_equal(again, whole)  # a resumed run sees the same batch
-  other = augment.train_batch(images, spec.train_transform, 16, seed=3, update=8,
-                              first_example=0)
-  assert not np.array_equal(other, whole)
-  evaluated = augment.eval_batch(images, spec.eval_transform, 16)
+  np.testing.assert_array_equal(np.concatenate([batch(indices[:3]), batch(indices[3:])]),
+                                whole)
+  strided = np.concatenate([batch(indices[0::2]), batch(indices[1::2])])
+  np.testing.assert_array_equal(strided, whole[[0, 2, 4, 1, 3, 5]])
+  np.testing.assert_array_equal(batch(indices), whole)  # a resumed run: same batch
+  assert not np.array_equal(batch(indices, update=8), whole)
+  evaluated = augment.eval_batch([images[i] for i in indices], spec.eval_transform, 16)
   assert evaluated.shape == (6, 16, 16, 3) and evaluated.dtype == np.uint8
 
 

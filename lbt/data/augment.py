@@ -9,11 +9,13 @@ stacked batch by the dataset's mean and std (`lbt.data.pipeline.normalize`).
 
 Random transforms draw every decision from the `np.random.Generator` they are
 given, in a fixed order, and from nothing else. `train_batch` builds that
-generator with `example_rng(seed, update, example)` from the example's position
-in the update's global batch, so a resumed run, or a process that reads another
-part of the same batch, augments every example of update t exactly as an
-uninterrupted single-process run does. The pipeline calls `train_batch` /
-`eval_batch` on the records it read (in grain's reader threads).
+generator with `example_rng(seed, update, index)` from the example's index in
+the training split, so the augmentation of an example at update t depends on
+which example it is, not on where it sits in the batch, in which microbatch or
+which process reads it: a resumed run, or any split of the batch over
+processes and microbatches, sees exactly the batch of an uninterrupted
+single-process run. The pipeline calls `train_batch` / `eval_batch` on the
+records it read (in grain's reader threads).
 
 Transforms are looked up from the `DatasetSpec` (`train_transform`,
 `eval_transform`); `size` is the side of the model's input, the dataset's
@@ -33,26 +35,25 @@ AUGMENT_STREAM = 0x6175676d  # "augm"
 Box = Tuple[int, int, int, int]  # top, left, height, width
 
 
-def example_rng(seed: int, update: int, example: int) -> np.random.Generator:
+def example_rng(seed: int, update: int, index: int) -> np.random.Generator:
   """The generator of one example's augmentation at one update.
 
-  `example` is the example's position in the update's global batch (not its
-  dataset index), so the stream depends only on what the run is, not on how
-  many processes read it.
+  `index` is the example's index in the training split: an example occurs at
+  most once in a batch, so (seed, update, index) names one augmentation.
   """
-  return np.random.default_rng((AUGMENT_STREAM, int(seed), int(update), int(example)))
+  return np.random.default_rng((AUGMENT_STREAM, int(seed), int(update), int(index)))
 
 
-def train_batch(images: Sequence[np.ndarray], transform: Callable, size: int, *,
-                seed: int, update: int, first_example: int) -> np.ndarray:
-  """One process's part of an update's batch, augmented and stacked (uint8).
+def train_batch(images: Sequence[np.ndarray], indices: Sequence[int], transform: Callable,
+                size: int, *, seed: int, update: int) -> np.ndarray:
+  """Training images of one update, augmented and stacked (uint8).
 
-  `images[i]` is example `first_example + i` of the update's global batch, so
-  processes that read disjoint slices of the batch together produce exactly
-  the batch one process would, for any number of processes.
+  `images[i]` is the decoded record of training example `indices[i]`. Any
+  part of the update's batch (a process's share of a microbatch) gives the
+  same images for its examples as the whole batch read at once.
   """
-  return np.stack([transform(image, example_rng(seed, update, first_example + i), size)
-                   for i, image in enumerate(images)])
+  return np.stack([transform(image, example_rng(seed, update, index), size)
+                   for image, index in zip(images, indices)])
 
 
 def eval_batch(images: Sequence[np.ndarray], transform: Callable, size: int) -> np.ndarray:

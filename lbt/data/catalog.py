@@ -31,7 +31,7 @@ class DatasetSpec:
   prepare: Optional[Callable[[str], None]] = None
   # Per-example transforms of one decoded uint8 HWC record to a uint8
   # size x size x C image: train_transform(image, rng, size) with the
-  # generator of augment.example_rng(seed, update, example), and
+  # generator of augment.example_rng(seed, update, index), and
   # eval_transform(image, size). None: records are used as stored.
   train_transform: Optional[Callable] = None
   eval_transform: Optional[Callable] = None
