@@ -10,7 +10,7 @@ class ConfigError(ValueError):
 
   def __init__(self, field: str, value=None, allowed: str = None):
     self.field, self.value, self.allowed = field, value, allowed
-    if allowed is None:  # Rebuilt from its message (absl re-raises this way).
+    if allowed is None:  # Rebuilt from its message: unpickling passes self.args.
       super().__init__(field)
     else:
       super().__init__(f"{field}={value!r} is invalid: {allowed}")

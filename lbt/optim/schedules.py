@@ -49,7 +49,7 @@ SCHEDULE_KEYS = {
 }
 DEFAULTS = dict(warmup_epochs=0.0, end_learning_rate=0.0, power=2.0, decay_factor=0.1)
 # A run shorter than its warmup warms up for this share of its updates.
-SHORT_RUN_WARMUP_FRACTION = 10  # percent, rounded up
+SHORT_RUN_WARMUP_PERCENT = 10  # rounded up to whole updates
 
 
 def _get(config, key):
@@ -98,7 +98,7 @@ def warmup_steps(schedule_config: Mapping, steps_per_epoch: int,
   w = round(float(_get(schedule_config, "warmup_epochs")) * steps_per_epoch)
   if num_train_steps is None or w < num_train_steps:
     return w
-  return min(-(-num_train_steps * SHORT_RUN_WARMUP_FRACTION // 100), num_train_steps - 1)
+  return min(-(-num_train_steps * SHORT_RUN_WARMUP_PERCENT // 100), num_train_steps - 1)
 
 
 def warmup_note(schedule_config: Mapping, steps_per_epoch: int,
@@ -111,7 +111,7 @@ def warmup_note(schedule_config: Mapping, steps_per_epoch: int,
   return (f"lbt: the run ({num_train_steps} updates) is shorter than its warmup "
           f"(schedule.warmup_epochs={_get(schedule_config, 'warmup_epochs')}: "
           f"{configured} updates at {steps_per_epoch} per epoch); warming up for "
-          f"{used} updates instead ({SHORT_RUN_WARMUP_FRACTION} % of the run, "
+          f"{used} updates instead ({SHORT_RUN_WARMUP_PERCENT} % of the run, "
           "rounded up, leaving at least one update to decay)")
 
 
