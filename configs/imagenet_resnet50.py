@@ -9,8 +9,11 @@ batch of one update, from 1,024 to 819,200, or the full 1,281,167), `epochs`
 (the number of JAX devices of the slice: TensorCores on v2/v3, chips on v4,
 v5e, v5p, v6e), `mem_gib` (HBM per device, 0 = the generation's) and `micro`
 (global microbatch, 0 = derived from the memory budget). The machine changes
-only the microbatch: the same point gives the same run on a v3-8 as on a
-v4-1024, up to floating-point summation order.
+only the microbatch, so 819,200 runs on a v3-8 (512 microbatches) as on a
+v4-1024 (4). The gradient is the same mean over the batch either way, but
+BatchNorm's statistics are taken over the microbatch, so the two runs differ
+there; `--config.bn.ghost_size=g` with g dividing both microbatches makes the
+statistics batch independent of the slice.
 
 Hyperparameters (../shared/paper.md §5):
 - lars: Google's MLPerf v0.7 ResNet-50 table (base LR, warmup, epochs, momentum
