@@ -8,7 +8,6 @@ gets its own line in metrics.jsonl. Only process 0 writes.
 import json
 import math
 import os
-import time
 from typing import Dict, Iterable, Optional
 
 import jax
@@ -101,7 +100,6 @@ class Progress:
     self.bar = tqdm.tqdm(total=total, initial=initial, disable=not enabled,
                          desc=desc, unit="update", dynamic_ncols=True,
                          mininterval=1.0)
-    self.start = time.time()
 
   def update(self, n: int, **postfix) -> None:
     self.bar.update(n)

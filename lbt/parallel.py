@@ -6,6 +6,7 @@ split along it; parameters and optimizer state are replicated. Collectives
 model and the step never name an axis.
 """
 
+import collections
 import os
 from typing import Optional
 
@@ -75,3 +76,19 @@ def to_global(local_batch, mesh: Mesh):
     global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
   return jax.tree.map(one, local_batch)
+
+
+def prefetch_to_mesh(local_batches, mesh: Mesh, count: int, depth: int = 2):
+  """Yields `count` batches of `local_batches` as global arrays, `depth` ahead.
+
+  The transfer of batch k + 1 is started before batch k is handed out, so it
+  overlaps the (asynchronously dispatched) compute of batch k. Never reads past
+  `count`, so the data position stays where the caller expects it.
+  """
+  queue = collections.deque()
+  fetched = 0
+  while fetched < count or queue:
+    while fetched < count and len(queue) < depth:
+      queue.append(to_global(next(local_batches), mesh))
+      fetched += 1
+    yield queue.popleft()

@@ -1,16 +1,20 @@
 """The pure train and eval steps: state in, state out, no side effects.
 
-`train_step` computes one optimizer update of the global batch. When the batch
-is larger than the microbatch, the gradient is accumulated over microbatches
-with `lax.scan`, so memory is set by the microbatch, not by the batch.
-Microbatch k takes every n-th example starting at k (n = number of
-microbatches); because each device holds a contiguous block of the batch, every
-microbatch is spread evenly over the devices and its composition does not
-depend on the device count.
+One optimizer update is three pure functions, so that the loop can stream the
+microbatches of a batch of any size through a device holding only one:
+
+  start_update(state)                      -> GradientSum (zeros)
+  add_microbatch(state, sums, microbatch)  -> GradientSum   (once per microbatch)
+  finish_update(state, sums, params_init)  -> (state, metrics)
+
+`train_step` composes the three for a batch given whole (one microbatch), so
+that the one-shot update stays a single fused program. Gradients are summed
+over examples and divided once by the example count at the end, which makes the
+accumulated gradient the mean over the whole batch, whatever the microbatches.
 
 BatchNorm statistics come from each microbatch as a whole (a cross-device
 statistic under jit), or from its ghost batches when the model was built with
-`ghost_size`. Running statistics are updated once per microbatch.
+`ghost_size`; running statistics move once per microbatch.
 """
 
 from typing import Any, Callable, Dict, Tuple
@@ -34,16 +38,35 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: BatchNorm running statistics.
     opt_state: optimizer state.
     rng: key for stochastic layers and augmentation, folded with `step`.
-    diverged: set by the first update whose loss, gradient or new parameters
-      are not finite; that update and every later one leave the state as it
-      was, so the host can stop at its next look without the state moving on.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
-  diverged: jax.Array
+
+
+class GradientSum(flax.struct.PyTreeNode):
+  """What the microbatches of one update add up to, before the optimizer sees it.
+
+  Attributes:
+    grads: sum over examples of the per-example loss gradient (float32).
+    batch_stats: running BN statistics after the microbatches added so far.
+    loss: sum over examples of the loss.
+    correct: correctly classified examples.
+    examples: examples added.
+    microbatches: microbatches added.
+    microbatch_grad_sq_norm: sum over microbatches of |g_k|^2, g_k being the
+      mean gradient of microbatch k; with |G|^2 of the whole batch it gives the
+      gradient noise scale (McCandlish et al. 2018, App. A) at no extra pass.
+  """
+  grads: Any
+  batch_stats: Any
+  loss: jax.Array
+  correct: jax.Array
+  examples: jax.Array
+  microbatches: jax.Array
+  microbatch_grad_sq_norm: jax.Array
 
 
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
@@ -54,8 +77,7 @@ def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
   params = variables["params"]
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng,
-                    diverged=jnp.zeros([], jnp.bool_))
+                    opt_state=tx.init(params), rng=state_rng)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -76,19 +98,91 @@ def tree_norm(tree) -> jax.Array:
   return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def split_microbatches(batch, num_microbatches: int):
-  """(B, ...) -> (n, B/n, ...) with microbatch k = examples k, k+n, k+2n, ..."""
-  def split(x):
-    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1)
-  return jax.tree.map(split, batch)
+def start_update(state: TrainState) -> GradientSum:
+  """Empty sums for a new update, carrying the state's BN statistics."""
+  zero = lambda dtype: jnp.zeros([], dtype)
+  return GradientSum(
+      grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params),
+      batch_stats=state.batch_stats, loss=zero(jnp.float32), correct=zero(jnp.int32),
+      examples=zero(jnp.int32), microbatches=zero(jnp.int32),
+      microbatch_grad_sq_norm=zero(jnp.float32))
+
+
+def add_microbatch(state: TrainState, sums: GradientSum,
+                   microbatch: Dict[str, jax.Array], *, apply_fn: Callable,
+                   label_smoothing: float) -> GradientSum:
+  """Adds one microbatch's summed loss gradient to `sums`.
+
+  Args:
+    state: the state of this update (parameters are not changed here).
+    sums: what earlier microbatches of the update added up to.
+    microbatch: {'image': (m, H, W, C) float, 'label': (m,) int}.
+    apply_fn: the model's `apply`.
+    label_smoothing: of the cross-entropy targets.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), sums.microbatches)
+
+  def loss_fn(params):
+    logits, updates = apply_fn(
+        {"params": params, "batch_stats": sums.batch_stats}, microbatch["image"],
+        train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+    losses = cross_entropy(logits, microbatch["label"], label_smoothing)
+    correct = jnp.sum(jnp.argmax(logits, -1) == microbatch["label"])
+    return jnp.sum(losses), (updates["batch_stats"], correct)
+
+  (loss, (batch_stats, correct)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  count = microbatch["label"].shape[0]
+  grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+  return GradientSum(
+      grads=jax.tree.map(jnp.add, sums.grads, grads), batch_stats=batch_stats,
+      loss=sums.loss + loss, correct=sums.correct + correct,
+      examples=sums.examples + count, microbatches=sums.microbatches + 1,
+      microbatch_grad_sq_norm=sums.microbatch_grad_sq_norm
+      + jnp.square(tree_norm(grads) / count))
+
+
+def finish_update(state: TrainState, sums: GradientSum, params_init, *,
+                  tx: optax.GradientTransformation,
+                  schedule: optax.Schedule) -> Tuple[TrainState, Metrics]:
+  """Turns the summed gradient into one optimizer update and its metrics.
+
+  A non-finite loss, gradient or parameter is reported in `metrics['finite']`;
+  the loop stops at its next look, before any save or evaluation, so such a
+  state is never kept.
+  """
+  examples = sums.examples.astype(jnp.float32)
+  grads = jax.tree.map(lambda g, p: (g / examples).astype(p.dtype), sums.grads,
+                       state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=sums.batch_stats, opt_state=opt_state)
+
+  loss = sums.loss / examples
+  grad_norm, param_norm = tree_norm(grads), tree_norm(params)
+  metrics = {
+      "loss": loss,
+      "accuracy": sums.correct / examples,
+      "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+      "grad_norm": grad_norm,
+      "param_norm": param_norm,
+      "update_norm": tree_norm(updates),
+      "distance_from_init": tree_norm(
+          jax.tree.map(lambda w, w0: w - w0, params, params_init)),
+      "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm),
+      "microbatch_grad_sq_norm": sums.microbatch_grad_sq_norm
+                                 / sums.microbatches.astype(jnp.float32),
+      **optim.trust_ratio_stats(opt_state),
+  }
+  return new_state, metrics
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
                apply_fn: Callable, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, num_microbatches: int,
+               schedule: optax.Schedule,
                label_smoothing: float) -> Tuple[TrainState, Metrics]:
-  """One optimizer update on a global batch.
+  """One optimizer update on a batch given whole (no accumulation).
 
   Args:
     state: the current TrainState.
@@ -97,68 +191,14 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
     apply_fn: the model's `apply`.
     tx: the optimizer.
     schedule: the learning-rate schedule inside `tx`, for logging.
-    num_microbatches: B / microbatch size; 1 means no accumulation.
     label_smoothing: of the cross-entropy targets.
 
   Returns:
     The new state and this update's metrics (scalars).
   """
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-  def loss_fn(params, batch_stats, microbatch):
-    logits, updates = apply_fn(
-        {"params": params, "batch_stats": batch_stats}, microbatch["image"],
-        train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-    losses = cross_entropy(logits, microbatch["label"], label_smoothing)
-    correct = jnp.sum(jnp.argmax(logits, -1) == microbatch["label"])
-    return jnp.mean(losses), (updates["batch_stats"], correct)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def accumulate(carry, microbatch):
-    grad_sum, batch_stats, loss_sum, correct_sum = carry
-    (loss, (batch_stats, correct)), grads = grad_fn(state.params, batch_stats,
-                                                    microbatch)
-    grad_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grad_sum, grads)
-    return (grad_sum, batch_stats, loss_sum + loss, correct_sum + correct), None
-
-  if num_microbatches == 1:
-    (loss, (batch_stats, correct)), grads = grad_fn(state.params, state.batch_stats,
-                                                    batch)
-  else:
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    init = (zeros, state.batch_stats, jnp.zeros([], jnp.float32),
-            jnp.zeros([], jnp.int32))
-    (grad_sum, batch_stats, loss_sum, correct), _ = jax.lax.scan(
-        accumulate, init, split_microbatches(batch, num_microbatches))
-    grads = jax.tree.map(lambda g, p: (g / num_microbatches).astype(p.dtype),
-                         grad_sum, state.params)
-    loss = loss_sum / num_microbatches
-
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-
-  grad_norm, param_norm = tree_norm(grads), tree_norm(params)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-  ok = finite & ~state.diverged
-  candidate = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
-  new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), candidate, state)
-  new_state = new_state.replace(diverged=~ok)
-
-  metrics = {
-      "loss": loss,
-      "accuracy": correct / batch["label"].shape[0],
-      "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
-      "grad_norm": grad_norm,
-      "param_norm": param_norm,
-      "update_norm": tree_norm(updates),
-      "distance_from_init": tree_norm(
-          jax.tree.map(lambda w, w0: w - w0, params, params_init)),
-      "finite": finite,
-      **optim.trust_ratio_stats(opt_state),
-  }
-  return new_state, metrics
+  sums = add_microbatch(state, start_update(state), batch, apply_fn=apply_fn,
+                        label_smoothing=label_smoothing)
+  return finish_update(state, sums, params_init, tx=tx, schedule=schedule)
 
 
 def eval_step(state: TrainState, batch: Dict[str, jax.Array], *,

@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -101,10 +101,49 @@ def build_model(config, num_classes: int):
                        **config_lib.model_options(config))
 
 
-def evaluate(eval_fn, state, pipeline: data.Pipeline, mesh) -> Dict[str, float]:
-  """Loss and accuracy over the whole eval split, each example counted once."""
+def compile_update(model, tx, schedule, mesh, num_microbatches: int,
+                   label_smoothing: float) -> Callable:
+  """The jitted update: `update(state, microbatches, params_init) -> (state, metrics)`.
+
+  `microbatches` yields the update's global microbatches. One microbatch is a
+  single fused step. Several are streamed through a host loop of jitted calls
+  (start, add each microbatch into a donated float32 sum, finish): only one
+  microbatch is ever on the device, the host never waits on a device value
+  inside an update, and the compiled programs are the one-shot step's own
+  (a `lax.scan` body got slower convolution layouts on XLA:CPU; see
+  benchmarks/accumulation.py).
+  """
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  add = functools.partial(step.add_microbatch, apply_fn=model.apply,
+                          label_smoothing=label_smoothing)
+  finish = functools.partial(step.finish_update, tx=tx, schedule=schedule)
+  if num_microbatches == 1:
+    fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
+                                      schedule=schedule, label_smoothing=label_smoothing),
+                    in_shardings=(replicated, sharded, replicated),
+                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return lambda state, microbatches, params_init: fused(
+        state, next(iter(microbatches)), params_init)
+  start_fn = jax.jit(step.start_update, out_shardings=replicated)
+  add_fn = jax.jit(add, in_shardings=(replicated, replicated, sharded),
+                   out_shardings=replicated, donate_argnums=(1,))
+  finish_fn = jax.jit(finish, in_shardings=(replicated, replicated, replicated),
+                      out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+  def update(state, microbatches, params_init):
+    sums = start_fn(state)
+    for microbatch in microbatches:
+      sums = add_fn(state, sums, microbatch)
+    return finish_fn(state, sums, params_init)
+
+  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn}
+  return update
+
+
+def evaluate(eval_fn, state, batches, mesh) -> Dict[str, float]:
+  """Loss and accuracy over every example of `batches`, each counted once."""
   totals = None
-  for local in pipeline.eval_batches():
+  for local in batches:
     sums = eval_fn(state, parallel.to_global(local, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -141,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pipeline = data.create_pipeline(config, jax.process_index(), jax.process_count())
   steps_per_epoch = pipeline.steps_per_epoch
   num_steps = config_lib.num_train_steps(config, steps_per_epoch)
-  num_microbatches = config.batch_size // config_lib.microbatch_size(config)
+  num_microbatches = pipeline.num_microbatches
 
   # Model and optimizer.
   spec = pipeline.spec
@@ -172,12 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
       print(f"lbt: resumed from the checkpoint of update {start_step}", flush=True)
 
-  train_fn = jax.jit(
-      functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
-                        schedule=schedule, num_microbatches=num_microbatches,
-                        label_smoothing=config.loss.label_smoothing),
-      in_shardings=(replicated, batch_sharding, replicated),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  update_fn = compile_update(model, tx, schedule, mesh, num_microbatches,
+                             config.loss.label_smoothing)
   eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
@@ -202,21 +237,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bad = np.flatnonzero(~rows["finite"])
     if bad.size:
       i = int(bad[0])
+      error = Diverged(first + i + 1, float(rows["loss"][i]),
+                       float(rows["grad_norm"][i]), float(rows["learning_rate"][i]),
+                       manager.latest_step())
+      writer.write(error.update, "diverged", {
+          "loss": error.loss, "grad_norm": error.grad_norm,
+          "learning_rate": error.learning_rate,
+          "last_checkpoint": -1 if error.last_checkpoint is None else error.last_checkpoint})
       writer.flush()
-      raise Diverged(first + i + 1, float(rows["loss"][i]), float(rows["grad_norm"][i]),
-                     float(rows["learning_rate"][i]), manager.latest_step())
+      raise error
     progress.update(len(rows["loss"]), loss=float(rows["loss"][-1]),
                     lr=float(rows["learning_rate"][-1]))
+
+  def evaluate_all(done: int) -> Dict[str, float]:
+    """Test (and validation) metrics, written to metrics.jsonl; returns test's."""
+    if len(pipeline.validation_indices):
+      validation = evaluate(eval_fn, state, pipeline.validation_batches(), mesh)
+      writer.write(done, "validation", validation)
+      scores["validation_accuracy"] = validation["accuracy"]
+      scores["validation_loss"] = validation["loss"]
+    result = evaluate(eval_fn, state, pipeline.eval_batches(), mesh)
+    writer.write(done, "eval", result)
+    return result
 
   def every(n: int, done: int) -> bool:
     return n > 0 and done % n == 0
 
-  final = None
+  final, scores = None, {}
   try:
     with _TerminationFlag() as termination:
       for done in range(start_step + 1, num_steps + 1):
-        batch = parallel.to_global(next(train_iter), mesh)
-        state, step_metrics = train_fn(state, batch, params_init)
+        microbatches = parallel.prefetch_to_mesh(train_iter, mesh, num_microbatches)
+        state, step_metrics = update_fn(state, microbatches, params_init)
         pending.append(step_metrics)
         is_last = done == num_steps
         evaluate_now = every(config.eval_every_steps, done) or is_last
@@ -225,8 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if host_sync:
           flush_train_metrics(done)
         if evaluate_now:
-          final = evaluate(eval_fn, state, pipeline, mesh)
-          writer.write(done, "eval", final)
+          final = evaluate_all(done)
         if save_now:
           checkpoint.save(manager, done, state, train_iter)
         # Processes must agree to stop at the same update; with several they
@@ -237,15 +288,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           checkpoint.save(manager, done, state, train_iter)
           raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
     if final is None:  # Resumed from the checkpoint of the last update.
-      final = evaluate(eval_fn, state, pipeline, mesh)
+      final = evaluate_all(num_steps)
+    wall_time = time.time() - start_time
+    summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
+               "eval_count": final["count"], **scores, "num_train_steps": num_steps,
+               "effective_learning_rate": peak_lr, "wall_time_s": wall_time,
+               "examples_per_second":
+                   (num_steps - start_step) * config.batch_size / wall_time}
+    writer.write(num_steps, "summary", summary)
   finally:
     progress.close()
     writer.close()
     manager.close()
-  summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
-             "eval_count": final["count"], "num_train_steps": num_steps,
-             "effective_learning_rate": peak_lr,
-             "wall_time_s": time.time() - start_time}
   if is_main:
     print(f"lbt: test accuracy {final['accuracy']:.4f} on {final['count']} examples "
           f"after {num_steps} updates ({summary['wall_time_s']:.0f} s)", flush=True)

@@ -1,5 +1,7 @@
 """The input pipeline: real Fashion-MNIST, deterministic batches, exact eval."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,7 @@ def test_tfds_dataset_equals_the_idx_files(pipeline):
     return sorted(img.tobytes() + bytes([lab]) for img, lab in zip(images, labels))
   src = pipeline.eval_source
   assert fingerprints(src.images[..., 0], src.labels) == fingerprints(images, labels)
-  assert pipeline.num_train_examples == 60000
+  assert len(pipeline.train_batches.source) == pipeline.spec.num_train_examples == 60000
 
 
 def test_records_read_uncached_equal_cached(data_dir, pipeline):
@@ -92,3 +94,52 @@ def test_batches_are_normalized(pipeline):
   batch = pipeline.train_batches(0)
   assert batch["image"].shape == (512, 28, 28, 1) and batch["image"].dtype == np.float32
   assert abs(batch["image"].mean()) < 0.1 and abs(batch["image"].std() - 1) < 0.1
+
+
+def test_microbatches_are_strided_and_each_process_reads_a_contiguous_part(data_dir):
+  """Microbatch k of an update = examples k, k+n, ... of its batch, whatever the
+  process count; the stream yields microbatch after microbatch."""
+  whole = make_pipeline(data_dir, batch_size=512).train_batches.indices(3)
+  for count in (1, 2):
+    parts = [make_pipeline(data_dir, p, count, batch_size=512, microbatch_size=128)
+             for p in range(count)]
+    for k in range(4):
+      got = np.concatenate([p.train_batches.microbatch_indices(3, k) for p in parts])
+      np.testing.assert_array_equal(got, whole[k::4])
+  pipe = make_pipeline(data_dir, batch_size=512, microbatch_size=128)
+  it = pipe.train_iterator(10)
+  first = [next(it) for _ in range(5)]
+  assert [len(m["label"]) for m in first] == [128] * 5
+  assert it.get_state() != make_pipeline(data_dir).train_iterator(10).get_state()
+  # Element 4 is microbatch 0 of update 1.
+  np.testing.assert_array_equal(
+      first[4]["label"], pipe.train_batches.source.read(
+          pipe.train_batches.microbatch_indices(1, 0))["label"])
+
+
+def test_validation_split_is_fixed_held_out_and_counted_once(data_dir):
+  a = make_pipeline(data_dir, validation_examples=10000, seed=1, batch_size=5000)
+  b = make_pipeline(data_dir, validation_examples=10000, seed=2, batch_size=5000)
+  np.testing.assert_array_equal(a.validation_indices, b.validation_indices)
+  assert len(np.unique(a.validation_indices)) == 10000
+  assert a.steps_per_epoch == 50000 // 5000
+  trained = np.concatenate([a.train_batches.indices(s) for s in range(a.steps_per_epoch)])
+  assert len(np.unique(trained)) == 50000
+  assert not np.intersect1d(trained, a.validation_indices).size
+  counted = sum(int(batch["mask"].sum()) for batch in a.validation_batches())
+  assert counted == 10000
+
+
+def test_a_damaged_decoded_cache_is_rebuilt(data_dir, tmp_path):
+  import shutil
+  from lbt.data import pipeline as pipeline_lib
+  spec = DATASETS.get("fashion_mnist")
+  local = tmp_path / "data"
+  shutil.copytree(os.path.join(data_dir, spec.tfds_name), local / spec.tfds_name)
+  source = pipeline_lib._load_source(spec, str(local), "test", True)
+  cache = local / "lbt_decoded" / spec.tfds_name / "1.0.0" / "test.npz"
+  assert cache.exists()
+  cache.write_bytes(cache.read_bytes()[:1000])
+  pipeline_lib._load_source.cache_clear()
+  again = pipeline_lib._load_source(spec, str(local), "test", True)
+  np.testing.assert_array_equal(again.labels, source.labels)

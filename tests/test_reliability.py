@@ -139,7 +139,9 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(
   assert f"update {error.last_checkpoint}" in message
   state = checkpoint.load_state(str(tmp_path), error.last_checkpoint)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
-  assert not bool(state["diverged"])
+  assert int(state["step"]) == error.last_checkpoint
+  diverged = metrics.read_jsonl(str(tmp_path), "diverged")
+  assert [r["step"] for r in diverged] == [error.update]
   records = metrics.read_jsonl(str(tmp_path), "train")
   assert records[-1]["step"] == error.update and records[-1]["finite"] is False
 

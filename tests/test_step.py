@@ -10,7 +10,7 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from lbt import models, optim, parallel, step
+from lbt import models, optim, parallel, step, train
 
 
 class Linear(nn.Module):
@@ -29,22 +29,26 @@ def random_batch(n, seed=0):
           "label": rng.integers(0, 10, n).astype(np.int32)}
 
 
+def strided(batch, num_microbatches):
+  """Microbatch k = examples k, k + n, k + 2n, ... (what lbt.data streams)."""
+  return [jax.tree.map(lambda x: x[k::num_microbatches], batch)
+          for k in range(num_microbatches)]
+
+
 def run_steps(model, tx, batches, *, num_microbatches=1, devices=None, schedule=None):
-  """Runs the real jitted step over a mesh of `devices`; returns state and metrics."""
+  """Runs the real jitted update over a mesh of `devices`; returns state and metrics."""
   mesh = Mesh(np.asarray(devices or jax.devices()), (parallel.DATA_AXIS,))
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
                                    input_shape=(28, 28, 1)), out_shardings=replicated)
   state = init(jax.random.PRNGKey(0))
   params_init = init(jax.random.PRNGKey(0)).params
-  fn = jax.jit(functools.partial(
-      step.train_step, apply_fn=model.apply, tx=tx,
-      schedule=schedule or (lambda c: 1.0), num_microbatches=num_microbatches,
-      label_smoothing=0.0), in_shardings=(replicated, sharded, replicated),
-      out_shardings=(replicated, replicated))
+  update = train.compile_update(model, tx, schedule or (lambda c: 1.0), mesh,
+                                num_microbatches, label_smoothing=0.0)
   history = []
   for batch in batches:
-    state, metrics = fn(state, jax.device_put(batch, sharded), params_init)
+    microbatches = (jax.device_put(m, sharded) for m in strided(batch, num_microbatches))
+    state, metrics = update(state, microbatches, params_init)
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
 
@@ -87,22 +91,16 @@ def test_same_losses_on_one_and_eight_devices(num_microbatches):
   assert_trees_close(state1.batch_stats, state8.batch_stats, atol=1e-5)
 
 
-def test_microbatches_are_strided_and_balanced_over_devices():
-  x = jnp.arange(12)
-  split = step.split_microbatches({"x": x}, 3)["x"]
-  np.testing.assert_array_equal(split, [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
-
-
-def test_a_non_finite_update_freezes_the_state():
+def test_a_non_finite_update_is_flagged():
+  """The step reports it; the loop stops before any save (test_reliability)."""
   model = Linear()
   tx = optax.sgd(1.0)
   good, bad = random_batch(16, 1), random_batch(16, 2)
   bad["image"][3, 0, 0, 0] = np.nan
-  state, hist = run_steps(model, tx, [good, bad, good])
-  assert [bool(h["finite"]) for h in hist] == [True, False, True]
-  assert int(state.step) == 1 and bool(state.diverged)
-  reference, _ = run_steps(model, tx, [good])
-  assert_trees_close(state.params, reference.params, atol=0)
+  _, hist = run_steps(model, tx, [good, bad])
+  assert [bool(h["finite"]) for h in hist] == [True, False]
+  _, hist = run_steps(model, tx, [good, bad], num_microbatches=2)
+  assert [bool(h["finite"]) for h in hist] == [True, False]
 
 
 def test_label_smoothing_matches_hand_computed_cross_entropy():
@@ -112,3 +110,42 @@ def test_label_smoothing_matches_hand_computed_cross_entropy():
   expected = -(targets * np.log(p)).sum()
   got = step.cross_entropy(logits, jnp.array([0]), 0.1)
   np.testing.assert_allclose(got, [expected], rtol=1e-6)
+
+
+def test_mean_squared_microbatch_gradient_norm_is_reported():
+  """mean_k |g_k|^2 over microbatch gradients, against jax.grad per microbatch."""
+  model, tx = Linear(), optax.sgd(0.1)
+  batch = random_batch(128, seed=5)
+  state, hist = run_steps(model, tx, [batch], num_microbatches=4)
+  variables = model.init(jax.random.split(jax.random.PRNGKey(0))[0],
+                         jnp.zeros((1, 28, 28, 1)), train=False)
+
+  def mean_loss(params, part):
+    logits = model.apply({"params": params}, part["image"], train=True)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, part["label"]))
+
+  squares = []
+  for part in strided(batch, 4):
+    grads = jax.grad(mean_loss)(variables["params"], part)
+    squares.append(sum(float(np.sum(np.square(g))) for g in jax.tree.leaves(grads)))
+  np.testing.assert_allclose(hist[0]["microbatch_grad_sq_norm"], np.mean(squares),
+                             rtol=1e-5)
+
+
+def test_gradient_program_memory_does_not_depend_on_the_batch():
+  """Only a microbatch ever reaches the compiled gradient function."""
+  model = models.create("lenet5", num_classes=10)
+  tx = optim.create_by_name("momentum", 0.1)
+  mesh = Mesh(np.asarray(jax.devices()), (parallel.DATA_AXIS,))
+  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
+                                   input_shape=(28, 28, 1)))
+  state = init(jax.random.PRNGKey(0))
+  sizes = {}
+  for batch_size in (256, 4096, 60000 // 64 * 64):
+    update = train.compile_update(model, tx, lambda c: 0.1, mesh,
+                                  batch_size // 64, label_smoothing=0.0)
+    microbatch = jax.device_put(random_batch(64), parallel.batch_sharding(mesh))
+    add = update.programs["add"].lower(state, step.start_update(state), microbatch)
+    memory = add.compile().memory_analysis()
+    sizes[batch_size] = (memory.argument_size_in_bytes, memory.temp_size_in_bytes)
+  assert len(set(sizes.values())) == 1, sizes

@@ -3,13 +3,15 @@
 Update i of a run always sees the same global batch, whatever the number of
 processes and devices: the epoch's permutation is a function of (seed, epoch),
 the global batch is a contiguous slice of it, and each process reads only its
-own contiguous part of that slice. So the data position is just the index of
-the next update, which is what grain's iterator state records and what a resumed
-run restores.
+own part of it. The stream yields one microbatch at a time (this process's part
+of it), so that host and device memory are set by the microbatch, never by the
+batch; the data position is the index of the next microbatch, which grain's
+iterator state records and a resumed run restores (checkpoints are taken
+between updates, so it is always the first microbatch of an update).
 
-Each element of the grain dataset is a whole process-local batch: reading the
-records of a batch in one `__getitems__` call and normalizing them with numpy
-costs far less than a per-example Python pipeline at batch sizes of 10^4-10^6.
+Each element of the grain dataset is a whole process-local microbatch: reading
+its records in one `__getitems__` call and normalizing them with numpy costs far
+less than a per-example Python pipeline at 10^3-10^5 examples per microbatch.
 Each epoch drops its last `num_train % batch_size` examples (a different set
 every epoch); at the full batch there is exactly one update per epoch.
 """
@@ -17,7 +19,8 @@ every epoch); at the full batch there is exactly one update per epoch.
 import functools
 import math
 import os
-from typing import Dict, Iterator, Sequence
+import zipfile
+from typing import Dict, Iterator
 
 import grain
 import numpy as np
@@ -29,7 +32,9 @@ from lbt.errors import ConfigError
 Batch = Dict[str, np.ndarray]
 # Reading and decoding happen in grain's threads while the device computes.
 READ_THREADS = 2
-PREFETCH_BATCHES = 2
+PREFETCH_MICROBATCHES = 2
+# Fixed for every run and seed: the validation split must not move between points.
+VALIDATION_SEED = 20200615
 
 
 class ArraySource:
@@ -82,8 +87,9 @@ def _load_source(spec: DatasetSpec, data_dir: str, split: str, cache: bool):
   records = RecordSource(source)
   if not cache:
     return records
-  return _decoded_copy(records, os.path.join(data_dir, "lbt_decoded", spec.tfds_name,
-                                             f"{split}.npz"))
+  version = str(source.dataset_info.version)
+  return _decoded_copy(records, os.path.join(
+      data_dir, "lbt_decoded", spec.tfds_name, version, f"{split}.npz"))
 
 
 def _decoded_copy(records: RecordSource, path: str) -> ArraySource:
@@ -91,11 +97,16 @@ def _decoded_copy(records: RecordSource, path: str) -> ArraySource:
 
   Decoding a record costs ~50 us in TFDS's Python parser; for a small data set
   read many times (every point of a study, every resumed run) it is done once.
+  The file is keyed by the TFDS dataset's version and split, so a changed
+  dataset is never read stale; a file that does not read back whole is rebuilt.
   """
   if os.path.exists(path):
-    with np.load(path) as stored:
-      if len(stored["label"]) == len(records):
-        return ArraySource(stored["image"], stored["label"])
+    try:
+      with np.load(path) as stored:
+        if len(stored["label"]) == len(records):
+          return ArraySource(stored["image"], stored["label"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+      pass  # Damaged (e.g. a copy cut short): decode again below.
   decoded = [records.read(np.arange(start, min(start + 8192, len(records))))
              for start in range(0, len(records), 8192)]
   images = np.concatenate([d["image"] for d in decoded])
@@ -114,75 +125,126 @@ def normalize(images: np.ndarray, spec: DatasetSpec) -> np.ndarray:
   return (images.astype(np.float32) - mean) / std
 
 
-class TrainBatches:
-  """Maps an update index to this process's part of that update's global batch."""
+def split_validation(num_examples: int, validation_examples: int):
+  """(training pool, validation indices) of a training split.
 
-  def __init__(self, source, spec: DatasetSpec, seed: int, batch_size: int,
-               process_index: int, process_count: int):
-    self.source, self.spec, self.seed = source, spec, seed
+  The validation examples are the last `validation_examples` of one fixed
+  permutation (the same for every seed, so that every point of a study is
+  tuned on the same held-out examples). Without validation the pool is the
+  split in its own order.
+  """
+  if not validation_examples:
+    return np.arange(num_examples), np.arange(0)
+  order = np.random.default_rng(VALIDATION_SEED).permutation(num_examples)
+  cut = num_examples - validation_examples
+  return order[:cut], np.sort(order[cut:])
+
+
+class TrainBatches:
+  """Maps (update, microbatch) to this process's part of that microbatch.
+
+  The global batch of update i is a contiguous slice of the epoch's
+  permutation of the training pool. Microbatch k of it holds examples
+  k, k + n, k + 2n, ... (n microbatches), so every microbatch is a uniform
+  sample of the batch; each process reads a contiguous part of it, so that a
+  microbatch is the same set in the same order for any number of processes
+  and devices. Element e of the stream is microbatch e % n of update e // n.
+  """
+
+  def __init__(self, source, pool: np.ndarray, spec: DatasetSpec, seed: int,
+               batch_size: int, microbatch_size: int, process_index: int,
+               process_count: int):
+    self.source, self.pool, self.spec, self.seed = source, pool, spec, seed
     self.batch_size = batch_size
-    self.steps_per_epoch = len(source) // batch_size
-    self.local_batch = batch_size // process_count
-    self.offset = process_index * self.local_batch
+    self.num_microbatches = batch_size // microbatch_size
+    self.steps_per_epoch = len(pool) // batch_size
+    self.local_microbatch = microbatch_size // process_count
+    self.offset = process_index * self.local_microbatch
 
   @functools.lru_cache(maxsize=2)
   def permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pool))
+    return self.pool[order]
 
-  def indices(self, step: int) -> np.ndarray:
-    epoch, position = divmod(step, self.steps_per_epoch)
-    start = position * self.batch_size + self.offset
-    return self.permutation(epoch)[start:start + self.local_batch]
+  def microbatch_indices(self, update: int, microbatch: int) -> np.ndarray:
+    epoch, position = divmod(update, self.steps_per_epoch)
+    start = position * self.batch_size + microbatch
+    stop = start + self.batch_size
+    members = self.permutation(epoch)[start:stop:self.num_microbatches]
+    return members[self.offset:self.offset + self.local_microbatch]
 
-  def __call__(self, step: int) -> Batch:
-    batch = self.source.read(self.indices(int(step)))
+  def indices(self, update: int) -> np.ndarray:
+    """This process's examples of an update, microbatch after microbatch."""
+    return np.concatenate([self.microbatch_indices(update, k)
+                           for k in range(self.num_microbatches)])
+
+  def __call__(self, element: int) -> Batch:
+    update, microbatch = divmod(int(element), self.num_microbatches)
+    batch = self.source.read(self.microbatch_indices(update, microbatch))
     return {"image": normalize(batch["image"], self.spec), "label": batch["label"]}
 
 
 class Pipeline:
-  """Train and eval batches of one dataset, as seen by one process."""
+  """Train, validation and eval batches of one dataset, as seen by one process."""
 
   def __init__(self, spec: DatasetSpec, *, data_dir: str, cache: bool, seed: int,
-               batch_size: int, eval_batch_size: int, process_index: int = 0,
+               batch_size: int, eval_batch_size: int, microbatch_size: int = 0,
+               validation_examples: int = 0, process_index: int = 0,
                process_count: int = 1):
     self.spec = spec
     self.eval_batch_size = eval_batch_size
     self.process_index, self.process_count = process_index, process_count
     train = load_source(spec, data_dir, spec.train_split, cache)
     self.eval_source = load_source(spec, data_dir, spec.eval_split, cache)
-    self.train_batches = TrainBatches(train, spec, seed, batch_size,
-                                      process_index, process_count)
-    self.num_train_examples = len(train)
-    self.num_eval_examples = len(self.eval_source)
+    pool, self.validation_indices = split_validation(len(train), validation_examples)
+    self.train_batches = TrainBatches(
+        train, pool, spec, seed, batch_size, microbatch_size or batch_size,
+        process_index, process_count)
     self.steps_per_epoch = self.train_batches.steps_per_epoch
+    self.num_microbatches = self.train_batches.num_microbatches
 
   def train_iterator(self, num_steps: int) -> grain.DatasetIterator:
-    """Batches of updates 0..num_steps-1; its state is the next update index."""
-    dataset = grain.MapDataset.range(num_steps).map(self.train_batches)
+    """Microbatches of updates 0..num_steps-1, in order; its state is the index
+    of the next microbatch, a multiple of num_microbatches between updates."""
+    dataset = grain.MapDataset.range(num_steps * self.num_microbatches).map(
+        self.train_batches)
     options = grain.ReadOptions(num_threads=READ_THREADS,
-                                prefetch_buffer_size=PREFETCH_BATCHES)
+                                prefetch_buffer_size=PREFETCH_MICROBATCHES)
     return iter(dataset.to_iter_dataset(options))
+
+  @property
+  def num_eval_examples(self) -> int:
+    return len(self.eval_source)
 
   @property
   def num_eval_batches(self) -> int:
     return math.ceil(self.num_eval_examples / self.eval_batch_size)
 
-  def eval_positions(self, batch_index: int):
-    """This process's example indices of one eval batch and their mask."""
+  def eval_positions(self, batch_index: int, total: int = None):
+    """This process's positions (of `total`, default the eval split) in one
+    eval batch, and their mask."""
+    total = self.num_eval_examples if total is None else total
     local = self.eval_batch_size // self.process_count
     start = batch_index * self.eval_batch_size + self.process_index * local
     positions = np.arange(start, start + local)
-    mask = positions < self.num_eval_examples
+    mask = positions < total
     return np.where(mask, positions, 0), mask
 
-  def eval_batches(self) -> Iterator[Batch]:
-    """Every eval example exactly once; the last batch is padded and masked."""
-    for b in range(self.num_eval_batches):
-      indices, mask = self.eval_positions(b)
-      batch = self.eval_source.read(indices)
+  def _batches(self, source, indices: np.ndarray) -> Iterator[Batch]:
+    """Every example of `indices` exactly once; the last batch padded, masked."""
+    for b in range(math.ceil(len(indices) / self.eval_batch_size)):
+      positions, mask = self.eval_positions(b, len(indices))
+      batch = source.read(indices[positions])
       yield {"image": normalize(batch["image"], self.spec),
              "label": batch["label"].astype(np.int32),
              "mask": mask.astype(np.float32)}
+
+  def eval_batches(self) -> Iterator[Batch]:
+    return self._batches(self.eval_source, np.arange(self.num_eval_examples))
+
+  def validation_batches(self) -> Iterator[Batch]:
+    """The held-out part of the training split (empty without validation)."""
+    return self._batches(self.train_batches.source, self.validation_indices)
 
 
 def prepare(config) -> None:
@@ -198,5 +260,7 @@ def create_pipeline(config, process_index: int = 0, process_count: int = 1) -> P
   return Pipeline(DATASETS.get(config.dataset.name, "dataset.name"),
                   data_dir=config.dataset.data_dir, cache=config.dataset.cache,
                   seed=config.seed, batch_size=config.batch_size,
+                  microbatch_size=config.microbatch_size,
+                  validation_examples=config.dataset.get("validation_examples", 0),
                   eval_batch_size=config.eval_batch_size,
                   process_index=process_index, process_count=process_count)
