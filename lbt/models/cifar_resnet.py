@@ -11,19 +11,14 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbt.models.common import ModuleDef, global_avg_pool, logits, register_resnets
-from lbt.models.common import resnet_layers
+from lbt.models.common import ResidualBlock, global_avg_pool, logits, register_resnets
+from lbt.models.common import resnet_layers, torch_padding
 
-_SAME3 = ((1, 1), (1, 1))  # torch-style padding 1, also for stride 2
+_SAME3 = torch_padding(3)  # padding 1, also for stride 2
 
 
-class BasicBlockA(nn.Module):
+class BasicBlockA(ResidualBlock):
   """Two 3x3 convs with a parameter-free (option A) shortcut."""
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  last_norm: ModuleDef
 
   @nn.compact
   def __call__(self, x, train: bool):

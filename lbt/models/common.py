@@ -21,6 +21,21 @@ ModuleDef = Any
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def torch_padding(k: int):
+  """Explicit padding k // 2 on each side, as torchvision's convs (not XLA's
+  SAME, which pads a strided conv asymmetrically)."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class ResidualBlock(nn.Module):
+  """The fields every residual block takes; subclasses define __call__."""
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef  # the residual branch's last BN (zero-init option)
+
+
 def resnet_layers(dtype, ghost_size: int, zero_init_residual: bool):
   """The conv, BN and last-BN-of-a-block constructors every ResNet shares.
 

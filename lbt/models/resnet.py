@@ -11,21 +11,12 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbt.models.common import ModuleDef, global_avg_pool, logits, register_resnets
-from lbt.models.common import resnet_layers
+from lbt.models.common import ResidualBlock, global_avg_pool, logits, register_resnets
+from lbt.models.common import resnet_layers, torch_padding as _pad
 
 
-def _pad(k: int):
-  return ((k // 2, k // 2), (k // 2, k // 2))
-
-
-class BasicBlock(nn.Module):
+class BasicBlock(ResidualBlock):
   """Two 3x3 convs (resnet18/34)."""
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  last_norm: ModuleDef  # the residual branch's last BN (zero-init option)
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -40,13 +31,8 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 -> 3x3 (strided, v1.5) -> 1x1 x4 (resnet50 and deeper)."""
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  last_norm: ModuleDef
 
   @nn.compact
   def __call__(self, x, train: bool):
