@@ -11,7 +11,8 @@ model's name, dtype and option names, bn.ghost_size against the microbatch,
 and the loss. It calls the other owners once: `lbt.models.create` (the
 options' values and bn.ghost_size's range), `lbt.optim.check` (the optimizer
 section) and `lbt.optim.create_schedule` (the schedule against the run's
-length). Those builders assume nothing else is checked twice.
+length). No check is written twice: a builder checks only the fields it owns
+and takes the rest as valid.
 """
 
 import os
