@@ -2,6 +2,9 @@
 # Sets lbt up on this machine (idempotent) and runs it.
 #
 #   bash launch/local.sh train [flags...]   train the default config, print test accuracy
+#   bash launch/local.sh study [flags...]   run the default Fashion-MNIST batch-size study
+#                                            into ${LBT_STUDY_DIR:-studies/fashion_mnist},
+#                                            print its report's path and main table
 #   bash launch/local.sh test  [pytest args] run the test suite (what CI runs)
 #   bash launch/local.sh setup               only install
 #
@@ -50,9 +53,20 @@ case "$command" in
     setup
     exec "$PY" -m lbt.main --config=configs/fashion_mnist.py \
       --workdir="${LBT_WORKDIR:-workdirs/fashion_mnist}" "$@" ;;
+  study)
+    setup
+    dir="${LBT_STUDY_DIR:-studies/fashion_mnist}"
+    status=0
+    "$PY" -m lbt.study --study=configs/studies/fashion_mnist.py --workdir="$dir" "$@" ||
+      status=$?
+    if [ -e "$dir/report/report.md" ]; then
+      echo "lbt: report $dir/report/report.md"
+      "$PY" -c 'import sys; from lbt import report; print(report.main_table(sys.argv[1]))' "$dir"
+    fi
+    exit "$status" ;;
   test)
     setup
     export XLA_FLAGS="--xla_force_host_platform_device_count=8"
     exec "$PY" -m pytest -q -p no:cacheprovider -n 2 tests "$@" ;;
-  *) echo "usage: bash launch/local.sh {train|test|setup} [args]" >&2; exit 2 ;;
+  *) echo "usage: bash launch/local.sh {train|study|test|setup} [args]" >&2; exit 2 ;;
 esac

@@ -107,6 +107,11 @@ def _pyplot():
   return plt
 
 
+def _legend(ax, **kwargs) -> None:
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(**kwargs)
+
+
 def _save(fig, report_dir: str, name: str) -> str:
   fig.tight_layout()
   fig.savefig(os.path.join(report_dir, name), dpi=90)
@@ -140,7 +145,7 @@ def section_accuracy(chosen, report_dir: str) -> str:
                    if largest["status"] == "finished" else "") + ".")
   ax.set_xscale("log", base=2)
   ax.set(xlabel="batch size", ylabel="test accuracy (%)", title="Test accuracy vs batch size")
-  ax.legend()
+  _legend(ax)
   image = _save(fig, report_dir, "accuracy_vs_batch.png")
   tuned = [(g, e) for g, e in chosen.items() if e["criterion"]]
   tuned_text = "\n".join(
@@ -188,7 +193,7 @@ def section_target(chosen, report_dir: str) -> str:
   for ax, what in ((ax_s, "updates"), (ax_e, "examples")):
     ax.set(xlabel="batch size", ylabel=f"{what} to target", title=f"{what.capitalize()} to "
            f"{_pct(target)}% test accuracy (dotted: perfect scaling, dashed: fit)")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
   image = _save(fig, report_dir, "updates_to_target.png")
   return ("## 2. Updates and examples to the target accuracy\n\nTarget: "
           f"{_pct(target)}% test accuracy (first evaluation reaching it). Perfect scaling "
@@ -215,7 +220,7 @@ def section_curves(workdir: str, chosen, report_dir: str) -> str:
                 [100 * r["accuracy"] for r in curves["eval"]], "o-", ms=2, label=row["name"])
     ax_l.set(xlabel="epoch", ylabel="training loss", yscale="log", title=label)
     ax_a.set(xlabel="epoch", ylabel="test accuracy (%)", title=label)
-    ax_a.legend(fontsize=6)
+    _legend(ax_a, fontsize=6)
     images.append(_save(fig, report_dir, f"curves_{index}.png"))
   return ("## 3. Training loss and test accuracy per point\n\n" +
           ("\n\n".join(images) or "(no points yet)") + "\n")
@@ -349,7 +354,7 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
   ax.set_xscale("log")
   ax.set(xlabel="update t (log scale)", ylabel="‖w_t − w_0‖",
          title=f"Distance from initialization ({optimizer}; dashed: a·log t + b)")
-  ax.legend(fontsize=6)
+  _legend(ax, fontsize=6)
   image = _save(fig, report_dir, "diffusion.png")
   adapted = found.get("regime")
   if (fits and adapted is not None and adapted["status"] == "finished" and "small" in found

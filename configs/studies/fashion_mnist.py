@@ -51,7 +51,8 @@ def point(optimizer: str, batch: int, epochs: float = EPOCHS) -> ml_collections.
 
 
 def _evaluate_often(config) -> None:
-  updates = int(config.num_epochs * (60000 // config.batch_size))
+  examples = 60000 - config.dataset.get("validation_examples", 0)
+  updates = int(config.num_epochs * (examples // config.batch_size))
   config.eval_every_steps = max(1, updates // EVALUATIONS)
 
 
@@ -61,15 +62,14 @@ def _copy(config) -> ml_collections.ConfigDict:
 
 def tuned_grid(optimizer: str, batch: int, factors=TUNED_FACTORS) -> Dict[str, ml_collections.ConfigDict]:
   """Base learning rates around the default, trained on 50,000 examples and
-  compared on the 10,000 held out; empty until configs carry a validation split."""
+  compared on the 10,000 held out."""
   base = point(optimizer, batch)
-  if "validation_examples" not in base.dataset:
-    return {}
   grid = {}
   for factor in factors:
     config = _copy(base)
     config.dataset.validation_examples = VALIDATION_EXAMPLES
     config.optimizer.learning_rate = base.optimizer.learning_rate * factor
+    _evaluate_often(config)
     grid[f"{optimizer}-b{batch}-tuned-lr{config.optimizer.learning_rate:g}"] = config
   return grid
 
@@ -97,7 +97,7 @@ def _longer_warmup(config):
 
 
 def _sqrt_legw(config):
-  config.optimizer.update(learning_rate=fashion_mnist.OPTIMIZERS["lars"]["learning_rate"],
+  config.optimizer.update(learning_rate=fashion_mnist.optimizer_point("lars").learning_rate,
                           scaling="sqrt")
   config.schedule.warmup_epochs = round(min(10 * config.batch_size / 32768,
                                             0.4 * config.num_epochs))
@@ -143,8 +143,6 @@ def hoffer(batch: int = HOFFER_BATCH, small: int = SMALL_BATCH, epochs: float = 
   sqrt.optimizer.update(learning_rate=sqrt.optimizer.learning_rate * small
                         / sqrt.optimizer.base_batch_size, base_batch_size=small, scaling="sqrt")
   gbn = _copy(sqrt)
-  if "mode" in gbn.bn:
-    gbn.bn.mode = "ghost"
   gbn.bn.ghost_size = small
   regime = _copy(gbn)
   regime.num_epochs = epochs * batch / small

@@ -1,0 +1,173 @@
+"""The study runner: skip, resume after SIGKILL, divergence as a result, shards,
+and results.sqlite rows equal to what each point's metrics.jsonl says."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lbt import cli, metrics, study
+from lbt.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Timings differ between runs; every other column must be equal.
+TIMING = ("wall_time_s", "examples_per_second")
+
+# Three points of a tiny MLP at 10 updates per epoch: the second diverges (its
+# LR ramps up to 1e3), the third runs long enough to be killed mid-way.
+STUDY_FILE = """
+from configs import fashion_mnist
+
+def point(arg, steps, eval_every, checkpoint_every=100):
+  config = fashion_mnist.get_config(arg + ",model=mlp")
+  config.model.hidden_sizes = (16,)
+  config.num_train_steps = steps
+  config.schedule.warmup_epochs = 0.2
+  config.eval_every_steps = eval_every
+  config.checkpoint_every_steps = checkpoint_every
+  config.log_every_steps = 1
+  config.eval_batch_size = 5000
+  config.dataset.data_dir = {data_dir!r}
+  return config
+
+def get_study(arg=None):
+  points = {{"momentum-b12000": point("momentum,batch=12000", 4, 2),
+             "sgd-b6000": point("sgd,batch=6000", 12, 4),
+             "lars-b6000": point("lars,batch=6000", 30, 10, checkpoint_every=5)}}
+  points["sgd-b6000"].optimizer.learning_rate = 1e3
+  points["sgd-b6000"].schedule.warmup_epochs = 1.0
+  return points
+"""
+
+
+@pytest.fixture(scope="module")
+def study_file(data_dir, tmp_path_factory):
+  path = tmp_path_factory.mktemp("study") / "tiny_study.py"
+  path.write_text(STUDY_FILE.format(data_dir=data_dir))
+  return str(path)
+
+
+def load(study_file):
+  return cli.load_python_file(study_file, flag="--study", function="get_study")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(study_file, tmp_path_factory):
+  """The tiny study run once in-process, start to end: (workdir, statuses)."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return workdir, study.run_study(load(study_file), workdir)
+
+
+def rows_without_timing(workdir):
+  rows = study.read_database(os.path.join(workdir, study.DATABASE))
+  return {r["name"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+def start(study_file, workdir):
+  env = dict(os.environ, PYTHONPATH=REPO)  # XLA_FLAGS: conftest's 8 devices.
+  return subprocess.Popen(
+      [sys.executable, "-m", "lbt.study", f"--study={study_file}", f"--workdir={workdir}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_diverging_point_is_recorded_and_the_next_one_runs(uninterrupted):
+  workdir, statuses = uninterrupted
+  assert statuses == {"momentum-b12000": "finished", "sgd-b6000": "diverged",
+                      "lars-b6000": "finished"}
+  rows = rows_without_timing(workdir)
+  diverged = metrics.read_jsonl(os.path.join(workdir, "sgd-b6000"), "diverged")[-1]
+  assert rows["sgd-b6000"]["status"] == "diverged"
+  assert rows["sgd-b6000"]["diverged_update"] == diverged["step"] > 1
+  assert rows["sgd-b6000"]["diverged_learning_rate"] == diverged["learning_rate"] > 0
+  assert rows["lars-b6000"]["status"] == "finished"
+
+
+def test_rows_equal_each_points_metrics(uninterrupted):
+  workdir, _ = uninterrupted
+  rows = study.read_database(os.path.join(workdir, study.DATABASE))
+  assert [r["name"] for r in rows] == list(uninterrupted[1])  # The study's order.
+  for row in rows:
+    records = metrics.read_jsonl(os.path.join(workdir, row["name"]))
+    evals = [r for r in records if r["kind"] == "eval"]
+    train = [r for r in records if r["kind"] == "train"]
+    run = [r for r in records if r["kind"] == "run"][-1]
+    assert row["updates"] == run["num_train_steps"]
+    assert row["epochs"] == pytest.approx(run["num_train_steps"] / run["steps_per_epoch"])
+    assert row["batch_size"] == run["batch_size"]
+    assert row["effective_learning_rate"] == run["effective_learning_rate"]
+    if row["status"] != "finished":
+      continue
+    summary = [r for r in records if r["kind"] == "summary"][-1]
+    assert row["final_accuracy"] == summary["eval_accuracy"] == evals[-1]["accuracy"]
+    assert row["best_accuracy"] == max(r["accuracy"] for r in evals)
+    assert row["final_train_loss"] == train[-1]["loss"]
+    assert row["final_distance"] == train[-1]["distance_from_init"]
+    assert row["wall_time_s"] == summary["wall_time_s"]
+    reached = [r["step"] for r in evals if r["accuracy"] >= row["target_accuracy"]]
+    assert row["updates_to_target"] == (min(reached) if reached else None)
+    assert row["examples_to_target"] == (min(reached) * row["batch_size"]
+                                         if reached else None)
+
+
+def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_path):
+  workdir = str(tmp_path / "killed")
+  victim = os.path.join(workdir, "lars-b6000")
+  process = start(study_file, workdir)
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    if len(metrics.read_jsonl(victim, "train")) >= 12:
+      break
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert study.point_status(victim) == "running"  # Killed mid-way, not finished.
+  assert study.point_status(os.path.join(workdir, "momentum-b12000")) == "finished"
+
+  rerun = start(study_file, workdir)
+  out, _ = rerun.communicate(timeout=300)
+  assert rerun.returncode == 0, out  # A divergence is a result, not a failure.
+  assert "momentum-b12000: finished, skipped" in out
+  assert "sgd-b6000: diverged, skipped" in out
+  assert "lbt: resumed from the checkpoint of update" in out
+  assert "lars-b6000 (resuming" in out
+  assert rows_without_timing(workdir) == rows_without_timing(uninterrupted[0])
+
+
+def test_two_shards_together_give_the_unsharded_rows(study_file, uninterrupted, tmp_path):
+  points = load(study_file)
+  workdir = str(tmp_path / "sharded")
+  first = study.run_study(points, workdir, shard=(0, 2))
+  second = study.run_study(points, workdir, shard=(1, 2))
+  assert set(first) == {"momentum-b12000", "lars-b6000"}
+  assert set(second) == {"sgd-b6000"}
+  assert rows_without_timing(workdir) == rows_without_timing(uninterrupted[0])
+
+
+def test_a_bad_point_stops_the_study_before_any_compute(study_file, tmp_path, capsys):
+  bad = tmp_path / "bad_study.py"
+  bad.write_text(open(study_file).read() + "\n\ndef get_bad(arg=None):\n"
+                 "  points = get_study()\n  points['lars-b6000'].batch_size = 70000\n"
+                 "  return points\n")
+  workdir = tmp_path / "bad"
+  points = cli.load_python_file(str(bad), flag="--study", function="get_bad")
+  with pytest.raises(ConfigError, match=r"point lars-b6000: batch_size=70000"):
+    study.run_study(points, str(workdir))
+  assert not os.path.exists(workdir / "momentum-b12000")
+  status = study.main(["lbt.study", f"--study={bad}", f"--workdir={workdir}",
+                       "--shard=2/2"])
+  err = capsys.readouterr().err.strip()
+  assert status == 2 and err == "lbt: error: --shard='2/2' is invalid: I/N with 0 <= I < N, e.g. 0/2"
+
+
+def test_only_and_shard_select_a_deterministic_part():
+  names = ["momentum-b128", "momentum-b256", "lars-b128", "lars-b256", "adam-b128"]
+  assert study.select_points(names, ["*-b128"]) == ["momentum-b128", "lars-b128", "adam-b128"]
+  assert study.select_points(names, ["lars-*"], (1, 2)) == ["lars-b256"]
+  parts = [study.select_points(names, (), (i, 3)) for i in range(3)]
+  assert sorted(sum(parts, [])) == sorted(names)
+  assert study.parse_shard("1/4") == (1, 4)
+  with pytest.raises(ConfigError, match="--only='sgd-\\*'"):
+    study.select_points(names, ["sgd-*"])
