@@ -200,6 +200,40 @@ def gradient_noise_scale(small_sq_norm, big_sq_norm, small_batch, big_batch):
   return grad_sq_norm, trace_sigma
 
 
+# Per-update decay of the moving averages of |G|^2 and tr(Σ): a time constant
+# of 20 updates, long enough to average the noisy per-update estimates, short
+# against the thousands of updates whose change of B_simple the curve shows.
+NOISE_SCALE_DECAY = 0.95
+
+
+def smoothed_noise_scale(grad_sq_norm, trace_sigma, state=(0.0, 0.0, 0),
+                         decay: float = NOISE_SCALE_DECAY):
+  """B_simple = EMA[tr(Σ)] / EMA[|G|²] after each of a run of updates.
+
+  Numerator and denominator are averaged separately before dividing, as
+  McCandlish et al. (2018, §2.2 and App. A) do: each per-update estimate is
+  unbiased but noisy, and |G|² can even come out negative. The averages are
+  bias-corrected (divided by 1 - decay^t) so the first updates are not pulled
+  towards zero.
+
+  Args:
+    grad_sq_norm, trace_sigma: per-update estimates (1-d, in update order).
+    state: (EMA of |G|², EMA of tr(Σ), updates seen) from the previous call.
+    decay: of both moving averages.
+
+  Returns:
+    (b_simple per update as an array, the new state).
+  """
+  ema_g, ema_t, count = state
+  out = []
+  for g, t in zip(np.asarray(grad_sq_norm, np.float64), np.asarray(trace_sigma, np.float64)):
+    ema_g = decay * ema_g + (1 - decay) * g
+    ema_t = decay * ema_t + (1 - decay) * t
+    count += 1
+    out.append(ema_t / ema_g if ema_g else float("nan"))
+  return np.asarray(out), (ema_g, ema_t, count)
+
+
 def fit_steps_to_target(batch_sizes, steps) -> Tuple[float, float]:
   """Least squares of S(B) = S_min·(1 + B_noise/B) = S_min + E_min/B.
 

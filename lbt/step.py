@@ -17,7 +17,7 @@ statistic under jit), or from its ghost batches when the model was built with
 `ghost_size`; running statistics move once per microbatch.
 """
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax
 import jax
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from lbt import optim
+from lbt.optim.clars import mean_per_example_grad_norm
 
 Metrics = Dict[str, jax.Array]
 
@@ -59,6 +60,10 @@ class GradientSum(flax.struct.PyTreeNode):
     microbatch_grad_sq_norm: sum over microbatches of |g_k|^2, g_k being the
       mean gradient of microbatch k; with |G|^2 of the whole batch it gives the
       gradient noise scale (McCandlish et al. 2018, App. A) at no extra pass.
+    microbatch_grad_sq: elementwise sum over microbatches of g_k^2, kept only
+      for optimizers that need it (the GSNR family); else None.
+    per_example_grad_norm: per tensor, the sum over examples of the
+      per-example gradient norm, kept only for CLARS; else None.
   """
   grads: Any
   batch_stats: Any
@@ -67,6 +72,8 @@ class GradientSum(flax.struct.PyTreeNode):
   examples: jax.Array
   microbatches: jax.Array
   microbatch_grad_sq_norm: jax.Array
+  microbatch_grad_sq: Any = None
+  per_example_grad_norm: Any = None
 
 
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
@@ -98,20 +105,51 @@ def tree_norm(tree) -> jax.Array:
   return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def start_update(state: TrainState) -> GradientSum:
-  """Empty sums for a new update, carrying the state's BN statistics."""
+def start_update(state: TrainState, needs: Sequence[str] = ()) -> GradientSum:
+  """Empty sums for a new update, carrying the state's BN statistics.
+
+  `needs` names the statistics the optimizer asks for beyond the gradient
+  (`optim.needs(...)`: 'microbatch_grad_sq', 'per_example_grad_norm').
+  """
   zero = lambda dtype: jnp.zeros([], dtype)
+  zeros_like_params = lambda shape: jax.tree.map(
+      lambda p: jnp.zeros(shape(p), jnp.float32), state.params)
   return GradientSum(
-      grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params),
-      batch_stats=state.batch_stats, loss=zero(jnp.float32), correct=zero(jnp.int32),
-      examples=zero(jnp.int32), microbatches=zero(jnp.int32),
-      microbatch_grad_sq_norm=zero(jnp.float32))
+      grads=zeros_like_params(jnp.shape), batch_stats=state.batch_stats,
+      loss=zero(jnp.float32), correct=zero(jnp.int32), examples=zero(jnp.int32),
+      microbatches=zero(jnp.int32), microbatch_grad_sq_norm=zero(jnp.float32),
+      microbatch_grad_sq=(zeros_like_params(jnp.shape)
+                          if "microbatch_grad_sq" in needs else None),
+      per_example_grad_norm=(zeros_like_params(lambda p: ())
+                             if "per_example_grad_norm" in needs else None))
+
+
+def per_example_grad_norm_sum(apply_fn: Callable, state: TrainState, batch_stats,
+                              microbatch, label_smoothing: float):
+  """Per tensor, the sum over the microbatch of each example's gradient norm.
+
+  BatchNorm couples the examples of a batch, so a per-example gradient needs
+  fixed statistics: each example is taken through the model in inference mode
+  with the running statistics of this update. `jax.vmap` materialises one
+  gradient per example (memory: microbatch x parameters, compute: about one
+  more backward pass per example); only CLARS asks for it.
+  """
+  def example_loss(params, image, label):
+    logits = apply_fn({"params": params, "batch_stats": batch_stats}, image[None],
+                      train=False)
+    return cross_entropy(logits, label[None], label_smoothing)[0]
+
+  mean_norms = mean_per_example_grad_norm(
+      example_loss, state.params, microbatch["image"], microbatch["label"])
+  count = microbatch["label"].shape[0]
+  return jax.tree.map(lambda n: n * count, mean_norms)
 
 
 def add_microbatch(state: TrainState, sums: GradientSum,
                    microbatch: Dict[str, jax.Array], *, apply_fn: Callable,
                    label_smoothing: float) -> GradientSum:
-  """Adds one microbatch's summed loss gradient to `sums`.
+  """Adds one microbatch's summed loss gradient (and what the optimizer needs
+  besides, as `start_update` set up) to `sums`.
 
   Args:
     state: the state of this update (parameters are not changed here).
@@ -134,27 +172,45 @@ def add_microbatch(state: TrainState, sums: GradientSum,
       loss_fn, has_aux=True)(state.params)
   count = microbatch["label"].shape[0]
   grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+  grad_sq, norms = sums.microbatch_grad_sq, sums.per_example_grad_norm
+  if grad_sq is not None:
+    grad_sq = jax.tree.map(lambda s, g: s + jnp.square(g / count), grad_sq, grads)
+  if norms is not None:
+    norms = jax.tree.map(jnp.add, norms, per_example_grad_norm_sum(
+        apply_fn, state, sums.batch_stats, microbatch, label_smoothing))
   return GradientSum(
       grads=jax.tree.map(jnp.add, sums.grads, grads), batch_stats=batch_stats,
       loss=sums.loss + loss, correct=sums.correct + correct,
       examples=sums.examples + count, microbatches=sums.microbatches + 1,
       microbatch_grad_sq_norm=sums.microbatch_grad_sq_norm
-      + jnp.square(tree_norm(grads) / count))
+      + jnp.square(tree_norm(grads) / count),
+      microbatch_grad_sq=grad_sq, per_example_grad_norm=norms)
 
 
 def finish_update(state: TrainState, sums: GradientSum, params_init, *,
-                  tx: optax.GradientTransformation,
-                  schedule: optax.Schedule) -> Tuple[TrainState, Metrics]:
+                  tx: optax.GradientTransformation, schedule: optax.Schedule,
+                  num_microbatches: int = 1) -> Tuple[TrainState, Metrics]:
   """Turns the summed gradient into one optimizer update and its metrics.
+
+  `num_microbatches` (static) is what optimizers of the GSNR family check.
 
   A non-finite loss, gradient or parameter is reported in `metrics['finite']`;
   the loop stops at its next look, before any save or evaluation, so such a
   state is never kept.
   """
   examples = sums.examples.astype(jnp.float32)
+  microbatches = sums.microbatches.astype(jnp.float32)
   grads = jax.tree.map(lambda g, p: (g / examples).astype(p.dtype), sums.grads,
                        state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  extra = {}
+  if sums.microbatch_grad_sq is not None:
+    extra["microbatch_grad_sq"] = jax.tree.map(lambda s: s / microbatches,
+                                               sums.microbatch_grad_sq)
+    extra["num_microbatches"] = num_microbatches
+  if sums.per_example_grad_norm is not None:
+    extra["per_example_grad_norm"] = jax.tree.map(lambda s: s / examples,
+                                                  sums.per_example_grad_norm)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=sums.batch_stats, opt_state=opt_state)
@@ -171,8 +227,7 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
       "distance_from_init": tree_norm(
           jax.tree.map(lambda w, w0: w - w0, params, params_init)),
       "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm),
-      "microbatch_grad_sq_norm": sums.microbatch_grad_sq_norm
-                                 / sums.microbatches.astype(jnp.float32),
+      "microbatch_grad_sq_norm": sums.microbatch_grad_sq_norm / microbatches,
       **optim.trust_ratio_stats(opt_state),
   }
   return new_state, metrics
@@ -180,8 +235,8 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
                apply_fn: Callable, tx: optax.GradientTransformation,
-               schedule: optax.Schedule,
-               label_smoothing: float) -> Tuple[TrainState, Metrics]:
+               schedule: optax.Schedule, label_smoothing: float,
+               needs: Sequence[str] = ()) -> Tuple[TrainState, Metrics]:
   """One optimizer update on a batch given whole (no accumulation).
 
   Args:
@@ -192,11 +247,12 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
     tx: the optimizer.
     schedule: the learning-rate schedule inside `tx`, for logging.
     label_smoothing: of the cross-entropy targets.
+    needs: statistics the optimizer needs besides the gradient.
 
   Returns:
     The new state and this update's metrics (scalars).
   """
-  sums = add_microbatch(state, start_update(state), batch, apply_fn=apply_fn,
+  sums = add_microbatch(state, start_update(state, needs), batch, apply_fn=apply_fn,
                         label_smoothing=label_smoothing)
   return finish_update(state, sums, params_init, tx=tx, schedule=schedule)
 

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lbt import checkpoint, data, metrics as metrics_lib, models, optim, parallel, step
+from lbt import checkpoint, data, diagnostics, metrics as metrics_lib, models, optim
+from lbt import parallel, step
 from lbt import config as config_lib
 from lbt.errors import ConfigError
 
@@ -102,7 +103,7 @@ def build_model(config, num_classes: int):
 
 
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
-                   label_smoothing: float) -> Callable:
+                   label_smoothing: float, needs: Sequence[str] = ()) -> Callable:
   """The jitted update: `update(state, microbatches, params_init) -> (state, metrics)`.
 
   `microbatches` yields the update's global microbatches. One microbatch is a
@@ -116,15 +117,18 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   add = functools.partial(step.add_microbatch, apply_fn=model.apply,
                           label_smoothing=label_smoothing)
-  finish = functools.partial(step.finish_update, tx=tx, schedule=schedule)
+  finish = functools.partial(step.finish_update, tx=tx, schedule=schedule,
+                             num_microbatches=num_microbatches)
   if num_microbatches == 1:
     fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
-                                      schedule=schedule, label_smoothing=label_smoothing),
+                                      schedule=schedule, label_smoothing=label_smoothing,
+                                      needs=needs),
                     in_shardings=(replicated, sharded, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=(0,))
     return lambda state, microbatches, params_init: fused(
         state, next(iter(microbatches)), params_init)
-  start_fn = jax.jit(step.start_update, out_shardings=replicated)
+  start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
+                     out_shardings=replicated)
   add_fn = jax.jit(add, in_shardings=(replicated, replicated, sharded),
                    out_shardings=replicated, donate_argnums=(1,))
   finish_fn = jax.jit(finish, in_shardings=(replicated, replicated, replicated),
@@ -210,9 +214,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, start_step = restored
     if is_main:
       print(f"lbt: resumed from the checkpoint of update {start_step}", flush=True)
+  note = optim.warmup_note(config.schedule, steps_per_epoch, num_steps)
+  if note and is_main:
+    print(note, flush=True)
 
   update_fn = compile_update(model, tx, schedule, mesh, num_microbatches,
-                             config.loss.label_smoothing)
+                             config.loss.label_smoothing,
+                             needs=optim.needs(config.optimizer))
   eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
@@ -224,6 +232,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "num_processes": jax.process_count()})
   progress = metrics_lib.Progress(num_steps, start_step, enabled=is_main)
   pending = []
+  # The gradient noise scale comes free with accumulation; its moving averages
+  # continue across a resume from the estimates already in metrics.jsonl.
+  noise_state = (0.0, 0.0, 0)
+  if num_microbatches > 1 and is_main:
+    earlier = [r for r in metrics_lib.read_jsonl(workdir, "train") if "noise_trace" in r]
+    _, noise_state = diagnostics.smoothed_noise_scale(
+        [r["noise_grad_sq"] for r in earlier], [r["noise_trace"] for r in earlier])
 
   def flush_train_metrics(done: int) -> None:
     """Writes the buffered per-update metrics and stops on a non-finite one."""
@@ -232,6 +247,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     pending.clear()
     if not rows:
       return
+    nonlocal noise_state
+    small_sq_norm = rows.pop("microbatch_grad_sq_norm")
+    if num_microbatches > 1:
+      rows["noise_grad_sq"], rows["noise_trace"] = diagnostics.gradient_noise_scale(
+          small_sq_norm, np.square(rows["grad_norm"]),
+          config.batch_size // num_microbatches, config.batch_size)
+      rows["b_simple"], noise_state = diagnostics.smoothed_noise_scale(
+          rows["noise_grad_sq"], rows["noise_trace"], noise_state)
     for i in range(len(rows["loss"])):
       writer.write(first + i + 1, "train", {k: v[i] for k, v in rows.items()})
     bad = np.flatnonzero(~rows["finite"])

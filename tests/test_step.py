@@ -149,3 +149,54 @@ def test_gradient_program_memory_does_not_depend_on_the_batch():
     memory = add.compile().memory_analysis()
     sizes[batch_size] = (memory.argument_size_in_bytes, memory.temp_size_in_bytes)
   assert len(set(sizes.values())) == 1, sizes
+
+
+def spy(needs):
+  """An optimizer that keeps, as its state, the extra arguments the step passes."""
+  def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return {"microbatch_grad_sq": zeros,
+            "per_example_grad_norm": jax.tree.map(lambda p: jnp.zeros(()), params)}
+
+  def update(updates, state, params=None, **extra):
+    del params
+    kept = {k: extra.get(k, v) for k, v in state.items()}
+    return jax.tree.map(jnp.zeros_like, updates), kept
+
+  tx = optax.GradientTransformationExtraArgs(init, update)
+  return tx, needs
+
+
+@pytest.mark.parametrize("num_microbatches", [1, 4])
+def test_the_step_passes_what_the_optimizer_needs(num_microbatches):
+  """Per-example gradient norms (CLARS) and mean_k g_k^2 (GSNR), against
+  jax.grad of each example and of each microbatch."""
+  model = Linear()
+  tx, needs = spy(("microbatch_grad_sq", "per_example_grad_norm"))
+  batch = random_batch(64, seed=7)
+  mesh = Mesh(np.asarray(jax.devices()), (parallel.DATA_AXIS,))
+  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
+                                   input_shape=(28, 28, 1)))
+  state = init(jax.random.PRNGKey(0))
+  params = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
+  update = train.compile_update(model, tx, lambda c: 0.0, mesh, num_microbatches,
+                                label_smoothing=0.0, needs=needs)
+  sharded = parallel.batch_sharding(mesh)
+  new_state, _ = update(
+      state, (jax.device_put(m, sharded) for m in strided(batch, num_microbatches)),
+      params)
+  got = jax.device_get(new_state.opt_state)
+
+  def mean_loss(p, images, labels):
+    logits = model.apply({"params": p}, images, train=True)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+  per_example = [jax.grad(mean_loss)(params, batch["image"][i:i + 1],
+                                     batch["label"][i:i + 1]) for i in range(64)]
+  expected_norms = jax.tree.map(
+      lambda *g: np.mean([np.linalg.norm(np.asarray(x)) for x in g]), *per_example)
+  assert_trees_close(got["per_example_grad_norm"], expected_norms, atol=1e-5)
+  parts = [jax.grad(mean_loss)(params, m["image"], m["label"])
+           for m in strided(batch, num_microbatches)]
+  expected_sq = jax.tree.map(lambda *g: np.mean([np.square(x) for x in g], axis=0), *parts)
+  assert_trees_close(got["microbatch_grad_sq"], expected_sq, atol=1e-6)

@@ -86,9 +86,13 @@ def test_interrupted_run_resumes_and_finishes_identically(make_config, tmp_path,
 
 
 def test_accumulation_and_ghost_bn_run_end_to_end(make_config, tmp_path):
-  config = small(make_config, microbatch_size=32, bn__mode="ghost", bn__ghost_size=16,
+  config = small(make_config, microbatch_size=32, bn__ghost_size=16,
                  num_train_steps=3, checkpoint_every_steps=0,
                  schedule__warmup_epochs=0.0)
   summary = train.train_and_evaluate(config, str(tmp_path))
   run = metrics.read_jsonl(str(tmp_path), "run")[0]
   assert run["num_microbatches"] == 4 and summary["eval_count"] == 10000
+  # The gradient noise scale comes with accumulation (McCandlish et al. 2018).
+  for record in metrics.read_jsonl(str(tmp_path), "train"):
+    assert record["noise_trace"] > 0 and np.isfinite(record["noise_grad_sq"])
+    assert np.isfinite(record["b_simple"])

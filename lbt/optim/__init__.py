@@ -10,6 +10,7 @@ from lbt.optim.factory import create
 from lbt.optim.factory import create_by_name
 from lbt.optim.factory import default_hyperparameters
 from lbt.optim.factory import effective_learning_rate
+from lbt.optim.factory import needs
 from lbt.optim.masks import decay_and_trust_mask
 from lbt.optim.schedules import create_schedule
 from lbt.optim.schedules import warmup_note
@@ -38,7 +39,7 @@ __all__ = [
     "OPTIMIZERS", "TrustRatioState", "adagrad", "adam", "adamw", "check",
     "create", "create_by_name", "create_schedule", "decay_and_trust_mask",
     "default_hyperparameters",
-    "effective_learning_rate", "lamb", "lars", "momentum", "nesterov",
+    "effective_learning_rate", "lamb", "lars", "momentum", "needs", "nesterov",
     "rmsprop", "sgd", "trust_ratio_stats", "warmup_note",
     "clars", "lans", "vr_adam", "vr_lamb", "vr_lars", "vr_momentum", "vr_sgd",
     "vrgd",

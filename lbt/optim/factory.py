@@ -151,3 +151,10 @@ def create(optimizer_config: Mapping, schedule: optax.ScalarOrSchedule
   """
   return create_by_name(optimizer_config["name"], schedule,
                         **_hyperparameters(optimizer_config))
+
+
+def needs(optimizer_config: Mapping) -> tuple:
+  """What the optimizer needs from the step besides the averaged gradient
+  (a factory's `needs` attribute: 'microbatch_grad_sq', 'per_example_grad_norm')."""
+  return tuple(getattr(OPTIMIZERS.get(optimizer_config["name"], field="optimizer.name"),
+                       "needs", ()))
