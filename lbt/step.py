@@ -17,13 +17,14 @@ statistic under jit), or from its ghost batches when the model was built with
 `ghost_size`; running statistics move once per microbatch.
 """
 
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from lbt import adversarial as conadv
 from lbt import optim
 from lbt.optim.clars import mean_per_example_grad_norm
 
@@ -39,12 +40,16 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: BatchNorm running statistics.
     opt_state: optimizer state.
     rng: key for stochastic layers and augmentation, folded with `step`.
+    previous_params: the parameters before the last update, kept only for
+      ConAdv's stale adversarial examples (`loss.adversarial.parameters =
+      'stale'`); else None.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  previous_params: Any = None
 
 
 class GradientSum(flax.struct.PyTreeNode):
@@ -77,14 +82,17 @@ class GradientSum(flax.struct.PyTreeNode):
 
 
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
-                       input_shape: Tuple[int, ...]) -> TrainState:
+                       input_shape: Tuple[int, ...],
+                       keep_previous_params: bool = False) -> TrainState:
   """Initializes parameters (from `rng`) and the optimizer state."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init(init_rng, jnp.zeros((1,) + tuple(input_shape)), train=False)
   params = variables["params"]
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng)
+                    opt_state=tx.init(params), rng=state_rng,
+                    previous_params=(jax.tree.map(jnp.copy, params)
+                                     if keep_previous_params else None))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -145,9 +153,33 @@ def per_example_grad_norm_sum(apply_fn: Callable, state: TrainState, batch_stats
   return jax.tree.map(lambda n: n * count, mean_norms)
 
 
+def adversarial_inputs(apply_fn: Callable, state: TrainState, batch_stats,
+                       microbatch, adversarial: Mapping[str, Any]) -> jax.Array:
+  """ConAdv's adversarial examples of a microbatch (Liu et al. 2022).
+
+  Built from the previous update's parameters ('stale', so on a pod their
+  input gradient need not wait for this update's) or the current ones
+  ('fresh'), with BN in training mode on the microbatch; the statistics this
+  extra pass would move are discarded.
+  """
+  params = (state.previous_params if adversarial["parameters"] == "stale"
+            else state.params)
+
+  def mean_loss(p, images, labels):
+    logits, _ = apply_fn({"params": p, "batch_stats": batch_stats}, images,
+                         train=True, mutable=["batch_stats"])
+    return jnp.mean(cross_entropy(logits, labels, 0.0))
+
+  return conadv.adversarial_examples(
+      mean_loss, params, microbatch["image"], microbatch["label"],
+      step_size=adversarial["step_size"], num_steps=adversarial["num_steps"],
+      epsilon=adversarial["epsilon"])
+
+
 def add_microbatch(state: TrainState, sums: GradientSum,
                    microbatch: Dict[str, jax.Array], *, apply_fn: Callable,
-                   label_smoothing: float) -> GradientSum:
+                   label_smoothing: float,
+                   adversarial: Optional[Mapping[str, Any]] = None) -> GradientSum:
   """Adds one microbatch's summed loss gradient (and what the optimizer needs
   besides, as `start_update` set up) to `sums`.
 
@@ -157,8 +189,14 @@ def add_microbatch(state: TrainState, sums: GradientSum,
     microbatch: {'image': (m, H, W, C) float, 'label': (m,) int}.
     apply_fn: the model's `apply`.
     label_smoothing: of the cross-entropy targets.
+    adversarial: the `loss.adversarial` section when ConAdv is on, else None:
+      the loss is then (1 - a) * clean + a * adversarial, a = its `weight`.
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), sums.microbatches)
+  adversarial_images = None
+  if adversarial:
+    adversarial_images = adversarial_inputs(apply_fn, state, sums.batch_stats,
+                                            microbatch, adversarial)
 
   def loss_fn(params):
     logits, updates = apply_fn(
@@ -166,6 +204,13 @@ def add_microbatch(state: TrainState, sums: GradientSum,
         train=True, mutable=["batch_stats"], rngs={"dropout": rng})
     losses = cross_entropy(logits, microbatch["label"], label_smoothing)
     correct = jnp.sum(jnp.argmax(logits, -1) == microbatch["label"])
+    if adversarial_images is not None:
+      adversarial_logits, _ = apply_fn(
+          {"params": params, "batch_stats": sums.batch_stats}, adversarial_images,
+          train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+      weight = adversarial["weight"]
+      losses = (1 - weight) * losses + weight * cross_entropy(
+          adversarial_logits, microbatch["label"], label_smoothing)
     return jnp.sum(losses), (updates["batch_stats"], correct)
 
   (loss, (batch_stats, correct)), grads = jax.value_and_grad(
@@ -212,8 +257,10 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
                                                   sums.per_example_grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=sums.batch_stats, opt_state=opt_state)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=sums.batch_stats,
+      opt_state=opt_state,
+      previous_params=None if state.previous_params is None else state.params)
 
   loss = sums.loss / examples
   grad_norm, param_norm = tree_norm(grads), tree_norm(params)
@@ -236,7 +283,9 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
 def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
                apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: optax.Schedule, label_smoothing: float,
-               needs: Sequence[str] = ()) -> Tuple[TrainState, Metrics]:
+               needs: Sequence[str] = (),
+               adversarial: Optional[Mapping[str, Any]] = None
+               ) -> Tuple[TrainState, Metrics]:
   """One optimizer update on a batch given whole (no accumulation).
 
   Args:
@@ -248,12 +297,13 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
     schedule: the learning-rate schedule inside `tx`, for logging.
     label_smoothing: of the cross-entropy targets.
     needs: statistics the optimizer needs besides the gradient.
+    adversarial: the `loss.adversarial` section when ConAdv is on, else None.
 
   Returns:
     The new state and this update's metrics (scalars).
   """
   sums = add_microbatch(state, start_update(state, needs), batch, apply_fn=apply_fn,
-                        label_smoothing=label_smoothing)
+                        label_smoothing=label_smoothing, adversarial=adversarial)
   return finish_update(state, sums, params_init, tx=tx, schedule=schedule)
 
 

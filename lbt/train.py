@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +103,8 @@ def build_model(config, num_classes: int):
 
 
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
-                   label_smoothing: float, needs: Sequence[str] = ()) -> Callable:
+                   label_smoothing: float, needs: Sequence[str] = (),
+                   adversarial: Optional[Dict[str, Any]] = None) -> Callable:
   """The jitted update: `update(state, microbatches, params_init) -> (state, metrics)`.
 
   `microbatches` yields the update's global microbatches. One microbatch is a
@@ -116,13 +117,13 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   """
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   add = functools.partial(step.add_microbatch, apply_fn=model.apply,
-                          label_smoothing=label_smoothing)
+                          label_smoothing=label_smoothing, adversarial=adversarial)
   finish = functools.partial(step.finish_update, tx=tx, schedule=schedule,
                              num_microbatches=num_microbatches)
   if num_microbatches == 1:
     fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
                                       schedule=schedule, label_smoothing=label_smoothing,
-                                      needs=needs),
+                                      needs=needs, adversarial=adversarial),
                     in_shardings=(replicated, sharded, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=(0,))
     return lambda state, microbatches, params_init: fused(
@@ -142,6 +143,14 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
 
   update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn}
   return update
+
+
+def adversarial_section(config) -> Optional[Dict[str, Any]]:
+  """The `loss.adversarial` section as plain values when ConAdv is on, else None."""
+  section = config.loss.get("adversarial")
+  if section is None or not section.get("enabled", False):
+    return None
+  return section.to_dict()
 
 
 def evaluate(eval_fn, state, batches, mesh) -> Dict[str, float]:
@@ -194,8 +203,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = optim.create(config.optimizer, schedule)
 
   # State, created already replicated over the mesh.
-  init_fn = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
-                                      input_shape=spec.image_shape),
+  adversarial = adversarial_section(config)
+  init_fn = jax.jit(functools.partial(
+      step.create_train_state, model=model, tx=tx,
+      input_shape=(pipeline.image_size, pipeline.image_size, spec.image_shape[2]),
+      keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
                     out_shardings=replicated)
   rng = jax.random.PRNGKey(config.seed)
   state = init_fn(rng)
@@ -220,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   update_fn = compile_update(model, tx, schedule, mesh, num_microbatches,
                              config.loss.label_smoothing,
-                             needs=optim.needs(config.optimizer))
+                             needs=optim.needs(config.optimizer), adversarial=adversarial)
   eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 

@@ -35,16 +35,20 @@ def strided(batch, num_microbatches):
           for k in range(num_microbatches)]
 
 
-def run_steps(model, tx, batches, *, num_microbatches=1, devices=None, schedule=None):
+def run_steps(model, tx, batches, *, num_microbatches=1, devices=None, schedule=None,
+              adversarial=None):
   """Runs the real jitted update over a mesh of `devices`; returns state and metrics."""
   mesh = Mesh(np.asarray(devices or jax.devices()), (parallel.DATA_AXIS,))
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
-                                   input_shape=(28, 28, 1)), out_shardings=replicated)
+  init = jax.jit(functools.partial(
+      step.create_train_state, model=model, tx=tx, input_shape=(28, 28, 1),
+      keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
+                 out_shardings=replicated)
   state = init(jax.random.PRNGKey(0))
   params_init = init(jax.random.PRNGKey(0)).params
   update = train.compile_update(model, tx, schedule or (lambda c: 1.0), mesh,
-                                num_microbatches, label_smoothing=0.0)
+                                num_microbatches, label_smoothing=0.0,
+                                adversarial=adversarial)
   history = []
   for batch in batches:
     microbatches = (jax.device_put(m, sharded) for m in strided(batch, num_microbatches))
@@ -200,3 +204,32 @@ def test_the_step_passes_what_the_optimizer_needs(num_microbatches):
            for m in strided(batch, num_microbatches)]
   expected_sq = jax.tree.map(lambda *g: np.mean([np.square(x) for x in g], axis=0), *parts)
   assert_trees_close(got["microbatch_grad_sq"], expected_sq, atol=1e-6)
+
+
+@pytest.mark.parametrize("parameters", ["stale", "fresh"])
+@pytest.mark.parametrize("num_microbatches", [1, 2])
+def test_conadv_update_matches_hand_written_adversarial_training(parameters,
+                                                                 num_microbatches):
+  """Two SGD updates on (clean + FGSM) loss; stale examples use the parameters of
+  the update before (Liu et al. 2022), fresh ones the current parameters."""
+  model, lr, eps = Linear(), 0.5, 0.05
+  adversarial = dict(enabled=True, step_size=eps, num_steps=1, epsilon=eps,
+                     parameters=parameters, weight=0.5)
+  batches = [random_batch(32, seed=s) for s in (11, 12)]
+  state, _ = run_steps(model, optax.sgd(lr), batches, adversarial=adversarial,
+                       num_microbatches=num_microbatches)
+
+  def loss(p, x, y):
+    logits = model.apply({"params": p}, x, train=True)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+  p = model.init(jax.random.split(jax.random.PRNGKey(0))[0],
+                 jnp.zeros((1, 28, 28, 1)), train=False)["params"]
+  previous = p
+  for batch in batches:
+    x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+    source = previous if parameters == "stale" else p
+    x_adv = x + eps * jnp.sign(jax.grad(loss, argnums=1)(source, x, y))
+    grads = jax.grad(lambda q: 0.5 * loss(q, x, y) + 0.5 * loss(q, x_adv, y))(p)
+    previous, p = p, jax.tree.map(lambda w, g: w - lr * g, p, grads)
+  assert_trees_close(state.params, p, atol=2e-6)

@@ -26,6 +26,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lbt import config as config_lib
+from lbt.data import augment
 from lbt.data.catalog import DatasetSpec, default_data_dir
 from lbt.errors import ConfigError
 
@@ -61,7 +63,10 @@ class RecordSource:
 
   def read(self, indices: np.ndarray) -> Batch:
     records = self.source.__getitems__([int(i) for i in indices])
-    return {"image": np.stack([r["image"] for r in records]),
+    images = [r["image"] for r in records]
+    if len({i.shape for i in images}) == 1:  # ImageNet's vary: kept as a list
+      images = np.stack(images)
+    return {"image": images,
             "label": np.asarray([r["label"] for r in records], np.int32)}
 
 
@@ -153,8 +158,9 @@ class TrainBatches:
 
   def __init__(self, source, pool: np.ndarray, spec: DatasetSpec, seed: int,
                batch_size: int, microbatch_size: int, process_index: int,
-               process_count: int):
+               process_count: int, image_size: int = 0):
     self.source, self.pool, self.spec, self.seed = source, pool, spec, seed
+    self.image_size = image_size or spec.image_shape[0]
     self.batch_size = batch_size
     self.num_microbatches = batch_size // microbatch_size
     self.steps_per_epoch = len(pool) // batch_size
@@ -180,8 +186,13 @@ class TrainBatches:
 
   def __call__(self, element: int) -> Batch:
     update, microbatch = divmod(int(element), self.num_microbatches)
-    batch = self.source.read(self.microbatch_indices(update, microbatch))
-    return {"image": normalize(batch["image"], self.spec), "label": batch["label"]}
+    indices = self.microbatch_indices(update, microbatch)
+    batch = self.source.read(indices)
+    images = batch["image"]
+    if self.spec.train_transform is not None:
+      images = augment.train_batch(images, indices, self.spec.train_transform,
+                                   self.image_size, seed=self.seed, update=update)
+    return {"image": normalize(images, self.spec), "label": batch["label"]}
 
 
 class Pipeline:
@@ -190,8 +201,9 @@ class Pipeline:
   def __init__(self, spec: DatasetSpec, *, data_dir: str, cache: bool, seed: int,
                batch_size: int, eval_batch_size: int, microbatch_size: int = 0,
                validation_examples: int = 0, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, image_size: int = 0):
     self.spec = spec
+    self.image_size = image_size or spec.image_shape[0]
     self.eval_batch_size = eval_batch_size
     self.process_index, self.process_count = process_index, process_count
     train = load_source(spec, data_dir, spec.train_split, cache)
@@ -199,7 +211,7 @@ class Pipeline:
     pool, self.validation_indices = split_validation(len(train), validation_examples)
     self.train_batches = TrainBatches(
         train, pool, spec, seed, batch_size, microbatch_size or batch_size,
-        process_index, process_count)
+        process_index, process_count, image_size)
     self.steps_per_epoch = self.train_batches.steps_per_epoch
     self.num_microbatches = self.train_batches.num_microbatches
 
@@ -235,7 +247,10 @@ class Pipeline:
     for b in range(math.ceil(len(indices) / self.eval_batch_size)):
       positions, mask = self.eval_positions(b, len(indices))
       batch = source.read(indices[positions])
-      yield {"image": normalize(batch["image"], self.spec),
+      images = batch["image"]
+      if self.spec.eval_transform is not None:
+        images = augment.eval_batch(images, self.spec.eval_transform, self.image_size)
+      yield {"image": normalize(images, self.spec),
              "label": batch["label"].astype(np.int32),
              "mask": mask.astype(np.float32)}
 
@@ -261,6 +276,7 @@ def create_pipeline(config, process_index: int = 0, process_count: int = 1) -> P
                   data_dir=config.dataset.data_dir, cache=config.dataset.cache,
                   seed=config.seed, batch_size=config.batch_size,
                   microbatch_size=config.microbatch_size,
-                  validation_examples=config.dataset.get("validation_examples", 0),
+                  validation_examples=config_lib.dataset_field(config, "validation_examples"),
+                  image_size=config_lib.dataset_field(config, "image_size"),
                   eval_batch_size=config.eval_batch_size,
                   process_index=process_index, process_count=process_count)
