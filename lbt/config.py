@@ -8,15 +8,18 @@ turns the argument of `configs/<benchmark>.py:get_config(arg)` into typed values
 Each field has one owner. `validate` owns the layout (which sections and keys
 exist), the dataset, the sizes and their combinations with the machine, the
 model's name, dtype and option names, bn.ghost_size against the microbatch,
-and the loss. It calls the other owners once: `lbt.models.create` (the
-options' values and bn.ghost_size's range), `lbt.optim.check` (the optimizer
-section) and `lbt.optim.create_schedule` (the schedule against the run's
-length). No check is written twice: a builder checks only the fields it owns
-and takes the rest as valid.
+the loss's label smoothing, and the microbatch against what the optimizer
+needs. It calls the other owners once: `lbt.models.create` (the options'
+values and bn.ghost_size's range), `lbt.optim.check` (the optimizer section),
+`lbt.adversarial.check` (the optional loss.adversarial section) and
+`lbt.optim.create_schedule` (the schedule against the run's length). No check
+is written twice: a builder checks only the fields it owns and takes the rest
+as valid.
 """
 
+import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 
@@ -29,9 +32,12 @@ TOP_LEVEL_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
 SECTION_FIELDS = {
     "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
-    "bn": ("ghost_size",), "loss": ("label_smoothing",)}
+    "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
 # Dataset fields a config may leave out, and the value that means.
 DATASET_DEFAULTS = {"validation_examples": 0, "image_size": 0}
+# Datasets whose decoded split cannot be held as one stacked array, and why.
+UNCACHEABLE = {"imagenet2012": "its decoded images differ in size and cannot be "
+                               "stacked; decoding is per example"}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -79,6 +85,18 @@ def microbatch_size(config) -> int:
   return config.microbatch_size or config.batch_size
 
 
+def microbatch_layout(batch: int, micro: int, num_devices: int) -> Tuple[int, int]:
+  """(microbatches per update, examples per microbatch as padded).
+
+  ceil(batch / micro) microbatches hold ceil or floor of batch / n real
+  examples each; each is padded with masked examples up to a multiple of the
+  device count, so that any batch (1,281,167 is prime) runs on any slice and
+  its gradient is still the mean over exactly its real examples.
+  """
+  n = math.ceil(batch / micro)
+  return n, math.ceil(math.ceil(batch / n) / num_devices) * num_devices
+
+
 def model_options(config) -> Dict[str, Any]:
   """config.model without name and dtype: the model's own keyword options."""
   return {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
@@ -118,7 +136,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   """
   # Imported here: the registries import jax/flax, which validation should not
   # need to be imported before the command line is parsed.
-  from lbt import data, models, optim
+  from lbt import adversarial, data, models, optim
 
   for key in config.keys():
     _require(key in TOP_LEVEL_FIELDS, key, config[key],
@@ -152,7 +170,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   _require(held_out < spec.num_train_examples, "dataset.validation_examples", held_out,
            f"fewer than the training split of {config.dataset.name} "
            f"({spec.num_train_examples} examples)")
-  _integer("dataset.image_size", dataset_field(config, "image_size"), 0)
+  image_size = dataset_field(config, "image_size")
+  _integer("dataset.image_size", image_size, 0)
+  _require(image_size == 0 or spec.train_transform is not None, "dataset.image_size",
+           image_size, f"0 ({config.dataset.name} has no transform that resizes)")
+  _require(not (config.dataset.cache and config.dataset.name in UNCACHEABLE),
+           "dataset.cache", config.dataset.cache,
+           f"False for {config.dataset.name} ({UNCACHEABLE.get(config.dataset.name)})")
 
   for field in ("batch_size", "eval_batch_size", "checkpoint_keep"):
     _integer(field, config[field], 1)
@@ -169,12 +193,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   micro = microbatch_size(config)
   _require(micro <= batch, "microbatch_size", micro,
            f"at most batch_size ({batch}); 0 means no accumulation")
-  _require(batch % micro == 0, "microbatch_size", micro,
-           f"a divisor of batch_size ({batch})")
-  _require(micro % num_devices == 0, "microbatch_size" if config.microbatch_size else "batch_size",
-           micro, f"a multiple of the device count ({num_devices})")
-  _require(micro % num_processes == 0, "microbatch_size", micro,
-           f"a multiple of the process count ({num_processes})")
+  # A batch or microbatch that does not divide is padded (microbatch_layout).
+  _, padded = microbatch_layout(batch, micro, num_devices)
   _require(config.eval_batch_size % num_devices == 0, "eval_batch_size",
            config.eval_batch_size, f"a multiple of the device count ({num_devices})")
 
@@ -198,18 +218,27 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   except (TypeError, ValueError) as e:
     raise ConfigError("model", dict(model_kwargs), f"options {config.model.name} "
                       f"accepts ({str(e).splitlines()[0]})") from None
-  _require(ghost == 0 or micro % ghost == 0, "bn.ghost_size", ghost,
+  _require(ghost == 0 or padded % ghost == 0, "bn.ghost_size", ghost,
            "0 (statistics over each microbatch) or a positive divisor of the "
-           f"microbatch ({micro})")
+           f"microbatch ({padded}{f', padded from {micro}' if padded != micro else ''})")
 
   smoothing = config.loss.label_smoothing
   _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
            "loss.label_smoothing", smoothing, "a number in [0, 1)")
+  if "adversarial" in config.loss:  # Absent: no adversarial loss.
+    _require(isinstance(config.loss.adversarial, ml_collections.ConfigDict),
+             "loss.adversarial", config.loss.adversarial, "a section (ConfigDict)")
+    adversarial.check(config.loss.adversarial)
 
   # The optimizer's fields are owned by lbt.optim (see optim/factory.py); the
   # schedule's by optim/schedules.py, whose builder also checks the fields
   # that need the run's length. Both build only Python closures here.
   optim.check(config.optimizer)
+  if "num_microbatches" in optim.needs(config.optimizer):
+    _require(batch // micro >= 2, "microbatch_size", config.microbatch_size,
+             f"at most batch_size / 2 ({batch // 2}) and a divisor of it: "
+             f"{config.optimizer.name} estimates the gradient variance from >= 2 "
+             "microbatch gradients (GSNR, Jiang et al. 2023)")
   steps_per_epoch = train_examples // batch
   optim.create_schedule(config.schedule, 1.0, steps_per_epoch,
                         num_train_steps(config, steps_per_epoch))

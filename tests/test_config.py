@@ -65,3 +65,54 @@ def test_changed_fields_are_named_by_their_dotted_path():
   old = {"a": 1, "b": {"c": 2, "d": 3}}
   new = {"a": 1, "b": {"c": 5, "d": 3}, "e": 0}
   assert config_lib.changed_fields(old, new) == ["b.c", "e"]
+
+
+# (batch, the microbatch the rule gives): the fewest microbatches >= 8 whose size
+# is a multiple of 8 (60000 = 10 x 6000: 7500 is not a multiple of 8), then >= 2.
+@pytest.mark.parametrize("batch,micro", [(256, 32), (128, 16), (8192, 1024),
+                                         (60000, 6000), (16, 8), (40, 8), (8, 0)])
+def test_gsnr_points_get_at_least_two_microbatches(batch, micro):
+  assert fashion_mnist.default_microbatch("vr_lamb", batch) == micro
+  if micro:
+    assert batch % micro == 0 and micro % 8 == 0 and batch // micro >= 2
+  config = fashion_mnist.get_config(f"vr_sgd,batch={batch}")
+  if micro:
+    config_lib.validate(config, num_devices=8)
+  else:  # One 8-example batch cannot give two microbatches on 8 devices.
+    with pytest.raises(ConfigError, match="^microbatch_size=0 is invalid: at most "
+                       "batch_size / 2 .4. and a divisor of it: vr_sgd estimates"):
+      config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize("batch,micro", [(256, 0), (1024, 0), (8192, 1024), (60000, 1000)])
+def test_clars_microbatch_bounds_per_example_memory_and_has_no_warmup(batch, micro):
+  config = fashion_mnist.get_config(f"clars,batch={batch}")
+  assert config.microbatch_size == micro
+  assert config.schedule.warmup_epochs == 0
+  assert fashion_mnist.get_config(f"lars,batch={batch}").schedule.warmup_epochs == 1
+  config_lib.validate(config, num_devices=8)
+  # An explicit microbatch is kept.
+  assert fashion_mnist.get_config(f"clars,batch={batch},micro=8").microbatch_size == 8
+
+
+def test_vr_optimizers_are_their_base_plus_the_gsnr_band():
+  for base in ("sgd", "momentum", "lars", "adam", "lamb"):
+    vr = fashion_mnist.optimizer_point(f"vr_{base}").to_dict()
+    plain = fashion_mnist.optimizer_point(base).to_dict()
+    extra = {k: vr.pop(k) for k in set(vr) - set(plain)}
+    assert extra == dict(gamma_low=0.1, gamma_high=1.0,
+                         **(dict(b3=0.9) if base in ("adam", "lamb") else {}))
+    assert vr == dict(plain, name=f"vr_{base}")
+
+
+def test_adversarial_section_is_validated_and_optional():
+  config = fashion_mnist.get_config()
+  assert config.loss.adversarial.enabled is False
+  config.loss.adversarial.enabled = True
+  config_lib.validate(config, num_devices=8)
+  config.loss.adversarial.weight = 1.5
+  with pytest.raises(ConfigError, match=r"^loss.adversarial.weight=1.5 is invalid"):
+    config_lib.validate(config, num_devices=8)
+  with config.unlocked():  # configs without the section: no adversarial loss.
+    del config.loss["adversarial"]
+  config_lib.validate(config, num_devices=8)

@@ -340,7 +340,7 @@ def _opt_config(**fields):
 
 
 def test_names_and_hyperparameters_are_checked():
-  with pytest.raises(KeyError, match="allowed: adagrad, adam, adamw, lamb, lars"):
+  with pytest.raises(KeyError, match="allowed: adagrad, adam, adamw, clars, lamb, lans, lars"):
     optim.create_by_name("lion", 0.1)
   with pytest.raises(ConfigError) as e:
     optim.check(_opt_config(name="lion"))
@@ -351,6 +351,18 @@ def test_names_and_hyperparameters_are_checked():
   with pytest.raises(ConfigError) as e:
     optim.check(_opt_config(), ml_collections.ConfigDict(dict(name="cosine", power=1)))
   assert e.value.field == "schedule.power"
+
+
+@pytest.mark.parametrize("fields,field,allowed", [
+    (dict(b3=1.0), "optimizer.b3", "[0, 1)"),
+    (dict(gamma_low=0.0), "optimizer.gamma_low", "> 0"),
+    (dict(gamma_high=-1.0), "optimizer.gamma_high", "> 0"),
+    (dict(gamma_low=0.5, gamma_high=0.2), "optimizer.gamma_high", ">= gamma_low (0.5)"),
+])
+def test_gsnr_band_is_checked(fields, field, allowed):
+  with pytest.raises(ConfigError) as e:
+    optim.check(_opt_config(name="vr_lamb", **fields))
+  assert e.value.field == field and allowed in e.value.allowed, e.value
 
 
 def test_create_from_config_equals_factory():
@@ -398,6 +410,16 @@ def test_dtype_and_no_recompilation(name, dtype):
                         is_leaf=lambda x: isinstance(x, tuple))
   tx = optim.create_by_name(name, optax.linear_schedule(0.1, 0.0, 10),
                             weight_decay=1e-4)
+  # What the train step passes when optim.needs asks (float32, as it sums):
+  # mean_k g_k^2 = 2 G^2 gives every coordinate the same GSNR.
+  needs = optim.needs(dict(name=name))
+  extra = {}
+  if "microbatch_grad_sq" in needs:
+    extra.update(num_microbatches=2, microbatch_grad_sq=jax.tree.map(
+        lambda p: jnp.full(p.shape, 0.02, jnp.float32), params))
+  if "per_example_grad_norm" in needs:
+    extra.update(per_example_grad_norm=jax.tree.map(
+        lambda p: jnp.float32(0.2), params))
   state = tx.init(params)
   state_types = jax.tree.map(lambda x: (x.shape, x.dtype), state)
   traces = []
@@ -406,7 +428,7 @@ def test_dtype_and_no_recompilation(name, dtype):
   def step(params, state):
     traces.append(1)
     grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.1, params)
-    updates, state = tx.update(grads, state, params)
+    updates, state = tx.update(grads, state, params, **extra)
     assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
     return optax.apply_updates(params, updates), state, optim.trust_ratio_stats(state)
 

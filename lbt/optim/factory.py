@@ -47,11 +47,13 @@ def default_hyperparameters(name: str) -> dict:
 # Ranges of the hyperparameters that are numbers, wherever an optimizer takes them.
 _UNIT = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+# gamma_low <= gamma_high involves two keys: gsnr.check_band owns it.
 VALUE_RANGES = {
-    "momentum": _UNIT, "b1": _UNIT, "b2": _UNIT, "decay": _UNIT,
+    "momentum": _UNIT, "b1": _UNIT, "b2": _UNIT, "b3": _UNIT, "decay": _UNIT,
     "eps": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
     "initial_accumulator_value": _NON_NEGATIVE, "initial_scale": _NON_NEGATIVE,
-    "trust_coefficient": (lambda v: v > 0, "a number > 0"),
+    "trust_coefficient": _POSITIVE, "gamma_low": _POSITIVE, "gamma_high": _POSITIVE,
 }
 
 
