@@ -3,18 +3,33 @@
 Train metrics are produced on device every update and fetched in blocks of
 `log_every_steps`, so logging costs no host sync per update; every update still
 gets its own line in metrics.jsonl. Only process 0 writes.
+
+Every file is written from the calling thread, so a failed write (disk full,
+read-only workdir) surfaces at once as one `lbt.workdir.WriteError` naming the
+file; what was written before stays. That is why TensorBoard events are framed here
+from tensorboardX's protos rather than written by its `SummaryWriter`, whose
+writer thread dies on such an error while the trainer blocks on its full queue.
 """
 
 import json
 import math
 import os
+import socket
+import struct
+import time
 from typing import Dict, Iterable, Optional
 
 import jax
 import numpy as np
+from tensorboardX.proto import event_pb2, summary_pb2
+from tensorboardX.record_writer import masked_crc32c
 import tqdm
 
+from lbt import workdir as workdir_lib
+
 JSONL = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+TB_FLUSH_SECONDS = 10.0
 
 
 def _plain(value):
@@ -27,8 +42,46 @@ def _plain(value):
   return value if math.isfinite(value) else str(value)
 
 
+class _EventFile:
+  """TensorBoard scalars in one events file (TFRecord-framed `Event` protos),
+  written from the calling thread through a file object this class owns."""
+
+  def __init__(self, directory: str):
+    os.makedirs(directory, exist_ok=True)
+    self.path = os.path.join(directory, f"events.out.tfevents.{int(time.time())}."
+                                        f"{socket.gethostname()}")
+    self._file = open(self.path, "ab")
+    self._flushed = time.time()
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write(self, event) -> None:
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._file.write(header + struct.pack("<I", masked_crc32c(header)) + data +
+                     struct.pack("<I", masked_crc32c(data)))
+
+  def add(self, step: int, scalars: Dict[str, float]) -> None:
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=value)
+        for tag, value in scalars.items()])
+    self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    if time.time() - self._flushed > TB_FLUSH_SECONDS:
+      self.flush()
+
+  def flush(self) -> None:
+    self._file.flush()
+    self._flushed = time.time()
+
+  def close(self) -> None:
+    self._file.close()  # Closed even when writing what was buffered fails.
+
+
 class MetricsWriter:
-  """Appends metrics to metrics.jsonl and TensorBoard events in the workdir."""
+  """Appends metrics to metrics.jsonl and TensorBoard events in the workdir.
+
+  Raises `lbt.workdir.WriteError` (path and cause) from any method whose
+  write fails.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     """Opens the files; a resumed run first drops the records of the updates
@@ -36,16 +89,16 @@ class MetricsWriter:
     self.enabled = enabled
     self._file = self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, JSONL)
-      if os.path.exists(path):
+      workdir_lib.makedirs(workdir)
+      self.path = os.path.join(workdir, JSONL)
+      if os.path.exists(self.path):
         kept = [r for r in read_jsonl(workdir) if r["step"] <= resume_step]
-        with open(path + ".tmp", "w") as f:
-          f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(path + ".tmp", path)
-      self._file = open(path, "a", buffering=1)
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        workdir_lib.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+      with workdir_lib.writing(self.path):
+        self._file = open(self.path, "a", buffering=1)
+      tb_dir = os.path.join(workdir, TENSORBOARD)
+      with workdir_lib.writing(tb_dir, "the TensorBoard events"):
+        self._tb = _EventFile(tb_dir)
 
   def write(self, step: int, kind: str, metrics: Dict[str, float]) -> None:
     """One record: `kind` is 'train' or 'eval'; `step` counts updates applied."""
@@ -53,20 +106,33 @@ class MetricsWriter:
       return
     record = {"step": int(step), "kind": kind,
               **{k: _plain(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    for key, value in record.items():
-      if key not in ("step", "kind") and isinstance(value, (int, float)):
-        self._tb.add_scalar(f"{kind}/{key}", value, int(step))
+    with workdir_lib.writing(self.path):
+      self._file.write(json.dumps(record) + "\n")
+    scalars = {f"{kind}/{k}": v for k, v in record.items()
+               if k not in ("step", "kind") and isinstance(v, (int, float))}
+    if scalars:
+      with workdir_lib.writing(self._tb.path, "the TensorBoard events"):
+        self._tb.add(int(step), scalars)
 
   def flush(self) -> None:
     if self.enabled:
-      self._file.flush()
-      self._tb.flush()
+      with workdir_lib.writing(self.path):
+        self._file.flush()
+      with workdir_lib.writing(self._tb.path, "the TensorBoard events"):
+        self._tb.flush()
 
   def close(self) -> None:
-    if self.enabled:
-      self._file.close()
-      self._tb.close()
+    """Closes both files; a failure to write what was buffered raises after
+    both are closed."""
+    if not self.enabled or self._file is None:
+      return
+    file, tb, self._file, self._tb = self._file, self._tb, None, None
+    try:
+      with workdir_lib.writing(self.path):
+        file.close()
+    finally:
+      with workdir_lib.writing(tb.path, "the TensorBoard events"):
+        tb.close()
 
 
 def read_jsonl(workdir: str, kind: Optional[str] = None) -> list:

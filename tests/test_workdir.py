@@ -1,0 +1,338 @@
+"""One trainer per workdir (the lease), and write failures as one line.
+
+Holders run in subprocesses: a lease names a process, and a second locker in
+the same process shares the lease (re-entrance) instead of being refused.
+"""
+
+import errno
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lbt import metrics, workdir
+from lbt.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Waits for a file named GO (so that racers start together), locks, says so,
+# holds until stdin closes while checking the lease, and reports a lost lease.
+HOLDER = """
+import os, sys, time
+from lbt import workdir
+path, timeout, beat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+while not os.path.exists(os.path.join(os.path.dirname(path), "GO")):
+  time.sleep(0.005)
+try:
+  with workdir.lock(path, "train", timeout_s=timeout, heartbeat_s=beat) as lease:
+    print("held", os.getpid(), flush=True)
+    import select
+    while not select.select([sys.stdin], [], [], 0.02)[0]:
+      lease.check()
+except workdir.WorkdirBusy as e:
+  print("busy", e, flush=True)
+  sys.exit(2)
+"""
+
+
+def holder(path, timeout=60.0, beat=5.0):
+  return subprocess.Popen(
+      [sys.executable, "-c", HOLDER, str(path), str(timeout), str(beat)],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def go(tmp_path):
+  (tmp_path / "GO").touch()
+
+
+def test_second_locker_is_refused_with_the_holder_named_and_gets_it_after_release(tmp_path):
+  path = tmp_path / "run"
+  first = holder(path)
+  go(tmp_path)
+  assert first.stdout.readline().split() == ["held", str(first.pid)]
+  with pytest.raises(workdir.WorkdirBusy) as info:
+    with workdir.lock(str(path)):
+      pass
+  message = str(info.value)
+  assert isinstance(info.value, ConfigError) and "\n" not in message
+  assert f"pid {first.pid} on host {socket.gethostname()}" in message
+  assert "since 20" in message and "another workdir" in message
+  assert info.value.holder["pid"] == first.pid
+  # Refused before touching anything: the holder's lease is as it was.
+  assert json.loads((path / workdir.LOCK_FILE).read_text())["pid"] == first.pid
+
+  first.stdin.close()
+  assert first.wait(timeout=30) == 0
+  assert not (path / workdir.LOCK_FILE).exists()
+  with workdir.lock(str(path)) as lease:
+    assert lease.took_over is None
+
+
+def test_two_lockers_at_once_exactly_one_wins(tmp_path):
+  for round_ in range(3):
+    path = tmp_path / f"run{round_}"
+    racers = [holder(path) for _ in range(2)]
+    time.sleep(0.3)  # Both started and waiting for GO.
+    go(tmp_path)
+    lines = [r.stdout.readline().split() for r in racers]
+    winners = [r for r, line in zip(racers, lines) if line[0] == "held"]
+    assert len(winners) == 1, lines
+    loser = next(line for line in lines if line[0] == "busy")
+    assert f"pid {winners[0].pid} on host" in " ".join(loser)
+    winners[0].stdin.close()
+    for r in racers:
+      r.wait(timeout=30)
+    os.remove(tmp_path / "GO")
+
+
+def test_lease_of_a_killed_holder_is_taken_over_at_once(tmp_path):
+  path = tmp_path / "run"
+  killed = holder(path)
+  go(tmp_path)
+  assert killed.stdout.readline().startswith("held")
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert (path / workdir.LOCK_FILE).exists()
+  with workdir.lock(str(path)) as lease:
+    assert f"pid {killed.pid}" in lease.took_over and "is gone" in lease.took_over
+    assert json.loads((path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert not (path / workdir.LOCK_FILE).exists()
+
+
+def test_stalled_holder_loses_the_lease_and_stops(tmp_path):
+  path = tmp_path / "run"
+  stalled = holder(path, timeout=1.0, beat=0.1)
+  go(tmp_path)
+  assert stalled.stdout.readline().startswith("held")
+  stalled.send_signal(signal.SIGSTOP)
+  try:
+    with pytest.raises(workdir.WorkdirBusy):  # Alive: its heartbeat is fresh.
+      with workdir.lock(str(path), timeout_s=1.0):
+        pass
+    time.sleep(1.5)
+    with workdir.lock(str(path), timeout_s=1.0, heartbeat_s=0.1) as lease:
+      assert "last heartbeat was" in lease.took_over
+      stalled.send_signal(signal.SIGCONT)
+      out = stalled.stdout.readline()  # Its next heartbeat finds the lease lost.
+      assert stalled.wait(timeout=30) == 2
+      assert "lost the lock to" in out and f"pid {os.getpid()}" in out
+      # The stalled holder did not overwrite or remove our lease.
+      lease.check()
+      assert json.loads((path / workdir.LOCK_FILE).read_text())["token"] == lease.token
+  finally:
+    stalled.send_signal(signal.SIGCONT)
+
+
+def write_lease(path, **fields):
+  path.mkdir(parents=True, exist_ok=True)
+  lease = {"host": "elsewhere", "pid": 4242, "purpose": "train", "since": time.time() - 500,
+           "heartbeat": time.time(), "token": "theirs", "boot_id": "b", "pid_namespace": "n"}
+  lease.update(fields)
+  (path / workdir.LOCK_FILE).write_text(json.dumps(lease))
+
+
+def test_another_hosts_lease_lives_by_its_heartbeat(tmp_path):
+  write_lease(tmp_path)  # Fresh: its pid means nothing here, the heartbeat counts.
+  with pytest.raises(workdir.WorkdirBusy, match="pid 4242 on host elsewhere"):
+    with workdir.lock(str(tmp_path)):
+      pass
+  write_lease(tmp_path, heartbeat=time.time() - 120)
+  with workdir.lock(str(tmp_path)) as lease:
+    assert "host elsewhere" in lease.took_over and "120 s ago" in lease.took_over
+
+
+def test_a_taker_gives_back_a_fresh_lease_that_replaced_the_stale_one(tmp_path):
+  write_lease(tmp_path, heartbeat=time.time() - 120)
+  lock_path = tmp_path / workdir.LOCK_FILE
+  _, stale_identity = workdir._read_lease(str(lock_path))  # pylint: disable=protected-access
+  time.sleep(0.01)
+  write_lease(tmp_path, token="fresh")  # Another taker acquired in between.
+  taker = workdir.Lease(str(tmp_path), "train", 60.0, 5.0, "--workdir")
+  assert not taker._take_over(stale_identity)  # pylint: disable=protected-access
+  assert json.loads(lock_path.read_text())["token"] == "fresh"
+  assert os.listdir(tmp_path) == [workdir.LOCK_FILE]
+
+
+def test_released_on_exception_reentrant_and_heartbeating(tmp_path):
+  lock_path = tmp_path / workdir.LOCK_FILE
+  with pytest.raises(KeyError):
+    with workdir.lock(str(tmp_path), heartbeat_s=0.05) as lease:
+      with workdir.lock(str(tmp_path)) as inner:  # The study runner, then the trainer.
+        assert inner is lease
+      assert lock_path.exists()
+      first = json.loads(lock_path.read_text())["heartbeat"]
+      time.sleep(0.3)
+      assert json.loads(lock_path.read_text())["heartbeat"] > first
+      raise KeyError("boom")
+  assert not lock_path.exists()
+
+
+# ---- write failures ----
+
+def mount_tmpfs(path, size, read_only_after=None):
+  path.mkdir(parents=True, exist_ok=True)
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+  if result.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()})")
+  if read_only_after:
+    read_only_after(path)
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+  return path
+
+
+def umount(path):
+  subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def test_write_text_atomic_on_a_full_disk_keeps_the_previous_file(tmp_path):
+  mount = mount_tmpfs(tmp_path / "small", "64k")
+  try:
+    target = mount / "config.json"
+    workdir.write_text_atomic(str(target), "old")
+    with pytest.raises(workdir.WriteError) as info:
+      workdir.write_text_atomic(str(target), "x" * 200_000)
+    assert str(info.value) == f"could not write {target}: No space left on device (ENOSPC)"
+    assert target.read_text() == "old" and os.listdir(mount) == ["config.json"]
+  finally:
+    umount(tmp_path / "small")
+
+
+def test_read_only_workdir_is_one_line_for_the_lock_config_and_metrics(tmp_path):
+  def fill(path):
+    (path / "config.json").write_text("{}")
+    (path / metrics.JSONL).write_text('{"step": 1, "kind": "train"}\n')
+  mount = mount_tmpfs(tmp_path / "ro", "64k", read_only_after=fill)
+  try:
+    failures = {
+        "lock": lambda: workdir.lock(str(mount)).__enter__(),
+        "config": lambda: workdir.write_text_atomic(str(mount / "config.json"), "{}"),
+        "metrics": lambda: metrics.MetricsWriter(str(mount), resume_step=0),
+        "log": lambda: workdir.capture_logs(str(mount)).__enter__()}
+    for fail in failures.values():
+      with pytest.raises(workdir.WriteError, match=r"Read-only file system \(EROFS\)"):
+        fail()
+    assert metrics.read_jsonl(str(mount)) == [{"step": 1, "kind": "train"}]
+  finally:
+    umount(tmp_path / "ro")
+
+
+def test_metrics_on_a_disk_that_fills_stop_with_one_line_and_keep_the_lines(tmp_path):
+  mount = mount_tmpfs(tmp_path / "small", "64k")
+  try:
+    writer = metrics.MetricsWriter(str(mount))
+    with pytest.raises(workdir.WriteError) as info:
+      for step in range(1, 100_000):
+        writer.write(step, "train", {"loss": 0.5, "accuracy": 0.25})
+    assert "No space left on device (ENOSPC)" in str(info.value)
+    assert str(mount) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(workdir.WriteError):
+      writer.close()
+    steps = [r["step"] for r in metrics.read_jsonl(str(mount), "train")]
+    assert steps and steps == list(range(1, len(steps) + 1))
+  finally:
+    umount(tmp_path / "small")
+
+
+def test_a_file_where_a_directory_belongs_and_dev_full(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(workdir.WriteError, match=r"Not a directory \(ENOTDIR\)"):
+    metrics.MetricsWriter(str(tmp_path / "file" / "run"))
+  with pytest.raises(workdir.WriteError, match=r"/dev/full: No space left on device"):
+    with workdir.writing("/dev/full"):
+      with open("/dev/full", "w") as f:
+        f.write("x")
+
+
+def test_permission_denied_for_an_unprivileged_user(tmp_path):
+  read_only = tmp_path / "ro"
+  read_only.mkdir()
+  os.chmod(read_only, 0o555)
+  try:
+    if os.access(read_only, os.W_OK):
+      pytest.skip("running as root: chmod does not stop writes (see the tmpfs tests)")
+    with pytest.raises(workdir.WriteError, match=r"Permission denied \(EACCES\)"):
+      workdir.write_text_atomic(str(read_only / "config.json"), "{}")
+  finally:
+    os.chmod(read_only, 0o755)
+
+
+def test_reason_keeps_the_os_text_whole():
+  buried = ValueError("RESOURCE_EXHAUSTED: Error writing \"w/0\" in OCDBT database at "
+                      "local file \"/x\": Failed to write 238830 bytes to file 7: No space "
+                      "left on device [os_error_code='28']")
+  assert workdir.reason(buried) == "No space left on device (ENOSPC)"
+  try:
+    try:
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    except OSError as e:
+      raise RuntimeError("wrapped") from e
+  except RuntimeError as e:
+    assert workdir.reason(e) == "Read-only file system (EROFS)"
+  assert workdir.reason(RuntimeError("a\nb")) == "RuntimeError: a b"
+  error = workdir.WriteError("/w/metrics.jsonl", "No space left on device (ENOSPC)")
+  assert str(pickle.loads(pickle.dumps(error))) == str(error)
+  busy = workdir.busy("/w", {"pid": 1, "host": "h", "heartbeat": time.time()}, "--workdir", 60)
+  assert str(pickle.loads(pickle.dumps(busy))) == str(busy)
+
+
+def test_library_tracebacks_go_to_the_log_file_not_the_console(tmp_path, capfd):
+  console = logging.StreamHandler(sys.stderr)  # What absl or basicConfig installs.
+  root = logging.getLogger()
+  root.addHandler(console)
+  try:
+    with workdir.capture_logs(str(tmp_path)) as path:
+      try:
+        raise ValueError("tensorstore says no")
+      except ValueError:
+        logging.getLogger("absl").exception("a library failed")
+    logging.getLogger("absl").error("after the block")
+  finally:
+    root.removeHandler(console)
+  err = capfd.readouterr().err
+  assert "tensorstore says no" not in err and "after the block" in err
+  log = open(path).read()
+  assert "a library failed" in log and "Traceback" in log and "tensorstore says no" in log
+  assert path == str(tmp_path / workdir.LOG_FILE)
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli, reflected 0x82F63B78), bit by bit: the reference."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def masked(crc: int) -> int:
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_tensorboard_events_are_valid_tfrecords_with_the_scalars(tmp_path):
+  import struct
+  from tensorboardX.proto import event_pb2
+  writer = metrics.MetricsWriter(str(tmp_path))
+  writer.write(3, "train", {"loss": 0.5, "finite": True, "note": "nan"})
+  writer.close()
+  (events,) = (tmp_path / metrics.TENSORBOARD).iterdir()
+  raw, records = events.read_bytes(), []
+  while raw:
+    header, header_crc = raw[:8], struct.unpack("<I", raw[8:12])[0]
+    (length,) = struct.unpack("<Q", header)
+    data, data_crc = raw[12:12 + length], struct.unpack("<I", raw[12 + length:16 + length])[0]
+    assert masked(crc32c(header)) == header_crc and masked(crc32c(data)) == data_crc
+    records.append(event_pb2.Event.FromString(data))
+    raw = raw[16 + length:]
+  assert records[0].file_version == "brain.Event:2"
+  assert [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in records[1:]] == [
+      (3, {"train/loss": 0.5, "train/finite": 1.0})]
