@@ -31,6 +31,9 @@ from lbt import diagnostics, study
 
 REPORT_DIR = "report"
 HOFFER_VARIANTS = ("sqrt", "sqrt-gbn", "regime")
+MIN_FIT_UPDATES = 8  # Fewer updates than this make a two-parameter fit meaningless.
+# Bookkeeping fields, not ingredients of a recipe step.
+BOOKKEEPING = ("dataset.", "eval_every_steps", "log_every_steps", "checkpoint_")
 HOFFER_LABELS = {"": "equal epochs (linear LR)", "sqrt": "+ sqrt LR scaling",
                  "sqrt-gbn": "+ ghost BN", "regime": "+ regime adaptation"}
 
@@ -143,6 +146,13 @@ def section_accuracy(chosen, report_dir: str) -> str:
                 f"B={largest['batch_size']}: {_outcome(largest)}"
                 + (f" ({100 * (largest['final_accuracy'] - best['final_accuracy']):+.2f} points)"
                    if largest["status"] == "finished" else "") + ".")
+  largest = max((r["batch_size"] for rows in sweep(chosen).values() for r in rows), default=None)
+  at_largest = sorted(((r["final_accuracy"], label) for label, rows in sweep(chosen).items()
+                       for r in rows if r["batch_size"] == largest and r["status"] == "finished"),
+                      reverse=True)
+  if at_largest:
+    text.append(f"- At B={largest}, from best to worst: " + ", ".join(
+        f"{label} {_pct(accuracy)}%" for accuracy, label in at_largest) + ".")
   ax.set_xscale("log", base=2)
   ax.set(xlabel="batch size", ylabel="test accuracy (%)", title="Test accuracy vs batch size")
   _legend(ax)
@@ -229,7 +239,7 @@ def section_curves(workdir: str, chosen, report_dir: str) -> str:
 def _changes(before: dict, after: dict) -> str:
   from lbt import config as config_lib
   old, new = json.loads(before["config_json"]), json.loads(after["config_json"])
-  fields = [f for f in config_lib.changed_fields(old, new) if not f.startswith("dataset.")]
+  fields = [f for f in config_lib.changed_fields(old, new) if not f.startswith(BOOKKEEPING)]
 
   def value(tree, field):
     for part in field.split("."):
@@ -338,7 +348,7 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
   for row in rows:
     train = [r for r in _curves(workdir, row["name"])["train"]
              if isinstance(r.get("distance_from_init"), float) and r["distance_from_init"] > 0]
-    if row["status"] != "finished" or len(train) < 3:
+    if row["status"] != "finished" or len(train) < MIN_FIT_UPDATES:
       continue
     t = np.array([r["step"] for r in train], float)
     d = np.array([r["distance_from_init"] for r in train], float)
@@ -372,7 +382,8 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
                     "batch sizes; without a regime-adaptation point the second half of "
                     "Hoffer et al.'s claim is not tested here.")
   return ("## 6. Ultra-slow diffusion\n\nLeast-squares fits of ‖w_t − w_0‖ over every "
-          "update of each run: a·log t + b against c·t^p (R² of the distance itself; "
+          f"update of each run with at least {MIN_FIT_UPDATES} updates: a·log t + b against "
+          "c·t^p (R² of the distance itself; "
           f"'logarithmic' = log fit R² ≥ {diagnostics.MIN_R2} and at least the power law's)."
           f"\n\n" + "\n".join(table) + f"\n\n{image}\n\n**Verdict.** {verdict_text}\n")
 

@@ -10,8 +10,9 @@ metrics.jsonl holds a summary, diverged when it holds a divergence (a result,
 not an error), and the runner adds only `study_outcome.json` for outcomes the
 trainer cannot record itself (another failure). So finished points are
 skipped, an interrupted point resumes from its checkpoint, and
-`DIR/results.sqlite` (one row per point, `lbt.report.rows`) can be rebuilt
-from the workdirs at any time: shards on several hosts never conflict.
+`DIR/results.sqlite` (one row per point: `point_row`, written one transaction
+at a time) can be rebuilt from the workdirs at any time (`rebuild_database`,
+swapped in atomically): shards on several hosts never conflict.
 
 Why shards are `points[i::n]` of the selected points: a deterministic split
 that every host computes alone from the same command, and that interleaves
@@ -94,6 +95,20 @@ def point_status(point_dir: str) -> str:
   if "diverged" in kinds:
     return DIVERGED
   return read_outcome(point_dir).get("status", RUNNING)
+
+
+def agreed_status(point_dir: str) -> str:
+  """Process 0's `point_status`, on every process: all must skip or run a
+  point together, and only process 0 is sure to see the metrics it wrote."""
+  import jax
+  status = point_status(point_dir) if jax.process_index() == 0 else PENDING
+  if jax.process_count() == 1:
+    return status
+  import numpy as np
+  from jax.experimental import multihost_utils
+  order = (FINISHED, DIVERGED, FAILED, RUNNING, PENDING)
+  code = multihost_utils.broadcast_one_to_all(np.int32(order.index(status)))
+  return order[int(code)]
 
 
 def _examples(config, num_train_examples: int) -> int:
@@ -186,7 +201,7 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
   from lbt import data, report
   names = list(points)
   selected = select_points(names, only, shard)
-  validate_points({n: points[n] for n in selected}, workdir)
+  validate_points(points, workdir)
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -205,7 +220,7 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
   eta, statuses = Eta(costs), {}
   for position, name in enumerate(selected, 1):
     point_dir = os.path.join(workdir, name)
-    status = point_status(point_dir)
+    status = agreed_status(point_dir)
     if status in (FINISHED, DIVERGED):
       statuses[name] = status
       eta.skip(name)
