@@ -384,7 +384,9 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
   return ("## 6. Ultra-slow diffusion\n\nLeast-squares fits of ‖w_t − w_0‖ over every "
           f"update of each run with at least {MIN_FIT_UPDATES} updates: a·log t + b against "
           "c·t^p (R² of the distance itself; "
-          f"'logarithmic' = log fit R² ≥ {diagnostics.MIN_R2} and at least the power law's)."
+          f"'logarithmic' = log fit R² ≥ {diagnostics.MIN_R2} and at least the power law's). "
+          "The fits span each whole run, warmup and decay included, while Hoffer et al. "
+          "state the law for the initial high-learning-rate phase."
           f"\n\n" + "\n".join(table) + f"\n\n{image}\n\n**Verdict.** {verdict_text}\n")
 
 

@@ -239,7 +239,9 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
     statuses[name] = status
     if is_main:
       if status != FINISHED:
-        os.makedirs(point_dir, exist_ok=True)
+        if not os.path.exists(os.path.join(point_dir, "config.json")):
+          from lbt import train  # A point that failed before its first write
+          train.write_config(points[name], point_dir)  # still gets its row.
         _write_json(os.path.join(point_dir, OUTCOME_FILE),
                     {"status": status, "wall_time_s": time.time() - start, **outcome})
       write_row(database, point_row(workdir, name))

@@ -162,6 +162,26 @@ def test_a_bad_point_stops_the_study_before_any_compute(study_file, tmp_path, ca
   assert status == 2 and err == "lbt: error: --shard='2/2' is invalid: I/N with 0 <= I < N, e.g. 0/2"
 
 
+def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
+    study_file, tmp_path, monkeypatch, capsys):
+  from lbt import train
+  calls = []
+
+  def broken(config, workdir, allow_config_change=()):
+    calls.append(os.path.basename(workdir))
+    raise RuntimeError("disk on fire")
+
+  monkeypatch.setattr(train, "train_and_evaluate", broken)
+  workdir = tmp_path / "failing"
+  status = study.main(["lbt.study", f"--study={study_file}", f"--workdir={workdir}",
+                       "--only=momentum-*,lars-*"])
+  assert status == 1 and calls == ["momentum-b12000", "lars-b6000"]
+  assert "2 point(s) failed: momentum-b12000, lars-b6000" in capsys.readouterr().err
+  rows = rows_without_timing(str(workdir))
+  assert rows["lars-b6000"]["status"] == "failed"
+  assert rows["lars-b6000"]["error"] == "RuntimeError: disk on fire"
+
+
 def test_only_and_shard_select_a_deterministic_part():
   names = ["momentum-b128", "momentum-b256", "lars-b128", "lars-b256", "adam-b128"]
   assert study.select_points(names, ["*-b128"]) == ["momentum-b128", "lars-b128", "adam-b128"]
