@@ -142,13 +142,14 @@ def per_example_grad_norm_sum(apply_fn: Callable, state: TrainState, batch_stats
   gradient per example (memory: microbatch x parameters, compute: about one
   more backward pass per example); only CLARS asks for it.
   """
-  def example_loss(params, image, label):
+  def example_loss(params, image, label, weight):
     logits = apply_fn({"params": params, "batch_stats": batch_stats}, image[None],
                       train=False)
-    return cross_entropy(logits, label[None], label_smoothing)[0]
+    return weight * cross_entropy(logits, label[None], label_smoothing)[0]
 
+  weights = microbatch.get("mask", jnp.ones(microbatch["label"].shape, jnp.float32))
   mean_norms = mean_per_example_grad_norm(
-      example_loss, state.params, microbatch["image"], microbatch["label"])
+      example_loss, state.params, microbatch["image"], microbatch["label"], weights)
   count = microbatch["label"].shape[0]
   return jax.tree.map(lambda n: n * count, mean_norms)
 
@@ -165,9 +166,11 @@ def adversarial_inputs(apply_fn: Callable, state: TrainState, batch_stats,
   params = (state.previous_params if adversarial["parameters"] == "stale"
             else state.params)
 
+  masked = {"mask": microbatch["mask"]} if "mask" in microbatch else {}
+
   def mean_loss(p, images, labels):
     logits, _ = apply_fn({"params": p, "batch_stats": batch_stats}, images,
-                         train=True, mutable=["batch_stats"])
+                         train=True, mutable=["batch_stats"], **masked)
     return jnp.mean(cross_entropy(logits, labels, 0.0))
 
   return conadv.adversarial_examples(
@@ -198,24 +201,31 @@ def add_microbatch(state: TrainState, sums: GradientSum,
     adversarial_images = adversarial_inputs(apply_fn, state, sums.batch_stats,
                                             microbatch, adversarial)
 
+  # A padded microbatch marks its real examples; padding gets no loss and no
+  # BatchNorm weight, so the update is that of the real examples alone.
+  mask = microbatch.get("mask")
+  masked = {} if mask is None else {"mask": mask}
+  weights = 1.0 if mask is None else mask
+
   def loss_fn(params):
     logits, updates = apply_fn(
         {"params": params, "batch_stats": sums.batch_stats}, microbatch["image"],
-        train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+        train=True, mutable=["batch_stats"], rngs={"dropout": rng}, **masked)
     losses = cross_entropy(logits, microbatch["label"], label_smoothing)
-    correct = jnp.sum(jnp.argmax(logits, -1) == microbatch["label"])
+    correct = jnp.sum((jnp.argmax(logits, -1) == microbatch["label"]) * weights
+                      ).astype(jnp.int32)
     if adversarial_images is not None:
       adversarial_logits, _ = apply_fn(
           {"params": params, "batch_stats": sums.batch_stats}, adversarial_images,
-          train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+          train=True, mutable=["batch_stats"], rngs={"dropout": rng}, **masked)
       weight = adversarial["weight"]
       losses = (1 - weight) * losses + weight * cross_entropy(
           adversarial_logits, microbatch["label"], label_smoothing)
-    return jnp.sum(losses), (updates["batch_stats"], correct)
+    return jnp.sum(losses * weights), (updates["batch_stats"], correct)
 
   (loss, (batch_stats, correct)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  count = microbatch["label"].shape[0]
+  count = microbatch["label"].shape[0] if mask is None else jnp.sum(mask)
   grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
   grad_sq, norms = sums.microbatch_grad_sq, sums.per_example_grad_norm
   if grad_sq is not None:
@@ -226,7 +236,7 @@ def add_microbatch(state: TrainState, sums: GradientSum,
   return GradientSum(
       grads=jax.tree.map(jnp.add, sums.grads, grads), batch_stats=batch_stats,
       loss=sums.loss + loss, correct=sums.correct + correct,
-      examples=sums.examples + count, microbatches=sums.microbatches + 1,
+      examples=sums.examples + jnp.asarray(count, jnp.int32), microbatches=sums.microbatches + 1,
       microbatch_grad_sq_norm=sums.microbatch_grad_sq_norm
       + jnp.square(tree_norm(grads) / count),
       microbatch_grad_sq=grad_sq, per_example_grad_norm=norms)

@@ -190,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
       data.prepare(config)
     parallel.barrier("lbt: data prepared")
-  pipeline = data.create_pipeline(config, jax.process_index(), jax.process_count())
+  pipeline = data.create_pipeline(config, jax.process_index(), jax.process_count(),
+                                  jax.device_count())
   steps_per_epoch = pipeline.steps_per_epoch
   num_steps = config_lib.num_train_steps(config, steps_per_epoch)
   num_microbatches = pipeline.num_microbatches

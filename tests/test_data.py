@@ -143,3 +143,23 @@ def test_a_damaged_decoded_cache_is_rebuilt(data_dir, tmp_path):
   pipeline_lib._load_source.cache_clear()
   again = pipeline_lib._load_source(spec, str(local), "test", True)
   np.testing.assert_array_equal(again.labels, source.labels)
+
+
+def test_a_batch_that_does_not_divide_is_padded_and_masked(data_dir):
+  """1,001 examples in 3 microbatches on 8 devices, read by 2 processes: every
+  example of the update once, padding masked."""
+  whole = make_pipeline(data_dir, batch_size=1001).train_batches.indices(2)
+  pipes = [make_pipeline(data_dir, p, 2, batch_size=1001, microbatch_size=336,
+                         num_devices=8) for p in range(2)]
+  assert pipes[0].num_microbatches == 3 and pipes[0].train_batches.padded_microbatch == 336
+  seen = []
+  for k in range(3):
+    places = np.concatenate([p.train_batches.microbatch_indices(2, k) for p in pipes])
+    assert len(places) == 336
+    np.testing.assert_array_equal(places[places >= 0], whole[k::3])
+    seen.append(places[places >= 0])
+  assert sorted(np.concatenate(seen)) == sorted(whole)
+  element = pipes[1].train_batches(2 * 3 + 2)  # update 2, microbatch 2, process 1
+  assert element["image"].shape[0] == 168
+  np.testing.assert_array_equal(element["mask"],
+                                pipes[1].train_batches.microbatch_indices(2, 2) >= 0)

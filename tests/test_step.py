@@ -17,8 +17,8 @@ class Linear(nn.Module):
   """A BN-free model: without BN, microbatches are exactly independent."""
 
   @nn.compact
-  def __call__(self, x, train):
-    del train
+  def __call__(self, x, train, mask=None):
+    del train, mask  # No BatchNorm: nothing depends on the other examples.
     x = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
     return nn.Dense(10)(x)
 
@@ -233,3 +233,49 @@ def test_conadv_update_matches_hand_written_adversarial_training(parameters,
     grads = jax.grad(lambda q: 0.5 * loss(q, x, y) + 0.5 * loss(q, x_adv, y))(p)
     previous, p = p, jax.tree.map(lambda w, g: w - lr * g, p, grads)
   assert_trees_close(state.params, p, atol=2e-6)
+
+
+def padded(batch, num_microbatches, num_devices):
+  """Strided microbatches, each padded with masked examples to a multiple of
+  the devices (what lbt.data yields for a batch that does not divide)."""
+  from lbt import config as config_lib
+  n = len(batch["label"])
+  _, size = config_lib.microbatch_layout(n, -(-n // num_microbatches), num_devices)
+  parts = []
+  for part in strided(batch, num_microbatches):
+    real = len(part["label"])
+    fill = lambda x: np.concatenate([x, np.repeat(x[:1], size - real, axis=0)])
+    parts.append({"image": fill(part["image"]), "label": fill(part["label"]),
+                  "mask": (np.arange(size) < real).astype(np.float32)})
+  return parts
+
+
+@pytest.mark.parametrize("model_name,num_microbatches", [("linear", 1), ("linear", 3),
+                                                         ("mlp", 1)])
+def test_a_padded_batch_has_the_gradient_of_its_real_examples(model_name,
+                                                              num_microbatches):
+  """N = 1,001 examples on 8 devices (padded, masked) vs on 1 device as they are."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices")
+  model = Linear() if model_name == "linear" else models.create("mlp", num_classes=10,
+                                                                hidden_sizes=(32,))
+  batch = random_batch(1001, seed=3)
+  reference, ref_metrics = run_steps(model, optax.sgd(1.0), [batch],
+                                     devices=jax.devices()[:1])
+  mesh = Mesh(np.asarray(jax.devices()[:8]), (parallel.DATA_AXIS,))
+  tx = optax.sgd(1.0)
+  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
+                                   input_shape=(28, 28, 1)))
+  state = init(jax.random.PRNGKey(0))
+  update = train.compile_update(model, tx, lambda c: 1.0, mesh, num_microbatches,
+                                label_smoothing=0.0)
+  sharded = parallel.batch_sharding(mesh)
+  parts = padded(batch, num_microbatches, 8)
+  assert all(len(p["label"]) % 8 == 0 for p in parts)
+  assert sum(int(p["mask"].sum()) for p in parts) == 1001
+  state, metrics = update(state, (jax.device_put(p, sharded) for p in parts),
+                          jax.tree.map(jnp.copy, state.params))
+  assert_trees_close(jax.device_get(state.params), reference.params, atol=1e-5)
+  assert_trees_close(jax.device_get(state.batch_stats), reference.batch_stats, atol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], ref_metrics[0]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"], ref_metrics[0]["accuracy"], atol=1e-7)

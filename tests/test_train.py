@@ -96,3 +96,13 @@ def test_accumulation_and_ghost_bn_run_end_to_end(make_config, tmp_path):
   for record in metrics.read_jsonl(str(tmp_path), "train"):
     assert record["noise_trace"] > 0 and np.isfinite(record["noise_grad_sq"])
     assert np.isfinite(record["b_simple"])
+
+
+def test_a_batch_that_does_not_divide_the_devices_trains(make_config, tmp_path):
+  """1,001 examples per update in microbatches of 336 on 8 devices (padded)."""
+  config = small(make_config, batch_size=1001, microbatch_size=336, num_train_steps=2,
+                 checkpoint_every_steps=0)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  run = metrics.read_jsonl(str(tmp_path), "run")[0]
+  assert run["num_microbatches"] == 3 and summary["eval_count"] == 10000
+  assert all(np.isfinite(r["loss"]) for r in metrics.read_jsonl(str(tmp_path), "train"))

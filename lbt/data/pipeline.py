@@ -154,17 +154,23 @@ class TrainBatches:
   sample of the batch; each process reads a contiguous part of it, so that a
   microbatch is the same set in the same order for any number of processes
   and devices. Element e of the stream is microbatch e % n of update e // n.
+  A batch that does not divide into equal microbatches of a multiple of the
+  device count is padded (`config.microbatch_layout`); the padded places carry
+  a 'mask' of 0, which the step gives no loss and BatchNorm no weight.
   """
 
   def __init__(self, source, pool: np.ndarray, spec: DatasetSpec, seed: int,
                batch_size: int, microbatch_size: int, process_index: int,
-               process_count: int, image_size: int = 0):
+               process_count: int, image_size: int = 0, num_devices: int = 1):
     self.source, self.pool, self.spec, self.seed = source, pool, spec, seed
     self.image_size = image_size or spec.image_shape[0]
     self.batch_size = batch_size
-    self.num_microbatches = batch_size // microbatch_size
+    self.num_microbatches, self.padded_microbatch = config_lib.microbatch_layout(
+        batch_size, microbatch_size, num_devices)
+    # Padding exists iff the microbatches hold more places than the batch.
+    self.padded = self.num_microbatches * self.padded_microbatch > batch_size
     self.steps_per_epoch = len(pool) // batch_size
-    self.local_microbatch = microbatch_size // process_count
+    self.local_microbatch = self.padded_microbatch // process_count
     self.offset = process_index * self.local_microbatch
 
   @functools.lru_cache(maxsize=2)
@@ -173,26 +179,35 @@ class TrainBatches:
     return self.pool[order]
 
   def microbatch_indices(self, update: int, microbatch: int) -> np.ndarray:
+    """This process's examples of one microbatch; -1 marks a padded place."""
     epoch, position = divmod(update, self.steps_per_epoch)
     start = position * self.batch_size + microbatch
-    stop = start + self.batch_size
+    stop = (position + 1) * self.batch_size
     members = self.permutation(epoch)[start:stop:self.num_microbatches]
-    return members[self.offset:self.offset + self.local_microbatch]
+    places = np.full(self.padded_microbatch, -1, members.dtype)
+    places[:len(members)] = members
+    return places[self.offset:self.offset + self.local_microbatch]
 
   def indices(self, update: int) -> np.ndarray:
     """This process's examples of an update, microbatch after microbatch."""
-    return np.concatenate([self.microbatch_indices(update, k)
-                           for k in range(self.num_microbatches)])
+    parts = np.concatenate([self.microbatch_indices(update, k)
+                            for k in range(self.num_microbatches)])
+    return parts[parts >= 0]
 
   def __call__(self, element: int) -> Batch:
     update, microbatch = divmod(int(element), self.num_microbatches)
-    indices = self.microbatch_indices(update, microbatch)
+    places = self.microbatch_indices(update, microbatch)
+    real = places >= 0
+    indices = np.where(real, places, self.pool[0])  # padding: any real example
     batch = self.source.read(indices)
     images = batch["image"]
     if self.spec.train_transform is not None:
       images = augment.train_batch(images, indices, self.spec.train_transform,
                                    self.image_size, seed=self.seed, update=update)
-    return {"image": normalize(images, self.spec), "label": batch["label"]}
+    out = {"image": normalize(images, self.spec), "label": batch["label"]}
+    if self.padded:
+      out["mask"] = real.astype(np.float32)
+    return out
 
 
 class Pipeline:
@@ -201,7 +216,7 @@ class Pipeline:
   def __init__(self, spec: DatasetSpec, *, data_dir: str, cache: bool, seed: int,
                batch_size: int, eval_batch_size: int, microbatch_size: int = 0,
                validation_examples: int = 0, process_index: int = 0,
-               process_count: int = 1, image_size: int = 0):
+               process_count: int = 1, image_size: int = 0, num_devices: int = 1):
     self.spec = spec
     self.image_size = image_size or spec.image_shape[0]
     self.eval_batch_size = eval_batch_size
@@ -211,7 +226,7 @@ class Pipeline:
     pool, self.validation_indices = split_validation(len(train), validation_examples)
     self.train_batches = TrainBatches(
         train, pool, spec, seed, batch_size, microbatch_size or batch_size,
-        process_index, process_count, image_size)
+        process_index, process_count, image_size, num_devices)
     self.steps_per_epoch = self.train_batches.steps_per_epoch
     self.num_microbatches = self.train_batches.num_microbatches
 
@@ -270,7 +285,8 @@ def prepare(config) -> None:
     load_source(spec, config.dataset.data_dir, split, cache=False)
 
 
-def create_pipeline(config, process_index: int = 0, process_count: int = 1) -> Pipeline:
+def create_pipeline(config, process_index: int = 0, process_count: int = 1,
+                    num_devices: int = 1) -> Pipeline:
   from lbt.data.catalog import DATASETS
   return Pipeline(DATASETS.get(config.dataset.name, "dataset.name"),
                   data_dir=config.dataset.data_dir, cache=config.dataset.cache,
@@ -278,5 +294,5 @@ def create_pipeline(config, process_index: int = 0, process_count: int = 1) -> P
                   microbatch_size=config.microbatch_size,
                   validation_examples=config_lib.dataset_field(config, "validation_examples"),
                   image_size=config_lib.dataset_field(config, "image_size"),
-                  eval_batch_size=config.eval_batch_size,
+                  eval_batch_size=config.eval_batch_size, num_devices=num_devices,
                   process_index=process_index, process_count=process_count)

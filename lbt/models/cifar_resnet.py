@@ -21,12 +21,12 @@ class BasicBlockA(ResidualBlock):
   """Two 3x3 convs with a parameter-free (option A) shortcut."""
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     s = (self.strides, self.strides)
     y = self.conv(self.features, (3, 3), s, padding=_SAME3, name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = nn.relu(self.norm(name="bn1")(y, train, mask))
     y = self.conv(self.features, (3, 3), padding=_SAME3, name="conv2")(y)
-    y = self.last_norm(name="bn2")(y, train)
+    y = self.last_norm(name="bn2")(y, train, mask)
     if self.strides != 1:
       # Same output size as the strided 3x3 conv with padding 1: ceil(H / s).
       x = x[:, ::self.strides, ::self.strides, :]
@@ -56,18 +56,18 @@ class CifarResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     conv, norm, last_norm = resnet_layers(self.dtype, self.ghost_size,
                                           self.zero_init_residual)
     x = x.astype(self.dtype)
     x = conv(self.widths[0], (3, 3), padding=_SAME3, name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x, train))
+    x = nn.relu(norm(name="stem_bn")(x, train, mask))
     for i, features in enumerate(self.widths):
       for j in range(self.num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = BasicBlockA(features, strides, conv=conv, norm=norm,
                         last_norm=last_norm,
-                        name=f"stage{i + 1}_block{j + 1}")(x, train)
+                        name=f"stage{i + 1}_block{j + 1}")(x, train, mask)
     return logits(global_avg_pool(x), self.num_classes)
 
 

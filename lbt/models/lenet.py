@@ -29,7 +29,7 @@ class LeNet5(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     w = lambda n: max(1, int(round(n * self.width)))
     bn = lambda name: BatchNorm(ghost_size=self.ghost_size, dtype=self.dtype,
                                 name=name)
@@ -37,13 +37,13 @@ class LeNet5(nn.Module):
     for i, (features, padding) in enumerate(((6, "SAME"), (16, "VALID"))):
       x = nn.Conv(w(features), (5, 5), padding=padding, use_bias=False,
                   dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.relu(bn(f"conv_bn{i}")(x, train))
+      x = nn.relu(bn(f"conv_bn{i}")(x, train, mask))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i, features in enumerate((120, 84)):
       x = nn.Dense(w(features), use_bias=False, dtype=self.dtype,
                    name=f"dense{i}")(x)
-      x = nn.relu(bn(f"dense_bn{i}")(x, train))
+      x = nn.relu(bn(f"dense_bn{i}")(x, train, mask))
     return logits(x, self.num_classes)
 
 

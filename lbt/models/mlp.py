@@ -26,12 +26,12 @@ class MLP(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for i, size in enumerate(self.hidden_sizes):
       x = nn.Dense(size, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
       x = BatchNorm(ghost_size=self.ghost_size, dtype=self.dtype,
-                    name=f"bn{i}")(x, train)
+                    name=f"bn{i}")(x, train, mask)
       x = nn.relu(x)
     return logits(x, self.num_classes)
 

@@ -61,7 +61,13 @@ class BatchNorm(nn.Module):
   bias_init: Initializer = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
+    """Normalizes x; `mask` (n,) marks the real examples of a padded batch.
+
+    Padded examples (mask 0) take no part in the statistics, so a batch that
+    had to be padded to fit the devices normalizes exactly like its real
+    examples alone; their outputs are computed but carry no loss.
+    """
     features = x.shape[-1]
     scale = self.param("scale", self.scale_init, (features,), jnp.float32)
     bias = self.param("bias", self.bias_init, (features,), jnp.float32)
@@ -86,18 +92,30 @@ class BatchNorm(nn.Module):
     # With ghost_size == 0 there is one column: plain BN on the same path.
     xg = x.reshape((group, n // group) + x.shape[1:])
     axes = (0,) + tuple(range(2, xg.ndim - 1))
-    mean = jnp.mean(xg, axis=axes, keepdims=True)
-    # Two-pass variance: E[(x - mean)^2] does not cancel catastrophically the
-    # way E[x^2] - E[x]^2 does when |mean| >> std.
-    var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+    if mask is None:
+      mean = jnp.mean(xg, axis=axes, keepdims=True)
+      # Two-pass variance: E[(x - mean)^2] does not cancel catastrophically
+      # the way E[x^2] - E[x]^2 does when |mean| >> std.
+      var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+      average = lambda stat: jnp.mean(stat.reshape(-1, features), axis=0)
+    else:
+      weights = jnp.broadcast_to(
+          mask.astype(jnp.float32).reshape((group, n // group) + (1,) * (xg.ndim - 2)),
+          xg.shape[:-1] + (1,))
+      count = jnp.sum(weights, axis=axes, keepdims=True)
+      safe_count = jnp.maximum(count, 1.0)  # a ghost batch of padding only
+      mean = jnp.sum(xg * weights, axis=axes, keepdims=True) / safe_count
+      var = jnp.sum(jnp.square(xg - mean) * weights, axis=axes,
+                    keepdims=True) / safe_count
+      # Ghost batches weigh by their real examples in the running statistics.
+      share = count.reshape(-1, 1) / jnp.sum(count)
+      average = lambda stat: jnp.sum(stat.reshape(-1, features) * share, axis=0)
     y = (xg - mean) * (scale * (var + self.epsilon) ** -0.5) + bias
 
     # Leave the initial statistics alone while `init` traces the model, so
     # that variables do not depend on the dummy batch used to build them.
     if not self.is_initializing():
       m = self.momentum
-      batch_mean = jnp.mean(mean.reshape(-1, features), axis=0)
-      batch_var = jnp.mean(var.reshape(-1, features), axis=0)
-      ra_mean.value = m * ra_mean.value + (1 - m) * batch_mean
-      ra_var.value = m * ra_var.value + (1 - m) * batch_var
+      ra_mean.value = m * ra_mean.value + (1 - m) * average(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * average(var)
     return y.reshape(x.shape).astype(self.dtype)

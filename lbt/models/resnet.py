@@ -19,15 +19,15 @@ class BasicBlock(ResidualBlock):
   """Two 3x3 convs (resnet18/34)."""
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     s = (self.strides, self.strides)
     y = self.conv(self.features, (3, 3), s, padding=_pad(3), name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = nn.relu(self.norm(name="bn1")(y, train, mask))
     y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
-    y = self.last_norm(name="bn2")(y, train)
+    y = self.last_norm(name="bn2")(y, train, mask)
     if x.shape[-1] != self.features or self.strides != 1:
       x = self.conv(self.features, (1, 1), s, name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x, train)
+      x = self.norm(name="proj_bn")(x, train, mask)
     return nn.relu(x + y)
 
 
@@ -35,18 +35,18 @@ class Bottleneck(ResidualBlock):
   """1x1 -> 3x3 (strided, v1.5) -> 1x1 x4 (resnet50 and deeper)."""
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     s = (self.strides, self.strides)
     out = self.features * 4
     y = self.conv(self.features, (1, 1), name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = nn.relu(self.norm(name="bn1")(y, train, mask))
     y = self.conv(self.features, (3, 3), s, padding=_pad(3), name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y, train))
+    y = nn.relu(self.norm(name="bn2")(y, train, mask))
     y = self.conv(out, (1, 1), name="conv3")(y)
-    y = self.last_norm(name="bn3")(y, train)
+    y = self.last_norm(name="bn3")(y, train, mask)
     if x.shape[-1] != out or self.strides != 1:
       x = self.conv(out, (1, 1), s, name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x, train)
+      x = self.norm(name="proj_bn")(x, train, mask)
     return nn.relu(x + y)
 
 
@@ -71,20 +71,20 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     conv, norm, last_norm = resnet_layers(self.dtype, self.ghost_size,
                                           self.zero_init_residual)
     x = x.astype(self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=_pad(7),
              name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x, train))
+    x = nn.relu(norm(name="stem_bn")(x, train, mask))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block_cls(self.num_filters * 2**i, strides, conv=conv,
                            norm=norm, last_norm=last_norm,
-                           name=f"stage{i + 1}_block{j + 1}")(x, train)
+                           name=f"stage{i + 1}_block{j + 1}")(x, train, mask)
     return logits(global_avg_pool(x), self.num_classes)
 
 
