@@ -1,49 +1,41 @@
 """What a process may do to a workdir: hold it alone, write into it, log into it.
 
 **One trainer per workdir.** Two trainers on one workdir corrupt it silently
-(the config of one, the checkpoints of the other, metrics.jsonl of both), so
-process 0 of a run holds `WORKDIR/lbt.lock`, a lease, for the whole run, and a
-second trainer (or a study runner reaching the same point) refuses before it
-writes anything, naming the holder. The scheme is a lease file, because it
-works unchanged on a local disk and on a shared filesystem (NFS, Filestore)
-where `flock`/`fcntl` locks are unreliable or per-host:
+(one's config, the other's checkpoints, both in metrics.jsonl), so process 0
+holds `WORKDIR/lbt.lock`, a lease, for the whole run, and a second trainer (or
+a study runner at the same point) refuses before writing anything, naming the
+holder. A lease file works unchanged on a local disk and on a shared
+filesystem (NFS, Filestore), where `flock`/`fcntl` locks are unreliable:
 
-- Acquire: `open(O_CREAT | O_EXCL)`, which creates the file only if it is
-  absent, atomically, also over NFSv3+. The lease holds host, pid, purpose,
-  start time and a heartbeat time, plus what identifies the process on its
-  host (boot id, pid namespace, the pid's start time).
-- Heartbeat: a daemon thread rewrites the lease every `heartbeat_s` (write a
-  temporary file, `os.replace` it over the lease) after checking that the
-  lease is still its own; if another process holds it, the lease is lost and
-  `Lease.check()` raises.
-- Stale: a lease whose heartbeat is older than `timeout_s`, or whose process
-  is gone on this very host (same boot and pid namespace, pid dead or reused),
-  is left by a killed trainer. It is taken over by an atomic `os.rename` to a
-  name of the taker's own: of several takers only one rename finds the file,
-  and the taker then checks that what it moved is the stale lease it judged
-  (same inode, mtime and bytes); if a fresh lease arrived in between, it puts
-  it back with `os.link` (which, like O_EXCL, never replaces a file). Then the
-  taker acquires as usual.
-- Locks are re-entrant in one process: the study runner holds a point's
-  workdir and the trainer it calls takes the same lease again.
-Clocks of hosts sharing a filesystem must agree to well within `timeout_s`
-(60 s by default); NTP keeps them within milliseconds. The heartbeat's
-check-then-replace is not one atomic step: a holder frozen for longer than the
-timeout exactly between the two would overwrite its successor's lease; the
-successor's next heartbeat then finds the lease lost and it stops, so one
-writer remains.
+- Acquire: `open(O_CREAT | O_EXCL)`, atomic also over NFSv3+. The lease holds
+  host, pid, purpose, start and heartbeat times, and what makes the pid
+  meaningful on its host (boot id, pid namespace, the pid's start time).
+- Heartbeat: a daemon thread rewrites it every `heartbeat_s` (temporary file,
+  `os.replace`) after checking it is still its own; if not, the lease is lost
+  and `Lease.check()` raises.
+- Stale: a heartbeat older than `timeout_s`, or a holder gone from this very
+  host (same boot and pid namespace; pid dead or reused). A taker moves it
+  aside with an atomic `os.rename` to a name of its own (of several takers only
+  one finds the file), checks that what moved is the lease it judged stale
+  (inode, mtime, bytes), else puts it back with `os.link` (which never
+  replaces a file), then acquires as usual.
+- Re-entrant in one process: the study runner holds a point's workdir and the
+  trainer it calls takes the same lease again.
+Hosts' clocks must agree to well within `timeout_s` (60 s; NTP gives ms). The
+heartbeat's check-then-replace is not one atomic step: a holder frozen for
+longer than the timeout exactly between the two would overwrite its
+successor's lease; the successor's next heartbeat then finds it lost and
+stops, so one writer remains.
 
-On gs:// the same lease maps onto object preconditions, which are stronger
-than POSIX's (a true compare-and-swap): acquire = upload `lbt.lock` with
-`if_generation_match=0` (created only if absent); heartbeat = rewrite it with
-`if_generation_match=<the generation we wrote last>` (a mismatch means the
-lease was lost); take over a stale lease = rewrite it with
-`if_generation_match=<the stale generation>`; release = delete it with
-`if_generation_match=<ours>`. No rename-and-verify step is needed there.
+On gs:// the lease maps onto object preconditions, a true compare-and-swap:
+acquire = upload with `if_generation_match=0` (only if absent); heartbeat =
+rewrite with `if_generation_match=<our last generation>` (a mismatch: lost);
+take over = rewrite with `if_generation_match=<the stale generation>`;
+release = delete with `if_generation_match=<ours>`. No rename step is needed.
 
 **Every write failure is one line.** Read-only directories, full disks and
-missing permissions surface as `WriteError(path, reason)`, whose reason keeps
-the operating system's text whole ("No space left on device (ENOSPC)"); the
+missing permissions raise `WriteError(path, reason)`, whose reason keeps the
+operating system's text whole ("No space left on device (ENOSPC)"); the
 command line maps it to exit 4. Library tracebacks go to `WORKDIR/lbt.log`
 (`capture_logs`), not to the console.
 """
@@ -290,7 +282,7 @@ class Lease:
   def acquire(self) -> None:
     makedirs(self.directory)
     with writing(self.path, "the workdir's lock"):
-      for _ in range(20):  # Each pass ends in a decision unless another process races us.
+      for attempt in range(20):  # Each pass ends in a decision unless another process races us.
         if self._create():
           break
         held = _read_lease(self.path)
@@ -298,6 +290,9 @@ class Lease:
           continue
         fields, identity = held
         why = _stale(fields, self.timeout_s)
+        if why is None and "token" not in fields and attempt < 19:
+          time.sleep(0.05)  # Created an instant ago and being written: read it whole.
+          continue
         if why is None:
           raise busy(self.directory, fields, self.field, self.timeout_s)
         if self._take_over(identity):
@@ -405,6 +400,14 @@ def lock(path: str, purpose: str = "train", *, timeout_s: float = 60.0,
 
 # ---- the log file ----
 
+class _LogFile(logging.FileHandler):
+  """A log that never complains on the console: when its own disk is full the
+  record is dropped (the run's one-line error already names the cause)."""
+
+  def handleError(self, record):
+    del record
+
+
 def _is_console(handler: logging.Handler) -> bool:
   stream = getattr(handler, "stream", None)
   return stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__) or (
@@ -412,16 +415,21 @@ def _is_console(handler: logging.Handler) -> bool:
 
 
 @contextlib.contextmanager
-def capture_logs(workdir: str, level: int = logging.INFO) -> Iterator[str]:
+def capture_logs(workdir: str, level: int = logging.INFO,
+                 name: str = LOG_FILE) -> Iterator[str]:
   """Sends Python logging (orbax's and absl's tracebacks among it) to
   WORKDIR/lbt.log instead of the console for the block; yields the log's path.
 
-  lbt's own console lines are prints and stay on the console.
+  Exceptions that would print themselves from other threads or from native
+  callbacks (tensorstore's "Event loop is closed" after a failed save) go to
+  the log too. lbt's own console lines are prints and stay on the console.
+  Processes other than 0 of a multi-process run pass their own `name`
+  (e.g. "lbt.process_3.log").
   """
-  path = os.path.join(os.path.abspath(workdir), LOG_FILE)
+  path = os.path.join(os.path.abspath(workdir), name)
   makedirs(os.path.dirname(path))
   with writing(path, "the log file"):
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
   handler.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
   handler.setLevel(level)
@@ -430,9 +438,20 @@ def capture_logs(workdir: str, level: int = logging.INFO) -> Iterator[str]:
   for h, _ in muted:
     h.setLevel(logging.CRITICAL + 1)
   root.addHandler(handler)
+  log = logging.getLogger("lbt.uncaught")
+  hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
+  sys.excepthook = lambda kind, value, tb: log.error(
+      "Uncaught exception", exc_info=(kind, value, tb))
+  threading.excepthook = lambda args: log.error(
+      "Uncaught exception in thread %s", getattr(args.thread, "name", "?"),
+      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+  sys.unraisablehook = lambda args: log.error(
+      "Exception ignored in %r", args.object,
+      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
   try:
     yield path
   finally:
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
     root.removeHandler(handler)
     handler.close()
     for h, previous in muted:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -294,13 +295,26 @@ def test_library_tracebacks_go_to_the_log_file_not_the_console(tmp_path, capfd):
         raise ValueError("tensorstore says no")
       except ValueError:
         logging.getLogger("absl").exception("a library failed")
+      # A dying thread, and an error no caller can receive (as in __del__).
+      thread = threading.Thread(target=lambda: 1 / 0, name="worker")
+      thread.start()
+      thread.join()
+
+      class Broken:
+        def __del__(self):
+          raise RuntimeError("Event loop is closed")
+      Broken()
     logging.getLogger("absl").error("after the block")
   finally:
     root.removeHandler(console)
   err = capfd.readouterr().err
-  assert "tensorstore says no" not in err and "after the block" in err
+  assert "after the block" in err
+  for text in ("tensorstore says no", "ZeroDivisionError", "Event loop is closed"):
+    assert text not in err
   log = open(path).read()
   assert "a library failed" in log and "Traceback" in log and "tensorstore says no" in log
+  assert "in thread worker" in log and "ZeroDivisionError" in log
+  assert "RuntimeError: Event loop is closed" in log
   assert path == str(tmp_path / workdir.LOG_FILE)
 
 
