@@ -5,6 +5,9 @@ import pytest
 
 from lbt import metrics, optim, train
 
+# The optimizers that log per-layer trust ratios.
+TRUST_RATIO_OPTIMIZERS = ("lars", "lamb", "lans", "clars", "vr_lars", "vr_lamb")
+
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS.names())
 def test_optimizer_trains_the_default_point(make_config, tmp_path, name):
@@ -16,7 +19,7 @@ def test_optimizer_trains_the_default_point(make_config, tmp_path, name):
   assert np.isfinite(losses).all()
   assert losses[-10:].mean() < 0.75 * losses[:3].mean(), losses
   assert summary["eval_accuracy"] > 0.6, summary
-  if name in ("lars", "lamb"):
+  if name in TRUST_RATIO_OPTIMIZERS:
     ratios = [(r["trust_ratio_min"], r["trust_ratio_mean"], r["trust_ratio_max"])
               for r in records]
     assert all(0 < lo <= mean <= hi for lo, mean, hi in ratios)
