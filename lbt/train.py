@@ -68,6 +68,9 @@ class _TerminationFlag:
 
 def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> None:
   """Refuses to resume a workdir written by another config, unless allowed."""
+  if "://" in workdir:  # os.path would silently make a local "gs:" directory.
+    raise ConfigError("--workdir", workdir, "a local or shared-filesystem directory "
+                      "(object-store workdirs such as gs:// are not supported yet)")
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.exists(path):
     return
@@ -77,7 +80,14 @@ def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> 
   except (OSError, ValueError) as e:
     raise ConfigError("--workdir", workdir, f"a workdir whose {CONFIG_JSON} "
                       f"reads as JSON ({e}); fix or remove that file") from None
-  changed = config_lib.changed_fields(old, json.loads(config.to_json()))
+  new = json.loads(config.to_json())
+  # A field added to lbt after the workdir was written, set to what its
+  # absence meant, is no change: older runs and studies still resume.
+  for key, value in config_lib.DATASET_DEFAULTS.items():
+    old.setdefault("dataset", {}).setdefault(key, value)
+  if "adversarial" not in old.get("loss", {}) and adversarial_section(config) is None:
+    old.setdefault("loss", {})["adversarial"] = new["loss"].get("adversarial")
+  changed = config_lib.changed_fields(old, new)
   refused = [f for f in changed if f not in allow_changes]
   if refused:
     raise ConfigError("--workdir", workdir,

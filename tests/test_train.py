@@ -106,3 +106,22 @@ def test_a_batch_that_does_not_divide_the_devices_trains(make_config, tmp_path):
   run = metrics.read_jsonl(str(tmp_path), "run")[0]
   assert run["num_microbatches"] == 3 and summary["eval_count"] == 10000
   assert all(np.isfinite(r["loss"]) for r in metrics.read_jsonl(str(tmp_path), "train"))
+
+
+def test_a_workdir_from_before_a_new_field_still_resumes(make_config, tmp_path):
+  """Fields added later (validation hold-out, ConAdv) read as their absence."""
+  config = make_config("momentum,model=mlp")
+  old = json.loads(config.to_json())
+  del old["dataset"]["validation_examples"], old["dataset"]["image_size"]
+  old["loss"].pop("adversarial", None)
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  train.check_workdir_config(config, str(tmp_path), ())
+  if "adversarial" in config.loss:
+    config.loss.adversarial.enabled = True
+    with pytest.raises(train.ConfigError, match="loss.adversarial"):
+      train.check_workdir_config(config, str(tmp_path), ())
+
+
+def test_object_store_workdirs_are_refused_not_made_local(make_config, tmp_path):
+  with pytest.raises(train.ConfigError, match="gs://"):
+    train.check_workdir_config(make_config(""), "gs://bucket/run", ())

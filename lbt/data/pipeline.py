@@ -70,8 +70,30 @@ class RecordSource:
             "label": np.asarray([r["label"] for r in records], np.int32)}
 
 
+class SyntheticSource:
+  """Generated records of a fixed shape: uint8 pixels seeded by (split, index),
+  label index % num_classes. Reads like an array of the split's length."""
+
+  def __init__(self, length: int, shape, num_classes: int, salt: int):
+    self.length, self.shape = length, tuple(shape)
+    self.num_classes, self.salt = num_classes, salt
+
+  def __len__(self) -> int:
+    return self.length
+
+  def read(self, indices: np.ndarray) -> Batch:
+    images = np.stack([np.random.default_rng([self.salt, int(i)]).integers(
+        0, 256, self.shape, dtype=np.uint8) for i in indices])
+    return {"image": images,
+            "label": (np.asarray(indices) % self.num_classes).astype(np.int32)}
+
+
 def load_source(spec: DatasetSpec, data_dir: str, split: str, cache: bool):
   """Opens one split, preparing offline-built datasets on first use."""
+  if spec.synthetic_shape is not None:
+    train = split == spec.train_split
+    return SyntheticSource(spec.num_train_examples if train else spec.num_eval_examples,
+                           spec.synthetic_shape, spec.num_classes, salt=int(train))
   return _load_source(spec, data_dir or default_data_dir(), split, cache)
 
 
