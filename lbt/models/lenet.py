@@ -10,6 +10,24 @@ from lbt.models.common import MODELS, logits
 from lbt.models.norm import BatchNorm
 
 
+def max_pool_2x2(x):
+  """2x2 max pooling with stride 2 (floor: an odd last row/column is dropped).
+
+  The same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`, written as a
+  reshape and a max over the two window axes. Why: jax differentiates
+  `reduce_window` max as a variadic reduce-window that also carries the argmax
+  (four int32 index arrays of the input's shape) and a scatter, and on
+  XLA:CPU that backward pass cost ~20 % of LeNet-5's whole training step
+  (benchmarks/roofline.py); a reduction's gradient is a compare and a select,
+  fused with its neighbours. Ties share the gradient equally instead of going to
+  one element; after ReLU a tie is either all zeros (zero gradient either way)
+  or of measure zero.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class LeNet5(nn.Module):
   """conv5x5(6, SAME) -> pool, conv5x5(16, VALID) -> pool, FC 120, FC 84, FC.
 
@@ -38,7 +56,7 @@ class LeNet5(nn.Module):
       x = nn.Conv(w(features), (5, 5), padding=padding, use_bias=False,
                   dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.relu(bn(f"conv_bn{i}")(x, train, mask))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     for i, features in enumerate((120, 84)):
       x = nn.Dense(w(features), use_bias=False, dtype=self.dtype,
