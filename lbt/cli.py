@@ -21,7 +21,7 @@ import ml_collections
 
 from lbt.errors import ConfigError
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECKPOINT = 0, 2, 3, 4
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_WRITE = 0, 2, 3, 4
 EXIT_INTERRUPTED, EXIT_PREEMPTED = 130, 143
 
 # The repository root, so that config files can `import configs.<benchmark>`.
@@ -42,7 +42,7 @@ class ExitRule(NamedTuple):
 EXIT_RULES = (
     ExitRule("lbt.errors", "ConfigError", EXIT_BAD_INPUT, "lbt: error: {}"),
     ExitRule("lbt.train", "Diverged", EXIT_DIVERGED, "lbt: {}"),
-    ExitRule("lbt.checkpoint", "CheckpointSaveError", EXIT_CHECKPOINT, "lbt: error: {}"),
+    ExitRule("lbt.workdir", "WriteError", EXIT_WRITE, "lbt: error: {}"),
     ExitRule("builtins", "KeyboardInterrupt", EXIT_INTERRUPTED,
              "lbt: interrupted; rerun the same command to resume from the last checkpoint."),
     ExitRule("lbt.train", "Preempted", EXIT_PREEMPTED,

@@ -33,6 +33,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 
 from lbt import cli, diagnostics
+from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
 OUTCOME_FILE = "study_outcome.json"
@@ -79,9 +80,7 @@ def read_outcome(point_dir: str) -> dict:
 
 def _write_json(path: str, value) -> None:
   """Atomic: a killed runner leaves the old file or the new one, never half."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  workdir_lib.write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def point_status(point_dir: str) -> str:
@@ -168,6 +167,11 @@ def _run_point(name: str, config, point_dir: str, is_main: bool) -> Tuple[str, d
                       "learning_rate": e.learning_rate}
   except (KeyboardInterrupt, train.Preempted):
     raise
+  except workdir_lib.WorkdirBusy as e:  # Another runner has this point.
+    if is_main:
+      print(f"lbt.study: point {name} skipped: {cli.one_line(e)}", file=sys.stderr,
+            flush=True)
+    return RUNNING, {}
   except Exception as e:  # pylint: disable=broad-except
     if is_main:
       print(f"lbt.study: point {name} failed: {type(e).__name__}: {cli.one_line(e)}",
@@ -237,6 +241,8 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
     status, outcome = _run_point(name, points[name], point_dir, is_main)
     eta.record(name, time.time() - start)
     statuses[name] = status
+    if status == RUNNING:  # Its workdir is another runner's: leave it alone.
+      continue
     if is_main:
       if status != FINISHED:
         if not os.path.exists(os.path.join(point_dir, "config.json")):
@@ -365,6 +371,11 @@ def _connect(path: str) -> sqlite3.Connection:
 
 def write_row(path: str, row: Dict[str, object]) -> None:
   """Inserts or replaces one row in one transaction."""
+  with workdir_lib.writing(path, "the study database"):
+    _insert(path, row)
+
+
+def _insert(path: str, row: Dict[str, object]) -> None:
   connection = _connect(path)
   try:
     with connection:

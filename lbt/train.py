@@ -5,6 +5,7 @@ the jitted step, writes metrics and checkpoints, and evaluates. Everything it
 calls is a pure function of the config and of the stage before it.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from lbt import checkpoint, data, diagnostics, metrics as metrics_lib, models, optim
 from lbt import parallel, step
 from lbt import config as config_lib
+from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
 CONFIG_JSON = "config.json"
@@ -43,34 +45,53 @@ class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint was written at the next update boundary."""
 
 
-class _TerminationFlag:
-  """Turns SIGTERM (what a preempted Cloud TPU VM gets) into a polled flag."""
+class PreemptionNotice:
+  """When to stop for a SIGTERM (what a preempted Cloud TPU VM gets).
+
+  One process: a Python handler turns the signal into a flag, polled after
+  every update. Several: JAX's preemption service (started by
+  jax.distributed) catches SIGTERM on whichever host gets it, and all hosts
+  agree on the next update at which to save, with no all-gather per update;
+  `reached(done)` must then be called by every process at every update.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multihost = jax.process_count() > 1
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: leave signals alone.
-      self._previous = None
+    if not self._multihost:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def reached(self, done: int) -> bool:
+    if self._multihost:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(done)
+    return self.requested
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> None:
-  """Refuses to resume a workdir written by another config, unless allowed."""
+def check_workdir_location(workdir: str) -> None:
+  """Refuses what lbt cannot write yet, before anything is created."""
   if "://" in workdir:  # os.path would silently make a local "gs:" directory.
     raise ConfigError("--workdir", workdir, "a local or shared-filesystem directory "
                       "(object-store workdirs such as gs:// are not supported yet)")
+
+
+def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> None:
+  """Refuses to resume a workdir written by another config, unless allowed."""
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.exists(path):
     return
@@ -98,11 +119,44 @@ def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> 
 
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, CONFIG_JSON + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, CONFIG_JSON))
+    workdir_lib.makedirs(workdir)
+    workdir_lib.write_text_atomic(os.path.join(workdir, CONFIG_JSON),
+                                  config.to_json(indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """One trainer per workdir, library tracebacks to its log file.
+
+  Process 0 holds the workdir's lease (lbt.workdir.lock) for the whole run;
+  the processes agree before anything is written, so a second trainer is
+  refused with one line naming the holder. Python logging (orbax's tracebacks
+  among it) goes to `lbt.log` in the workdir, not to the console. Yields the
+  lease (None on other processes).
+  """
+  is_main = jax.process_index() == 0
+  with contextlib.ExitStack() as stack:
+    lease, failure = None, None
+    if is_main:
+      try:
+        lease = stack.enter_context(workdir_lib.lock(workdir, "train"))
+      except (workdir_lib.WorkdirBusy, workdir_lib.WriteError) as e:
+        failure = e
+    if parallel.any_process(failure is not None):
+      raise failure or workdir_lib.WorkdirBusy(
+          "--workdir", workdir, "a workdir that process 0 could lock (see its error)")
+    stack.enter_context(workdir_lib.capture_logs(
+        workdir, name="lbt.log" if is_main else f"lbt.process_{jax.process_index()}.log"))
+    yield lease
+
+
+def check_lease(lease) -> None:
+  """Stops (on every process) when another trainer took the workdir over."""
+  if parallel.any_process(lease is not None and lease.lost is not None):
+    if lease is not None:
+      lease.check()
+    raise workdir_lib.WorkdirBusy("--workdir", None, "a workdir this run still holds "
+                                  "(process 0 lost its lock)")
 
 
 def build_model(config, num_classes: int):
@@ -190,7 +244,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.time()
   config_lib.validate(config, num_devices=jax.device_count(),
                       num_processes=jax.process_count())
-  check_workdir_config(config, workdir, allow_config_change)
+  check_workdir_location(workdir)
+  with hold_workdir(workdir) as lease:
+    check_workdir_config(config, workdir, allow_config_change)
+    return _train(config, workdir, lease, start_time)
+
+
+def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
+  """The run itself, with the workdir held (see train_and_evaluate)."""
   is_main = jax.process_index() == 0
   mesh = parallel.create_mesh()
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -311,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   final, scores = None, {}
   try:
-    with _TerminationFlag() as termination:
+    with PreemptionNotice() as preemption:
       for done in range(start_step + 1, num_steps + 1):
         microbatches = parallel.prefetch_to_mesh(train_iter, mesh, num_microbatches)
         state, step_metrics = update_fn(state, microbatches, params_init)
@@ -325,11 +386,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if evaluate_now:
           final = evaluate_all(done)
         if save_now:
+          check_lease(lease)
           checkpoint.save(manager, done, state, train_iter)
-        # Processes must agree to stop at the same update; with several they
-        # compare flags only when the host syncs anyway.
-        if not is_last and (host_sync or jax.process_count() == 1) and (
-            parallel.any_process(termination.requested)):
+        if preemption.reached(done) and not is_last:
           flush_train_metrics(done)
           checkpoint.save(manager, done, state, train_iter)
           raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
@@ -342,10 +401,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                "examples_per_second":
                    (num_steps - start_step) * config.batch_size / wall_time}
     writer.write(num_steps, "summary", summary)
-  finally:
-    progress.close()
-    writer.close()
-    manager.close()
+  except BaseException:
+    # The error in flight is the one to report, not one of closing the files.
+    with contextlib.suppress(Exception):
+      progress.close()
+      writer.close()
+    with contextlib.suppress(Exception):
+      manager.close()
+    raise
+  progress.close()
+  writer.close()
+  manager.close()
   if is_main:
     print(f"lbt: test accuracy {final['accuracy']:.4f} on {final['count']} examples "
           f"after {num_steps} updates ({summary['wall_time_s']:.0f} s)", flush=True)

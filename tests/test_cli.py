@@ -101,14 +101,19 @@ def _raise(error):
 
 
 def test_run_maps_each_outcome_to_its_exit_status(capsys):
-  from lbt import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from lbt import checkpoint, train, workdir  # pylint: disable=g-import-not-at-top
   cases = [
       (lambda: None, 0, ""),
       (_raise(ConfigError("batch_size", 3, "a multiple of 8")), 2,
        "lbt: error: batch_size=3 is invalid: a multiple of 8\n"),
       (_raise(train.Diverged(7, float("nan"), 1.0, 0.5, None)), 3,
        "lbt: training diverged at update 7"),
-      (_raise(checkpoint.CheckpointSaveError("disk\nfull")), 4, "lbt: error: disk full\n"),
+      (_raise(checkpoint.CheckpointSaveError(6, "/w/checkpoints", "No space left on device",
+                                             4)), 4,
+       "lbt: error: could not write the checkpoint of update 6 (/w/checkpoints): No space "
+       "left on device; the last complete checkpoint is update 4\n"),
+      (_raise(workdir.WriteError("/w/metrics.jsonl", "Read-only file system (EROFS)")), 4,
+       "lbt: error: could not write /w/metrics.jsonl"),
       (_raise(KeyboardInterrupt()), 130, "lbt: interrupted; rerun the same command"),
       (_raise(train.Preempted("SIGTERM: saved update 5")), 143,
        "lbt: SIGTERM: saved update 5; rerun the same command to resume.\n"),

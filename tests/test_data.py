@@ -163,3 +163,16 @@ def test_a_batch_that_does_not_divide_is_padded_and_masked(data_dir):
   assert element["image"].shape[0] == 168
   np.testing.assert_array_equal(element["mask"],
                                 pipes[1].train_batches.microbatch_indices(2, 2) >= 0)
+
+
+def test_a_read_only_data_dir_without_the_cache_still_reads(data_dir, tmp_path):
+  """The decoded copy cannot be written: decode in memory, say so, go on."""
+  import shutil
+  from lbt.data import pipeline as pipeline_lib
+  spec = DATASETS.get("fashion_mnist")
+  local = tmp_path / "data"
+  shutil.copytree(os.path.join(data_dir, spec.tfds_name), local / spec.tfds_name)
+  (local / "lbt_decoded").write_text("a file where the cache directory would go")
+  pipeline_lib._load_source.cache_clear()
+  source = pipeline_lib._load_source(spec, str(local), "test", True)
+  assert len(source) == 10000

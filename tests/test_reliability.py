@@ -243,3 +243,36 @@ def test_device_and_process_counts_agree(data_dir, tmp_path):
     np.testing.assert_allclose(losses[n], losses["devices1"], atol=1e-5)
     for a, b in zip(params[n], params["devices1"]):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_sigterm_on_one_host_of_two_saves_the_same_update_on_both_and_resumes(
+    data_dir, tmp_path):
+  """JAX's preemption service: the host that got SIGTERM tells the other, both
+  save the same next update and exit 143; the rerun finishes bit-identical to an
+  uninterrupted two-process run."""
+  config_file = write_config_file(tmp_path, data_dir, num_steps=14)
+
+  def two_processes(workdir):
+    port = free_port()
+    return [start(config_file, workdir, devices=4,
+                  extra=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                         f"--process_id={i}"]) for i in range(2)]
+
+  reference = two_processes(tmp_path / "reference")
+  for process in reference:
+    assert process.wait(timeout=400) == 0, process.communicate()[1][-2000:]
+  runs = two_processes(tmp_path / "preempted")
+  wait_for_update(runs[0], tmp_path / "preempted", 3)
+  runs[1].send_signal(signal.SIGTERM)  # not process 0
+  errors = [p.communicate(timeout=240)[1] for p in runs]
+  assert [p.returncode for p in runs] == [143, 143], errors[0][-1500:] + errors[1][-1500:]
+  saved = [int(e.split("saved the checkpoint of update ")[1].split(";")[0].split()[0])
+           for e in errors]
+  assert saved[0] == saved[1] and 3 <= saved[0] < 14
+  for process in two_processes(tmp_path / "preempted"):
+    assert process.wait(timeout=400) == 0
+  want, want_step = final_params(tmp_path / "reference")
+  got, got_step = final_params(tmp_path / "preempted")
+  assert want_step == got_step == 14
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a, b)

@@ -124,4 +124,4 @@ def test_a_workdir_from_before_a_new_field_still_resumes(make_config, tmp_path):
 
 def test_object_store_workdirs_are_refused_not_made_local(make_config, tmp_path):
   with pytest.raises(train.ConfigError, match="gs://"):
-    train.check_workdir_config(make_config(""), "gs://bucket/run", ())
+    train.check_workdir_location("gs://bucket/run")

@@ -17,6 +17,7 @@ every epoch); at the full batch there is exactly one update per epoch.
 """
 
 import functools
+import logging
 import math
 import os
 import zipfile
@@ -27,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lbt import config as config_lib
+from lbt import workdir as workdir_lib
 from lbt.data import augment
 from lbt.data.catalog import DatasetSpec, default_data_dir
 from lbt.errors import ConfigError
@@ -138,11 +140,16 @@ def _decoded_copy(records: RecordSource, path: str) -> ArraySource:
              for start in range(0, len(records), 8192)]
   images = np.concatenate([d["image"] for d in decoded])
   labels = np.concatenate([d["label"] for d in decoded]).astype(np.int32)
-  if not path.startswith("gs://"):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, image=images, label=labels)
-    os.replace(tmp, path)
+  if path.startswith("gs://"):
+    return ArraySource(images, labels)
+  try:  # A read-only data dir still trains, decoding on every start.
+    with workdir_lib.writing(path, "the decoded cache"):
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = f"{path}.{os.getpid()}.tmp.npz"
+      np.savez(tmp, image=images, label=labels)
+      os.replace(tmp, path)
+  except workdir_lib.WriteError as e:
+    logging.warning("Decoded copy not kept: %s", e)
   return ArraySource(images, labels)
 
 
