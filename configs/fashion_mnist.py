@@ -55,9 +55,11 @@ NO_WARMUP = ("clars",)
 # VRGD's variance estimate needs at least this many microbatch gradients;
 # more give a better estimate at the cost of smaller device calls.
 GSNR_MICROBATCHES = 8
-# CLARS's per-example gradients take microbatch x parameters of memory: at
-# most this many examples per microbatch (LeNet-5 or the MLP: < 0.5 GB).
-PER_EXAMPLE_MICROBATCH = 1024
+# CLARS's per-example gradients take microbatch x parameters of memory, and
+# time with it: on the 2-core CPU, the study's MLP at batch 8192 costs ~3x more
+# CPU per example with microbatches of 1024 (0.5 GB of gradients per call)
+# than of 32-64 (they stay in cache), so at most this many examples a call.
+PER_EXAMPLE_MICROBATCH = 64
 DEVICE_MULTIPLE = 8  # a microbatch chosen here is a multiple of 8 devices
 
 
@@ -106,7 +108,8 @@ def default_microbatch(optimizer: str, batch: int) -> int:
     validation refuses for this family, naming the rule;
   - CLARS (per_example_grad_norm): the batch itself up to
     PER_EXAMPLE_MICROBATCH, else the largest multiple of 8 dividing it that is
-    at most that (60000 -> 60 x 1000), so memory stays bounded.
+    at most that (256 -> 4 x 64, 50000 -> 1250 x 40, 60000 -> 1250 x 48), so
+    the per-example gradients' memory stays bounded.
   """
   needs = optim.needs(dict(name=optimizer))
   if "microbatch_grad_sq" in needs:

@@ -84,7 +84,7 @@ def test_gsnr_points_get_at_least_two_microbatches(batch, micro):
       config_lib.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize("batch,micro", [(256, 0), (1024, 0), (8192, 1024), (60000, 1000)])
+@pytest.mark.parametrize("batch,micro", [(64, 0), (256, 64), (8192, 64), (60000, 48)])
 def test_clars_microbatch_bounds_per_example_memory_and_has_no_warmup(batch, micro):
   config = fashion_mnist.get_config(f"clars,batch={batch}")
   assert config.microbatch_size == micro
