@@ -13,6 +13,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import signal
 import sys
 from typing import Callable, List, NamedTuple, Sequence
 
@@ -52,6 +53,26 @@ EXIT_RULES = (
 
 def one_line(text) -> str:
   return " ".join(str(text).split())
+
+
+def _exit_now(signum, frame) -> None:
+  """Outside the training loop there is nothing to save: leave at once, before
+  a KeyboardInterrupt can land inside JAX's or orbax's start-up or shut-down."""
+  del frame
+  name = "interrupted" if signum == signal.SIGINT else "SIGTERM"
+  print(f"lbt: {name} outside the training loop; nothing was lost: rerun the same "
+        "command to resume from the last checkpoint.", file=sys.stderr, flush=True)
+  os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED)
+
+
+def exit_on_signals() -> None:
+  """SIGINT and SIGTERM end the process at once with 130 / 143 and one line.
+
+  The command line installs this first thing; the training loop takes the
+  signals over while it can save (`lbt.train.training_signals`).
+  """
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, _exit_now)
 
 
 def run(command: Callable[[], object]) -> int:

@@ -34,6 +34,8 @@ SECTION_FIELDS = {
     "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
     "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
 # Dataset fields a config may leave out, and the value that means.
+# The step counter (and optax's) is int32.
+MAX_UPDATES = 2**31 - 2
 DATASET_DEFAULTS = {"validation_examples": 0, "image_size": 0}
 # Datasets whose decoded split cannot be held as one stacked array, and why.
 UNCACHEABLE = {"imagenet2012": "its decoded images differ in size and cannot be "
@@ -183,8 +185,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   for field in ("seed", "microbatch_size", "num_train_steps", "eval_every_steps",
                 "checkpoint_every_steps", "log_every_steps"):
     _integer(field, config[field], 0)
-  _require(isinstance(config.num_epochs, (int, float)) and config.num_epochs > 0,
-           "num_epochs", config.num_epochs, "a positive number")
+  _require(isinstance(config.num_epochs, (int, float)) and config.num_epochs > 0
+           and math.isfinite(config.num_epochs),
+           "num_epochs", config.num_epochs, "a positive number (finite)")
 
   batch, train_examples = config.batch_size, num_train_examples(config, spec)
   _require(batch <= train_examples, "batch_size", batch,
@@ -240,8 +243,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
              f"{config.optimizer.name} estimates the gradient variance from >= 2 "
              "microbatch gradients (GSNR, Jiang et al. 2023)")
   steps_per_epoch = train_examples // batch
-  optim.create_schedule(config.schedule, 1.0, steps_per_epoch,
-                        num_train_steps(config, steps_per_epoch))
+  updates = num_train_steps(config, steps_per_epoch)
+  field = "num_train_steps" if config.num_train_steps > 0 else "num_epochs"
+  _require(updates <= MAX_UPDATES, field, config[field],
+           f"at most {MAX_UPDATES} updates (the update counter is int32); this is "
+           f"{updates} at {steps_per_epoch} updates per epoch")
+  optim.create_schedule(config.schedule, 1.0, steps_per_epoch, updates)
 
 
 def changed_fields(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:

@@ -49,8 +49,13 @@ def parse(argv: List[str]) -> ml_collections.ConfigDict:
   cli.apply_overrides(config, overrides)
   if not FLAGS.workdir:
     raise ConfigError("--workdir", FLAGS.workdir, "a directory for the run")
-  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-    raise ConfigError("--workdir", FLAGS.workdir, "a directory, not a file")
+  existing = os.path.abspath(FLAGS.workdir)
+  while not os.path.exists(existing):  # Its first existing ancestor.
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError("--workdir", FLAGS.workdir, "a directory, not a file" if
+                      existing == os.path.abspath(FLAGS.workdir) else
+                      f"a directory, not a path below the file {existing}")
   if FLAGS.coordinator_address and None in (FLAGS.num_processes, FLAGS.process_id):
     raise ConfigError("--coordinator_address", FLAGS.coordinator_address,
                       "given together with --num_processes and --process_id")
@@ -78,4 +83,5 @@ def run(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+  cli.exit_on_signals()
   sys.exit(run())

@@ -53,19 +53,24 @@ class PreemptionNotice:
   jax.distributed) catches SIGTERM on whichever host gets it, and all hosts
   agree on the next update at which to save, with no all-gather per update;
   `reached(done)` must then be called by every process at every update.
+  Inside the loop Ctrl-C raises KeyboardInterrupt (the last checkpoint stays);
+  outside it the command line's handlers apply (`cli.exit_on_signals`).
   """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
     self._multihost = jax.process_count() > 1
 
   def __enter__(self):
+    handlers = {signal.SIGINT: signal.default_int_handler}
     if not self._multihost:
-      try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # Not the main thread: leave signals alone.
-        self._previous = None
+      handlers[signal.SIGTERM] = self._handle
+    try:
+      for signum, handler in handlers.items():
+        self._previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # Not the main thread: leave signals alone.
+      pass
     return self
 
   def _handle(self, signum, frame):
@@ -79,8 +84,8 @@ class PreemptionNotice:
     return self.requested
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def check_workdir_location(workdir: str) -> None:
@@ -245,8 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config, num_devices=jax.device_count(),
                       num_processes=jax.process_count())
   check_workdir_location(workdir)
+  check_workdir_config(config, workdir, allow_config_change)  # reads only
   with hold_workdir(workdir) as lease:
-    check_workdir_config(config, workdir, allow_config_change)
     return _train(config, workdir, lease, start_time)
 
 

@@ -94,6 +94,11 @@ def workdir_is_a_file(tmp_path):
   return [BASE]
 
 
+def workdir_below_a_file(tmp_path):
+  (tmp_path / "wd").write_text("not a directory")
+  return [BASE, "--workdir={wd}/run"]
+
+
 def data_dir_is_a_file(tmp_path):
   (tmp_path / "file.txt").write_text("x")
   return [BASE, f"--config.dataset.data_dir={tmp_path / 'file.txt'}"]
@@ -274,6 +279,14 @@ CASES = [
      ["--workdir", "None", "a directory for the run"]),
     ("workdir_is_a_file", workdir_is_a_file,
      ["--workdir", "{wd}", "a directory, not a file"]),
+    ("workdir_below_a_file", workdir_below_a_file,
+     ["--workdir", "{wd}/run", "a directory, not a path below the file {wd}"]),
+    ("num_epochs_infinite", [BASE, "--config.num_epochs=inf"],
+     ["num_epochs", "inf", "a positive number (finite)"]),
+    ("num_epochs_absurd", [BASE, "--config.num_epochs=1e9"],
+     ["num_epochs", "1000000000", "the update counter is int32"]),
+    ("num_train_steps_beyond_int32", [BASE, "--config.num_train_steps=3000000000"],
+     ["num_train_steps", "3000000000", "the update counter is int32"]),
     ("process_id_out_of_range", [BASE, "--num_processes=2", "--process_id=2"],
      ["--process_id", "2", "[0, --num_processes=2)"]),
     ("coordinator_alone", [BASE, "--coordinator_address=localhost:1234"],

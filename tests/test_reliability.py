@@ -276,3 +276,40 @@ def test_sigterm_on_one_host_of_two_saves_the_same_update_on_both_and_resumes(
   assert want_step == got_step == 14
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0, 6.0])
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_with_one_line(data_dir, tmp_path,
+                                                                  delay):
+  """From the first line of main: imports, JAX start-up, restore, compile."""
+  config_file = write_config_file(tmp_path, data_dir, num_steps=25)
+  process = start(config_file, tmp_path / "run")
+  time.sleep(delay)
+  process.send_signal(signal.SIGINT)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and "Segmentation" not in err, err[-2000:]
+  assert "lbt: interrupted" in err
+
+
+def test_two_trainers_on_one_workdir_one_runs_the_other_is_refused(data_dir, tmp_path):
+  """Started together with one config, and a second started later with another:
+  one trainer owns the workdir; the others exit 2 with one line, touching nothing."""
+  config_file = write_config_file(tmp_path, data_dir, num_steps=12)
+  workdir = tmp_path / "shared"
+  pair = [start(config_file, workdir), start(config_file, workdir)]
+  deadline = time.time() + 240
+  while last_logged_update(workdir) < 2 and time.time() < deadline:
+    time.sleep(0.1)
+  other_dir = tmp_path / "other"
+  other_dir.mkdir()
+  other_file = write_config_file(other_dir, data_dir, num_steps=13)
+  late = start(other_file, workdir)
+  outcomes = [p.communicate(timeout=400) for p in pair + [late]]
+  codes = [p.returncode for p in pair + [late]]
+  assert sorted(codes[:2]) == [0, 2] and codes[2] == 2, [o[1][-800:] for o in outcomes]
+  refused = outcomes[codes.index(2)][1]
+  assert "pid" in refused and "Traceback" not in refused
+  assert "changed: num_train_steps" in outcomes[2][1]
+  steps = [r["step"] for r in metrics.read_jsonl(str(workdir), "train")]
+  assert steps == list(range(1, 13))
