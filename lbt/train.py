@@ -314,11 +314,19 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
+  layout = {"num_devices": jax.device_count(), "num_processes": jax.process_count()}
+  earlier = metrics_lib.read_jsonl(workdir, "run") if is_main and start_step else []
+  moved = {k: earlier[-1].get(k) for k in layout if earlier and earlier[-1].get(k) != layout[k]}
+  if moved:
+    # Results stay valid, but reduction order changes: not bit-identical to an
+    # uninterrupted run on the old layout (README, "Guarantees").
+    print("lbt: resuming on " + ", ".join(f"{layout[k]} {k[4:]} (was {v})"
+                                          for k, v in moved.items()), flush=True)
   writer.write(start_step, "run", {
       "effective_learning_rate": peak_lr, "steps_per_epoch": steps_per_epoch,
       "num_train_steps": num_steps, "num_microbatches": num_microbatches,
-      "batch_size": config.batch_size, "num_devices": jax.device_count(),
-      "num_processes": jax.process_count()})
+      "batch_size": config.batch_size, **layout,
+      **{f"previous_{k}": v for k, v in moved.items()}})
   progress = metrics_lib.Progress(num_steps, start_step, enabled=is_main)
   pending = []
   # The gradient noise scale comes free with accumulation; its moving averages

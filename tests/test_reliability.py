@@ -313,3 +313,18 @@ def test_two_trainers_on_one_workdir_one_runs_the_other_is_refused(data_dir, tmp
   assert "changed: num_train_steps" in outcomes[2][1]
   steps = [r["step"] for r in metrics.read_jsonl(str(workdir), "train")]
   assert steps == list(range(1, 13))
+
+
+def test_a_resume_on_another_device_count_says_so_and_records_it(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  first = start(write_config_file(tmp_path, data_dir, num_steps=4), workdir, devices=8)
+  assert first.wait(timeout=300) == 0
+  longer = tmp_path / "longer"
+  longer.mkdir()
+  second = start(write_config_file(longer, data_dir, num_steps=6), workdir, devices=4,
+                 extra=["--allow_config_change=num_train_steps"])
+  out, err = second.communicate(timeout=300)
+  assert second.returncode == 0, err[-2000:]
+  assert "resuming on 4 devices (was 8)" in out
+  runs = metrics.read_jsonl(str(workdir), "run")
+  assert runs[-1]["num_devices"] == 4 and runs[-1]["previous_num_devices"] == 8
