@@ -5,6 +5,10 @@ ratios); this checks they cost no more than optax.lars / optax.lamb with the
 same masks. Each timed call is one jit-compiled `tx.update` +
 `optax.apply_updates` with params and opt_state donated, as in the train
 step. Calls are interleaved across optimizers so drift hits all equally.
+Optimizers that need more than the gradient (`optim.needs`: CLARS's
+per-example gradient norms, the VRGD family's mean_k g_k^2 over k = 8
+microbatches) get them as given arrays, so only the update's own cost is timed,
+not the step's cost of computing them.
 
 Usage: python benchmarks/optimizers.py [--reps 50]
 """
@@ -34,7 +38,7 @@ def resnet50_shapes():
 
 
 def optimizers(schedule):
-  mask = optim.decay_mask(None)  # lbt's default exclusion: ndim <= 1
+  mask = optim.decay_and_trust_mask(None)  # lbt's default exclusion: ndim <= 1
   txs = {
       "lars": optim.lars(schedule, weight_decay=WEIGHT_DECAY),
       "optax.lars": optax.lars(schedule, weight_decay=WEIGHT_DECAY,
@@ -71,16 +75,30 @@ def main():
                                      end_learning_rate=1e-4, power=2.0)),
       10.0, steps_per_epoch=100, num_train_steps=10_000)
 
-  def make_step(tx):
-    def step(params, state, grads):
-      updates, state = tx.update(grads, state, params)
+  def extra_args(name):
+    needs = optim.needs(dict(name=name)) if name in optim.OPTIMIZERS else ()
+    extra = {}
+    if "microbatch_grad_sq" in needs:  # G^2 plus a variance of G^2 / 2
+      extra.update(num_microbatches=8, microbatch_grad_sq=jax.tree.map(
+          lambda g: 1.5 * g * g, grads))
+    if "per_example_grad_norm" in needs:  # examples disagree: 4 ||G||
+      extra.update(per_example_grad_norm=jax.tree.map(
+          lambda g: 4 * jnp.linalg.norm(g.ravel()), grads))
+    return extra
+
+  def make_step(tx, num_microbatches=None, **arrays):
+    static = {} if num_microbatches is None else dict(num_microbatches=num_microbatches)
+
+    def step(params, state, grads, arrays):
+      updates, state = tx.update(grads, state, params, **arrays, **static)
       return optax.apply_updates(params, updates), state
-    return jax.jit(step, donate_argnums=(0, 1))
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    return lambda params, state, grads: jitted(params, state, grads, arrays)
 
   runs = {}
   for name, tx in optimizers(schedule).items():
     params = jax.tree.map(jnp.copy, params0)
-    runs[name] = [make_step(tx), params, tx.init(params), []]
+    runs[name] = [make_step(tx, **extra_args(name)), params, tx.init(params), []]
     for _ in range(args.warmup):
       run = runs[name]
       run[1], run[2] = run[0](run[1], run[2], grads)
