@@ -54,7 +54,7 @@ def interleaved(calls: Dict[str, Callable[[], object]], rounds: int,
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+def matmul_peak(n: int = 2048, reps: int = 20) -> float:
   """GFLOP/s of the best of `reps` n x n float32 matmuls (the machine's peak).
 
   The output buffer is donated back each time, so that the peak is the
