@@ -60,7 +60,8 @@ GSNR_MICROBATCHES = 8
 # CPU per example with microbatches of 1024 (0.5 GB of gradients per call)
 # than of 32-64 (they stay in cache), so at most this many examples a call.
 PER_EXAMPLE_MICROBATCH = 64
-DEVICE_MULTIPLE = 8  # a microbatch chosen here is a multiple of 8 devices
+# A microbatch chosen here is a multiple of 8, so it shards over 1, 2, 4 or 8 devices.
+DEVICE_MULTIPLE = 8
 
 
 # The models this benchmark offers, with every option spelled out so that
