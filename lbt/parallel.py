@@ -78,6 +78,16 @@ def to_global(local_batch, mesh: Mesh):
   return jax.tree.map(one, local_batch)
 
 
+def emulated_devices(mesh: Mesh) -> bool:
+  """Several devices emulated on the host CPU (tests, forced device counts).
+
+  XLA:CPU runs their collectives on one shared thread pool; with many
+  programs in flight on few cores a rendezvous can starve past its 40 s
+  timeout and abort the process, so callers await each program there.
+  """
+  return jax.default_backend() == "cpu" and mesh.size > 1
+
+
 def prefetch_to_mesh(local_batches, mesh: Mesh, count: int, depth: int = 2):
   """Yields `count` batches of `local_batches` as global arrays, `depth` ahead.
 

@@ -204,10 +204,14 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   finish_fn = jax.jit(finish, in_shardings=(replicated, replicated, replicated),
                       out_shardings=(replicated, replicated), donate_argnums=(0,))
 
+  await_each = parallel.emulated_devices(mesh)
+
   def update(state, microbatches, params_init):
     sums = start_fn(state)
     for microbatch in microbatches:
       sums = add_fn(state, sums, microbatch)
+      if await_each:
+        jax.block_until_ready(sums)
     return finish_fn(state, sums, params_init)
 
   update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn}
@@ -389,6 +393,8 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
       for done in range(start_step + 1, num_steps + 1):
         microbatches = parallel.prefetch_to_mesh(train_iter, mesh, num_microbatches)
         state, step_metrics = update_fn(state, microbatches, params_init)
+        if parallel.emulated_devices(mesh):
+          jax.block_until_ready(step_metrics)
         pending.append(step_metrics)
         is_last = done == num_steps
         evaluate_now = every(config.eval_every_steps, done) or is_last
