@@ -176,3 +176,21 @@ def test_a_read_only_data_dir_without_the_cache_still_reads(data_dir, tmp_path):
   pipeline_lib._load_source.cache_clear()
   source = pipeline_lib._load_source(spec, str(local), "test", True)
   assert len(source) == 10000
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_damaged_shard_is_named_before_training(data_dir, tmp_path, cache):
+  """Even when a decoded copy exists, a truncated array_record file is named."""
+  import shutil
+  from lbt.data import pipeline as pipeline_lib
+  from lbt.errors import ConfigError
+  spec = DATASETS.get("fashion_mnist")
+  local = tmp_path / "data"
+  shutil.copytree(os.path.join(data_dir, spec.tfds_name), local / spec.tfds_name)
+  pipeline_lib._load_source.cache_clear()
+  pipeline_lib._load_source(spec, str(local), "test", True)  # the decoded copy
+  shard = next((local / spec.tfds_name / "1.0.0").glob("*test.array_record*"))
+  shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
+  pipeline_lib._load_source.cache_clear()
+  with pytest.raises(ConfigError, match=shard.name):
+    pipeline_lib._load_source(spec, str(local), "test", cache)

@@ -113,12 +113,33 @@ def _load_source(spec: DatasetSpec, data_dir: str, split: str, cache: bool):
     raise ConfigError("dataset.data_dir", data_dir,
                       f"a TFDS data dir holding {spec.tfds_name} as array_record "
                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+  check_shards(source, split, data_dir)
   records = RecordSource(source)
   if not cache:
     return records
   version = str(source.dataset_info.version)
   return _decoded_copy(records, os.path.join(
       data_dir, "lbt_decoded", spec.tfds_name, version, f"{split}.npz"))
+
+
+def check_shards(source, split: str, data_dir: str) -> None:
+  """Reads the first and last record of every shard, before any training.
+
+  A truncated or damaged array_record file otherwise surfaces mid-run (or
+  never, while a decoded copy exists); here it is named with its path.
+  """
+  splits = source.dataset_info.splits
+  if split not in splits:  # Generated records (tfds.testing.mock_data): no files.
+    return
+  start = 0
+  for path, length in zip(splits[split].filepaths, splits[split].shard_lengths):
+    try:
+      source.__getitems__([start, start + length - 1])
+    except Exception as e:  # Riegeli/array_record raise their own types.
+      raise ConfigError("dataset.data_dir", data_dir, f"TFDS files that read; {path} is "
+                        f"damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        "delete that dataset's directory to rebuild it") from None
+    start += length
 
 
 def _decoded_copy(records: RecordSource, path: str) -> ArraySource:
