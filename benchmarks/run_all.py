@@ -62,13 +62,7 @@ def versions() -> str:
 
 
 def cpu() -> str:
-  model = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f
-                   if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
+  model = timing.cpu_model()
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}"
 

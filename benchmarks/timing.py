@@ -79,15 +79,19 @@ def compiled_flops(jitted, *args) -> float:
   return float(analysis.get("flops", 0.0))
 
 
-def machine() -> str:
-  """One line: CPU model, cores, devices, library versions, allocator."""
-  model = platform.processor() or platform.machine()
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
   try:
     with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f
-                   if line.startswith("model name"))
+      return next(line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name"))
   except (OSError, StopIteration):
-    pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+  """One line: CPU model, cores, devices, library versions, allocator."""
+  model = cpu_model()
   import flax
   import optax
   return (f"{model}, {os.cpu_count()} cores; {jax.device_count()} x "
