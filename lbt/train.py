@@ -5,6 +5,7 @@ the jitted step, writes metrics and checkpoints, and evaluates. Everything it
 calls is a pure function of the config and of the stage before it.
 """
 
+import collections
 import contextlib
 import functools
 import json
@@ -25,6 +26,10 @@ from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
 CONFIG_JSON = "config.json"
+# Microbatches (and updates) the host may dispatch ahead of the device: enough
+# to overlap the next transfer with the compute, few enough that host and
+# device memory stay those of a few microbatches, whatever the batch.
+IN_FLIGHT = 2
 
 
 class Diverged(RuntimeError):
@@ -171,6 +176,12 @@ def build_model(config, num_classes: int):
                        **config_lib.model_options(config))
 
 
+def dispatch_ahead(mesh) -> int:
+  """How many programs the host may run ahead of the device (IN_FLIGHT; none
+  on emulated CPU devices, whose collectives starve when many are queued)."""
+  return 0 if parallel.emulated_devices(mesh) else IN_FLIGHT
+
+
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    label_smoothing: float, needs: Sequence[str] = (),
                    adversarial: Optional[Dict[str, Any]] = None) -> Callable:
@@ -199,19 +210,22 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
         state, next(iter(microbatches)), params_init)
   start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
                      out_shardings=replicated)
-  add_fn = jax.jit(add, in_shardings=(replicated, replicated, sharded),
+  # `add` also returns its microbatch count, a scalar the host can wait on
+  # (the sums themselves are donated to the next call).
+  add_fn = jax.jit(lambda state, sums, microbatch: (lambda s: (s, s.microbatches))(
+      add(state, sums, microbatch)), in_shardings=(replicated, replicated, sharded),
                    out_shardings=replicated, donate_argnums=(1,))
   finish_fn = jax.jit(finish, in_shardings=(replicated, replicated, replicated),
                       out_shardings=(replicated, replicated), donate_argnums=(0,))
-
-  await_each = parallel.emulated_devices(mesh)
+  ahead = dispatch_ahead(mesh)
 
   def update(state, microbatches, params_init):
-    sums = start_fn(state)
+    sums, dispatched = start_fn(state), collections.deque()
     for microbatch in microbatches:
-      sums = add_fn(state, sums, microbatch)
-      if await_each:
-        jax.block_until_ready(sums)
+      sums, done = add_fn(state, sums, microbatch)
+      dispatched.append(done)
+      if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
+        jax.block_until_ready(dispatched.popleft())
     return finish_fn(state, sums, params_init)
 
   update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn}
@@ -311,6 +325,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
   if note and is_main:
     print(note, flush=True)
 
+  ahead = dispatch_ahead(mesh)
   update_fn = compile_update(model, tx, schedule, mesh, num_microbatches,
                              config.loss.label_smoothing,
                              needs=optim.needs(config.optimizer), adversarial=adversarial)
@@ -393,9 +408,9 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
       for done in range(start_step + 1, num_steps + 1):
         microbatches = parallel.prefetch_to_mesh(train_iter, mesh, num_microbatches)
         state, step_metrics = update_fn(state, microbatches, params_init)
-        if parallel.emulated_devices(mesh):
-          jax.block_until_ready(step_metrics)
         pending.append(step_metrics)
+        if len(pending) > ahead:  # Host memory stays that of a few batches.
+          jax.block_until_ready(pending[-1 - ahead])
         is_last = done == num_steps
         evaluate_now = every(config.eval_every_steps, done) or is_last
         save_now = every(config.checkpoint_every_steps, done) or is_last
