@@ -17,6 +17,7 @@ gradient program, which sees one microbatch whatever B is.
 """
 
 import argparse
+import collections
 import json
 import os
 import resource
@@ -78,8 +79,12 @@ def measure(model_name: str, batch: int, micro: int, rounds: int) -> dict:
       # Repeat the one-shot step to cover as many examples as one accumulated update.
       repeats = n if name == "one_shot" else 1
       start = time.perf_counter()
-      for _ in range(repeats):
+      in_flight = collections.deque()
+      for _ in range(repeats):  # As the train loop: a few updates ahead at most.
         state, metrics = update(state, microbatches(count), params_init)
+        in_flight.append(metrics)
+        if len(in_flight) > train.IN_FLIGHT:
+          jax.block_until_ready(in_flight.popleft())
       jax.block_until_ready((state, metrics))
       times[name].append((time.perf_counter() - start) / (repeats * count * micro))
   one, acc = (float(np.median(times[k])) for k in ("one_shot", "accumulated"))
