@@ -26,5 +26,9 @@ setup(
         "pillow>=10",  # lbt.data.augment resizes and crops images
         "tqdm>=4.60",  # lbt.metrics' progress bar
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
+    extras_require={"test": [
+        "pytest>=8", "pytest-xdist>=3",
+        # tests/test_colab.py executes launch/colab.ipynb's cells.
+        "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
+    ]},
 )
