@@ -31,7 +31,7 @@ SUITE = (
     ("The default run's loop (LeNet-5, momentum, batch 256, one epoch)", "loop.py",
      ["--arg=momentum,batch=256,epochs=1"], 120),
     ("Accumulation (LeNet-5, microbatch 512)", "accumulation.py", ["--rounds=2"], 300),
-    ("Optimizers on ResNet-50's parameter tree", "optimizers.py", ["--reps=10"], 120),
+    ("Optimizers on ResNet-50's parameter tree", "optimizers.py", ["--reps=8", "--warmup=2"], 180),
 )
 
 
