@@ -45,6 +45,13 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi
 }
 
+# glibc keeps freed memory in the process: XLA:CPU's per-update temporaries are
+# otherwise returned and faulted in again (0.70x the LeNet-5 step with this;
+# benchmarks/roofline.py). lbt.main and lbt.study set the same via mallopt.
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-1}" \
+  MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-2147483647}" \
+  MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-2147483647}"
+
 command="${1:-train}"
 shift || true
 case "$command" in

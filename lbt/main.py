@@ -83,5 +83,6 @@ def run(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+  cli.keep_freed_host_memory()
   cli.exit_on_signals()
   sys.exit(run())

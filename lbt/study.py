@@ -458,4 +458,5 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+  cli.keep_freed_host_memory()
   sys.exit(main(sys.argv))
