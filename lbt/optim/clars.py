@@ -25,6 +25,7 @@ import optax
 from lbt.optim import masks
 from lbt.optim import trust
 from lbt.optim.factory import OPTIMIZERS
+from lbt.optim.lars import trust_scaled_direction
 
 NEEDS = ("per_example_grad_norm",)
 
@@ -96,13 +97,8 @@ def scale_by_clars_trust_ratio(
         new_updates.append(g)
         ratios.append(optax.MaskedNode())
         continue
-      w = w.astype(g.dtype)
-      w_norm = trust.norm(w)
-      n = jnp.asarray(n, w_norm.dtype)
-      ratio = trust.safe_ratio(trust_coefficient * w_norm,
-                               n + weight_decay * w_norm + eps, w_norm, n)
-      new_updates.append((ratio.astype(g.dtype) * (g + weight_decay * w)
-                          ).astype(g.dtype))
+      u, ratio = trust_scaled_direction(g, w, n, weight_decay, trust_coefficient, eps)
+      new_updates.append(u)
       ratios.append(ratio.astype(jnp.float32))
     return (treedef.unflatten(new_updates),
             trust.TrustRatioState(trust_ratio=treedef.unflatten(ratios)))

@@ -6,11 +6,28 @@ computes the trust ratio from ||g + beta*w|| instead of the paper's
 and BatchNorm included. Here the published ratio and explicit masks are used.
 """
 
+import jax.numpy as jnp
 import optax
 
 from lbt.optim import masks
 from lbt.optim import trust
 from lbt.optim.factory import OPTIMIZERS
+
+
+def trust_scaled_direction(g, w, gradient_norm, weight_decay: float,
+                           trust_coefficient: float, eps: float):
+  """(lambda * (g + beta*w), lambda), lambda = eta*||w|| / (n + beta*||w|| + eps).
+
+  n is ||g|| for LARS and the mean per-example gradient norm for CLARS;
+  lambda is 1 when ||w|| or n is 0.
+  """
+  w = w.astype(g.dtype)
+  w_norm = trust.norm(w)
+  gradient_norm = jnp.asarray(gradient_norm, w_norm.dtype)
+  ratio = trust.safe_ratio(trust_coefficient * w_norm,
+                           gradient_norm + weight_decay * w_norm + eps,
+                           w_norm, gradient_norm)
+  return (ratio.astype(g.dtype) * (g + weight_decay * w)).astype(g.dtype), ratio
 
 
 def scale_by_lars_trust_ratio(
@@ -33,12 +50,8 @@ def scale_by_lars_trust_ratio(
   mask_fn = masks.decay_and_trust_mask(exclude)
 
   def adapted(g, w):
-    w = w.astype(g.dtype)
-    w_norm, g_norm = trust.norm(w), trust.norm(g)
-    ratio = trust.safe_ratio(trust_coefficient * w_norm,
-                             g_norm + weight_decay * w_norm + eps,
-                             w_norm, g_norm)
-    return ratio.astype(g.dtype) * (g + weight_decay * w), ratio
+    return trust_scaled_direction(g, w, trust.norm(g), weight_decay,
+                                  trust_coefficient, eps)
 
   return trust.layerwise(adapted, mask_fn)
 
