@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks import roofline, timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import data  # noqa: E402
+from lbt import batch_schedule, data  # noqa: E402
 from lbt.data import augment  # noqa: E402
 from lbt.data.catalog import DATASETS  # noqa: E402
 
@@ -45,11 +45,17 @@ def pipeline_rate(batch_size: int, microbatches: int) -> float:
   """Examples/s of draining lbt's Fashion-MNIST train iterator."""
   config = fashion_mnist.get_config(f"momentum,batch={batch_size}")
   pipeline = data.create_pipeline(config)
-  iterator = pipeline.train_iterator(microbatches + 2)
+  stream = pipeline.train_stream(batch_schedule.constant_plan(
+      batch_size, len(pipeline.train_batches.pool), microbatches + 2))
+
+  def next_batch():
+    stream.next_update()
+    return next(stream)
+
   for _ in range(2):  # grain starts its threads and fills its buffer
-    next(iterator)
+    next_batch()
   start = time.perf_counter()
-  examples = sum(len(next(iterator)["label"]) for _ in range(microbatches))
+  examples = sum(len(next_batch()["label"]) for _ in range(microbatches))
   return examples / (time.perf_counter() - start)
 
 

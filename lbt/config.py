@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 
+from lbt import batch_schedule
 from lbt.errors import ConfigError
 
 # Every field a run reads, by section; anything else in a config is a typo.
@@ -30,6 +31,8 @@ TOP_LEVEL_FIELDS = (
     "seed", "dataset", "model", "batch_size", "microbatch_size", "eval_batch_size",
     "num_epochs", "num_train_steps", "optimizer", "schedule", "loss", "bn",
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
+# Fields a config may leave out (older configs and workdirs have none).
+OPTIONAL_FIELDS = ("batch_schedule", "noise_scale_split")
 SECTION_FIELDS = {
     "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
     "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
@@ -87,16 +90,26 @@ def microbatch_size(config) -> int:
   return config.microbatch_size or config.batch_size
 
 
-def microbatch_layout(batch: int, micro: int, num_devices: int) -> Tuple[int, int]:
+def microbatch_layout(batch: int, micro: int, num_devices: int,
+                      split: bool = False) -> Tuple[int, int]:
   """(microbatches per update, examples per microbatch as padded).
 
   ceil(batch / micro) microbatches hold ceil or floor of batch / n real
   examples each; each is padded with masked examples up to a multiple of the
   device count, so that any batch (1,281,167 is prime) runs on any slice and
-  its gradient is still the mean over exactly its real examples.
+  its gradient is still the mean over exactly its real examples. With `split`
+  (config.noise_scale_split), a batch that would be one microbatch is two, so
+  that the gradient noise scale can be measured from the two halves.
   """
   n = math.ceil(batch / micro)
+  if split and n == 1 and batch >= 2:
+    n = 2
   return n, math.ceil(math.ceil(batch / n) / num_devices) * num_devices
+
+
+def noise_scale_split(config) -> bool:
+  """Whether a one-microbatch batch runs as two halves to measure the noise scale."""
+  return bool(config.get("noise_scale_split", False))
 
 
 def model_options(config) -> Dict[str, Any]:
@@ -141,8 +154,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   from lbt import adversarial, data, models, optim
 
   for key in config.keys():
-    _require(key in TOP_LEVEL_FIELDS, key, config[key],
-             f"not a field lbt reads; the fields are: {', '.join(TOP_LEVEL_FIELDS)}")
+    _require(key in TOP_LEVEL_FIELDS + OPTIONAL_FIELDS, key, config[key],
+             "not a field lbt reads; the fields are: "
+             f"{', '.join(TOP_LEVEL_FIELDS + OPTIONAL_FIELDS)}")
   sections = ("dataset", "model", "optimizer", "schedule", "loss", "bn")
   for field in TOP_LEVEL_FIELDS:
     _require(field in config, field, None, "a section of the config (ConfigDict)"
@@ -196,8 +210,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   micro = microbatch_size(config)
   _require(micro <= batch, "microbatch_size", micro,
            f"at most batch_size ({batch}); 0 means no accumulation")
+  split = config.get("noise_scale_split", False)
+  _require(isinstance(split, bool), "noise_scale_split", split,
+           "True (a batch of one microbatch runs as two halves, for the gradient "
+           "noise scale) or False")
+  batch_schedule.check(config, train_examples=train_examples,
+                       microbatch=config.microbatch_size, split=split)
+  batches = scheduled_batches(config, train_examples)
   # A batch or microbatch that does not divide is padded (microbatch_layout).
-  _, padded = microbatch_layout(batch, micro, num_devices)
+  layouts = {b: microbatch_layout(b, micro, num_devices, split) for b in batches}
+  _, padded = layouts[batch]
   _require(config.eval_batch_size % num_devices == 0, "eval_batch_size",
            config.eval_batch_size, f"a multiple of the device count ({num_devices})")
 
@@ -221,9 +243,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   except (TypeError, ValueError) as e:
     raise ConfigError("model", dict(model_kwargs), f"options {config.model.name} "
                       f"accepts ({str(e).splitlines()[0]})") from None
-  _require(ghost == 0 or padded % ghost == 0, "bn.ghost_size", ghost,
-           "0 (statistics over each microbatch) or a positive divisor of the "
-           f"microbatch ({padded}{f', padded from {micro}' if padded != micro else ''})")
+  for b, (_, padded) in sorted(layouts.items()):
+    _require(ghost == 0 or padded % ghost == 0, "bn.ghost_size", ghost,
+             "0 (statistics over each microbatch) or a positive divisor of the "
+             f"microbatch ({padded}{f', padded from {micro}' if padded != micro else ''}"
+             f"{f' at batch {b}' if len(layouts) > 1 else ''})")
 
   smoothing = config.loss.label_smoothing
   _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
@@ -238,8 +262,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   # that need the run's length. Both build only Python closures here.
   optim.check(config.optimizer)
   if "num_microbatches" in optim.needs(config.optimizer):
-    _require(batch // micro >= 2, "microbatch_size", config.microbatch_size,
-             f"at most batch_size / 2 ({batch // 2}) and a divisor of it: "
+    smallest = min(batches)
+    enough = all(layouts[b][0] >= 2 and (split or b // micro >= 2) for b in batches)
+    _require(enough, "microbatch_size", config.microbatch_size,
+             f"at most batch_size / 2 ({smallest // 2}) and a divisor of it: "
              f"{config.optimizer.name} estimates the gradient variance from >= 2 "
              "microbatch gradients (GSNR, Jiang et al. 2023)")
   steps_per_epoch = train_examples // batch
@@ -249,6 +275,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
            f"at most {MAX_UPDATES} updates (the update counter is int32); this is "
            f"{updates} at {steps_per_epoch} updates per epoch")
   optim.create_schedule(config.schedule, 1.0, steps_per_epoch, updates)
+
+
+def scheduled_batches(config, train_examples: int) -> Tuple[int, ...]:
+  """Every batch size a run may take, as far as the config fixes them (for
+  noise_scale: its bounds and the multiples of the microbatch between)."""
+  spec = batch_schedule.section(config)
+  if spec["name"] == "steps":
+    return tuple(sorted({config.batch_size, *spec["batch_sizes"]}))
+  if spec["name"] == "noise_scale":
+    low, high = batch_schedule.limits(config, train_examples)
+    m = config.microbatch_size
+    return tuple(sorted({low, high, *range(m * max(1, -(-low // m)), high, m)}))
+  return (config.batch_size,)
 
 
 def changed_fields(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:

@@ -242,12 +242,17 @@ def add_microbatch(state: TrainState, sums: GradientSum,
       microbatch_grad_sq=grad_sq, per_example_grad_norm=norms)
 
 
-def finish_update(state: TrainState, sums: GradientSum, params_init, *,
-                  tx: optax.GradientTransformation, schedule: optax.Schedule,
-                  num_microbatches: int = 1) -> Tuple[TrainState, Metrics]:
+def finish_update(state: TrainState, sums: GradientSum, params_init,
+                  lr_position=None, *, tx: optax.GradientTransformation,
+                  schedule: optax.Schedule, num_microbatches: int = 1
+                  ) -> Tuple[TrainState, Metrics]:
   """Turns the summed gradient into one optimizer update and its metrics.
 
   `num_microbatches` (static) is what optimizers of the GSNR family check.
+  `lr_position`, when given, is where on `schedule` this update's learning rate
+  is taken, and `tx` is `optim.create_with_learning_rate_input`'s (a run whose
+  batch changes follows its schedule in epochs, not in updates); else the LR is
+  `schedule(state.step)` inside `tx`.
 
   A non-finite loss, gradient or parameter is reported in `metrics['finite']`;
   the loop stops at its next look, before any save or evaluation, so such a
@@ -265,7 +270,13 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
   if sums.per_example_grad_norm is not None:
     extra["per_example_grad_norm"] = jax.tree.map(lambda s: s / examples,
                                                   sums.per_example_grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+  opt_state = state.opt_state
+  if lr_position is None:
+    learning_rate = schedule(state.step)
+  else:
+    learning_rate = schedule(lr_position)
+    opt_state = optim.set_learning_rate(opt_state, learning_rate)
+  updates, opt_state = tx.update(grads, opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=sums.batch_stats,
@@ -277,7 +288,7 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
   metrics = {
       "loss": loss,
       "accuracy": sums.correct / examples,
-      "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+      "learning_rate": jnp.asarray(learning_rate, jnp.float32),
       "grad_norm": grad_norm,
       "param_norm": param_norm,
       "update_norm": tree_norm(updates),
@@ -290,8 +301,8 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, *,
   return new_state, metrics
 
 
-def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
-               apply_fn: Callable, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
+               lr_position=None, *, apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: optax.Schedule, label_smoothing: float,
                needs: Sequence[str] = (),
                adversarial: Optional[Mapping[str, Any]] = None
@@ -302,6 +313,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
     state: the current TrainState.
     batch: {'image': (B, H, W, C) float, 'label': (B,) int}.
     params_init: the parameters at initialization, for ‖w_t − w_0‖.
+    lr_position: see `finish_update`.
     apply_fn: the model's `apply`.
     tx: the optimizer.
     schedule: the learning-rate schedule inside `tx`, for logging.
@@ -314,7 +326,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init, *,
   """
   sums = add_microbatch(state, start_update(state, needs), batch, apply_fn=apply_fn,
                         label_smoothing=label_smoothing, adversarial=adversarial)
-  return finish_update(state, sums, params_init, tx=tx, schedule=schedule)
+  return finish_update(state, sums, params_init, lr_position, tx=tx, schedule=schedule)
 
 
 def eval_step(state: TrainState, batch: Dict[str, jax.Array], *,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lbt import checkpoint, data, diagnostics, metrics as metrics_lib, models, optim
+from lbt import batch_schedule, checkpoint, data, diagnostics, metrics as metrics_lib, models, optim
 from lbt import parallel, step
 from lbt import config as config_lib
 from lbt import workdir as workdir_lib
@@ -185,7 +185,8 @@ def dispatch_ahead(mesh) -> int:
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    label_smoothing: float, needs: Sequence[str] = (),
                    adversarial: Optional[Dict[str, Any]] = None) -> Callable:
-  """The jitted update: `update(state, microbatches, params_init) -> (state, metrics)`.
+  """The jitted update: `update(state, microbatches, params_init[, lr_position])
+  -> (state, metrics)` (`lr_position`: see `step.finish_update`).
 
   `microbatches` yields the update's global microbatches. One microbatch is a
   single fused step. Several are streamed through a host loop of jitted calls
@@ -204,10 +205,10 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
     fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
                                       schedule=schedule, label_smoothing=label_smoothing,
                                       needs=needs, adversarial=adversarial),
-                    in_shardings=(replicated, sharded, replicated),
+                    in_shardings=(replicated, sharded, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=(0,))
-    return lambda state, microbatches, params_init: fused(
-        state, next(iter(microbatches)), params_init)
+    return lambda state, microbatches, params_init, lr_position=None: fused(
+        state, next(iter(microbatches)), params_init, lr_position)
   start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
                      out_shardings=replicated)
   # `add` also returns its microbatch count, a scalar the host can wait on
@@ -215,18 +216,18 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   add_fn = jax.jit(lambda state, sums, microbatch: (lambda s: (s, s.microbatches))(
       add(state, sums, microbatch)), in_shardings=(replicated, replicated, sharded),
                    out_shardings=replicated, donate_argnums=(1,))
-  finish_fn = jax.jit(finish, in_shardings=(replicated, replicated, replicated),
+  finish_fn = jax.jit(finish, in_shardings=(replicated,) * 4,
                       out_shardings=(replicated, replicated), donate_argnums=(0,))
   ahead = dispatch_ahead(mesh)
 
-  def update(state, microbatches, params_init):
+  def update(state, microbatches, params_init, lr_position=None):
     sums, dispatched = start_fn(state), collections.deque()
     for microbatch in microbatches:
       sums, done = add_fn(state, sums, microbatch)
       dispatched.append(done)
       if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
         jax.block_until_ready(dispatched.popleft())
-    return finish_fn(state, sums, params_init)
+    return finish_fn(state, sums, params_init, lr_position)
 
   update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn}
   return update
@@ -288,14 +289,25 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
                                   jax.device_count())
   steps_per_epoch = pipeline.steps_per_epoch
   num_steps = config_lib.num_train_steps(config, steps_per_epoch)
-  num_microbatches = pipeline.num_microbatches
+  # The batch of each update and where its examples start (lbt/batch_schedule.py).
+  plan = batch_schedule.create_plan(
+      config, pool_size=len(pipeline.train_batches.pool),
+      microbatch=config_lib.microbatch_size(config), constant_updates=num_steps)
+  changing = plan.name != "constant"
 
   # Model and optimizer.
   spec = pipeline.spec
   model = build_model(config, spec.num_classes)
   peak_lr = optim.effective_learning_rate(config.optimizer, config.batch_size)
   schedule = optim.create_schedule(config.schedule, peak_lr, steps_per_epoch, num_steps)
-  tx = optim.create(config.optimizer, schedule)
+  # A changing batch takes its LR from the schedule at the epochs trained.
+  tx = (optim.create_with_learning_rate_input(config.optimizer) if changing
+        else optim.create(config.optimizer, schedule))
+
+  def lr_position(slot) -> Optional[float]:
+    if not changing:
+      return None
+    return slot.update if config.num_train_steps > 0 else slot.epochs_done * steps_per_epoch
 
   # State, created already replicated over the mesh.
   adversarial = adversarial_section(config)
@@ -311,14 +323,18 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
   # Resume.
   write_config(config, workdir)
   manager = checkpoint.create_manager(workdir, config.checkpoint_keep)
-  train_iter = pipeline.train_iterator(num_steps)
+  stream = pipeline.train_stream(plan)
   try:
-    restored = checkpoint.restore(manager, checkpoint.abstract(state), train_iter)
+    restored = checkpoint.restore(manager, checkpoint.abstract(state), stream)
   except checkpoint.CheckpointRestoreError as e:
     raise ConfigError("--workdir", workdir, f"a workdir of this config: {e}") from None
   start_step = 0
   if restored is not None:
     state, start_step = restored
+    if plan.update != start_step:
+      raise ConfigError("--workdir", workdir, f"a workdir whose checkpoint of update "
+                        f"{start_step} holds that update's data position (it holds "
+                        f"{plan.update})")
     if is_main:
       print(f"lbt: resumed from the checkpoint of update {start_step}", flush=True)
   note = optim.warmup_note(config.schedule, steps_per_epoch, num_steps)
@@ -326,9 +342,15 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
     print(note, flush=True)
 
   ahead = dispatch_ahead(mesh)
-  update_fn = compile_update(model, tx, schedule, mesh, num_microbatches,
-                             config.loss.label_smoothing,
-                             needs=optim.needs(config.optimizer), adversarial=adversarial)
+  compiled = {}  # One update program per distinct batch size.
+
+  def update_for(batch: int) -> Callable:
+    if batch not in compiled:
+      compiled[batch] = compile_update(
+          model, tx, schedule, mesh, pipeline.train_batches.layout(batch)[0],
+          config.loss.label_smoothing, needs=optim.needs(config.optimizer),
+          adversarial=adversarial)
+    return compiled[batch]
   eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
@@ -341,38 +363,42 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
     # uninterrupted run on the old layout (README, "Guarantees").
     print("lbt: resuming on " + ", ".join(f"{layout[k]} {k[4:]} (was {v})"
                                           for k, v in moved.items()), flush=True)
+  planned = start_step + batch_schedule.planned_updates(plan)  # noise_scale: a guess
   writer.write(start_step, "run", {
       "effective_learning_rate": peak_lr, "steps_per_epoch": steps_per_epoch,
-      "num_train_steps": num_steps, "num_microbatches": num_microbatches,
-      "batch_size": config.batch_size, **layout,
+      "num_train_steps": planned,
+      "num_microbatches": pipeline.train_batches.layout(plan.peek().batch)[0],
+      "batch_size": plan.peek().batch, **layout,
       **{f"previous_{k}": v for k, v in moved.items()}})
-  progress = metrics_lib.Progress(num_steps, start_step, enabled=is_main)
-  pending = []
-  # The gradient noise scale comes free with accumulation; its moving averages
-  # continue across a resume from the estimates already in metrics.jsonl.
-  noise_state = (0.0, 0.0, 0)
-  if num_microbatches > 1 and is_main:
-    earlier = [r for r in metrics_lib.read_jsonl(workdir, "train") if "noise_trace" in r]
-    _, noise_state = diagnostics.smoothed_noise_scale(
-        [r["noise_grad_sq"] for r in earlier], [r["noise_trace"] for r in earlier])
+  progress = metrics_lib.Progress(planned, start_step, enabled=is_main)
+  pending = []  # (metrics, batch, microbatches) of the updates not yet fetched.
 
   def flush_train_metrics(done: int) -> None:
     """Writes the buffered per-update metrics and stops on a non-finite one."""
-    rows = metrics_lib.stack_steps(pending)
+    rows = metrics_lib.stack_steps([m for m, _, _ in pending])
+    batches = np.array([b for _, b, _ in pending])
+    counts = np.array([n for _, _, n in pending])
     first = done - len(pending)
     pending.clear()
     if not rows:
       return
-    nonlocal noise_state
     small_sq_norm = rows.pop("microbatch_grad_sq_norm")
-    if num_microbatches > 1:
-      rows["noise_grad_sq"], rows["noise_trace"] = diagnostics.gradient_noise_scale(
-          small_sq_norm, np.square(rows["grad_norm"]),
-          config.batch_size // num_microbatches, config.batch_size)
-      rows["b_simple"], noise_state = diagnostics.smoothed_noise_scale(
-          rows["noise_grad_sq"], rows["noise_trace"], noise_state)
+    # The gradient noise scale comes free with accumulation (>= 2 microbatches);
+    # its moving averages are the plan's, saved with each checkpoint.
+    measured = np.flatnonzero(counts > 1)
+    noise = {}
+    if measured.size:
+      grad_sq, trace = zip(*(diagnostics.gradient_noise_scale(
+          small_sq_norm[i], rows["grad_norm"][i] ** 2, batches[i] / counts[i], batches[i])
+                             for i in measured))
+      b_simple = plan.add_noise_estimates(grad_sq, trace)
+      noise = {i: {"noise_grad_sq": grad_sq[j], "noise_trace": trace[j],
+                   "b_simple": b_simple[j]} for j, i in enumerate(measured)}
     for i in range(len(rows["loss"])):
-      writer.write(first + i + 1, "train", {k: v[i] for k, v in rows.items()})
+      record = {k: v[i] for k, v in rows.items()}
+      if changing:
+        record["batch_size"] = batches[i]
+      writer.write(first + i + 1, "train", {**record, **noise.get(i, {})})
     bad = np.flatnonzero(~rows["finite"])
     if bad.size:
       i = int(bad[0])
@@ -402,16 +428,22 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
   def every(n: int, done: int) -> bool:
     return n > 0 and done % n == 0
 
-  final, scores = None, {}
+  final, scores, examples = None, {}, 0
   try:
     with PreemptionNotice() as preemption:
-      for done in range(start_step + 1, num_steps + 1):
-        microbatches = parallel.prefetch_to_mesh(train_iter, mesh, num_microbatches)
-        state, step_metrics = update_fn(state, microbatches, params_init)
-        pending.append(step_metrics)
+      while not plan.finished():
+        if plan.is_decision_point():  # The batch follows every estimate so far.
+          flush_train_metrics(plan.update)
+        slot = stream.next_update()
+        done, count = slot.update + 1, stream.num_microbatches(slot)
+        microbatches = parallel.prefetch_to_mesh(stream, mesh, count)
+        state, step_metrics = update_for(slot.batch)(state, microbatches, params_init,
+                                                     lr_position(slot))
+        pending.append((step_metrics, slot.batch, count))
+        examples += slot.batch
         if len(pending) > ahead:  # Host memory stays that of a few batches.
-          jax.block_until_ready(pending[-1 - ahead])
-        is_last = done == num_steps
+          jax.block_until_ready(pending[-1 - ahead][0])
+        is_last = plan.finished()
         evaluate_now = every(config.eval_every_steps, done) or is_last
         save_now = every(config.checkpoint_every_steps, done) or is_last
         host_sync = every(config.log_every_steps, done) or evaluate_now or save_now
@@ -421,19 +453,21 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
           final = evaluate_all(done)
         if save_now:
           check_lease(lease)
-          checkpoint.save(manager, done, state, train_iter)
+          checkpoint.save(manager, done, state, stream)
         if preemption.reached(done) and not is_last:
           flush_train_metrics(done)
-          checkpoint.save(manager, done, state, train_iter)
+          checkpoint.save(manager, done, state, stream)
           raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
+    num_steps = plan.update
     if final is None:  # Resumed from the checkpoint of the last update.
       final = evaluate_all(num_steps)
     wall_time = time.time() - start_time
     summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
                "eval_count": final["count"], **scores, "num_train_steps": num_steps,
                "effective_learning_rate": peak_lr, "wall_time_s": wall_time,
-               "examples_per_second":
-                   (num_steps - start_step) * config.batch_size / wall_time}
+               "examples_per_second": examples / wall_time,
+               "examples": sum(b * ((nxt[0] if nxt else num_steps) - u) for (u, b), nxt
+                               in zip(plan.history, plan.history[1:] + [None]))}
     writer.write(num_steps, "summary", summary)
   except BaseException:
     # The error in flight is the one to report, not one of closing the files.

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from lbt import batch_schedule
 from lbt.data import DATASETS, Pipeline, fashion_mnist
 
 
@@ -79,14 +80,21 @@ def test_eval_sees_every_example_exactly_once(data_dir, process_count):
   np.testing.assert_array_equal(np.sort(seen), np.arange(10000))
 
 
-def test_iterator_state_resumes_at_the_same_update(pipeline):
-  it = pipeline.train_iterator(50)
+def test_stream_state_resumes_at_the_same_update(pipeline):
+  def stream():
+    return pipeline.train_stream(batch_schedule.constant_plan(
+        512, len(pipeline.train_batches.pool), 50))
+
+  it = stream()
   for _ in range(7):
+    it.next_update()
     next(it)
   state = it.get_state()
+  assert it.next_update().update == 7
   expected = next(it)
-  again = pipeline.train_iterator(50)
+  again = stream()
   again.set_state(state)
+  assert again.next_update().update == 7
   np.testing.assert_array_equal(next(again)["image"], expected["image"])
 
 
@@ -107,11 +115,15 @@ def test_microbatches_are_strided_and_each_process_reads_a_contiguous_part(data_
       got = np.concatenate([p.train_batches.microbatch_indices(3, k) for p in parts])
       np.testing.assert_array_equal(got, whole[k::4])
   pipe = make_pipeline(data_dir, batch_size=512, microbatch_size=128)
-  it = pipe.train_iterator(10)
-  first = [next(it) for _ in range(5)]
-  assert [len(m["label"]) for m in first] == [128] * 5
-  assert it.get_state() != make_pipeline(data_dir).train_iterator(10).get_state()
-  # Element 4 is microbatch 0 of update 1.
+  it = pipe.train_stream(batch_schedule.constant_plan(512, 60000, 10))
+  first = []
+  for _ in range(2):
+    assert it.num_microbatches(it.next_update()) == 4
+    first += [next(it) for _ in range(4)]
+  assert [len(m["label"]) for m in first] == [128] * 8
+  fresh = pipe.train_stream(batch_schedule.constant_plan(512, 60000, 10))
+  assert it.get_state() != fresh.get_state()
+  # The fifth microbatch is microbatch 0 of update 1.
   np.testing.assert_array_equal(
       first[4]["label"], pipe.train_batches.source.read(
           pipe.train_batches.microbatch_indices(1, 0))["label"])

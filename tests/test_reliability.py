@@ -282,7 +282,8 @@ def test_sigterm_on_one_host_of_two_saves_the_same_update_on_both_and_resumes(
 def test_ctrl_c_at_any_moment_of_start_up_exits_130_with_one_line(data_dir, tmp_path,
                                                                   delay):
   """From the first line of main: imports, JAX start-up, restore, compile."""
-  config_file = write_config_file(tmp_path, data_dir, num_steps=25)
+  # Long enough to be running still at the last delay on an idle machine.
+  config_file = write_config_file(tmp_path, data_dir, num_steps=400)
   process = start(config_file, tmp_path / "run")
   time.sleep(delay)
   process.send_signal(signal.SIGINT)

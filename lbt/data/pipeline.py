@@ -5,9 +5,9 @@ processes and devices: the epoch's permutation is a function of (seed, epoch),
 the global batch is a contiguous slice of it, and each process reads only its
 own part of it. The stream yields one microbatch at a time (this process's part
 of it), so that host and device memory are set by the microbatch, never by the
-batch; the data position is the index of the next microbatch, which grain's
-iterator state records and a resumed run restores (checkpoints are taken
-between updates, so it is always the first microbatch of an update).
+batch. The batch of each update and where its examples start come from a
+`batch_schedule.BatchPlan`, whose state is the data position a checkpoint
+records and a resumed run restores (checkpoints are taken between updates).
 
 Each element of the grain dataset is a whole process-local microbatch: reading
 its records in one `__getitems__` call and normalizing them with numpy costs far
@@ -16,7 +16,9 @@ Each epoch drops its last `num_train % batch_size` examples (a different set
 every epoch); at the full batch there is exactly one update per epoch.
 """
 
+import collections
 import functools
+import json
 import logging
 import math
 import os
@@ -27,6 +29,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lbt import batch_schedule
 from lbt import config as config_lib
 from lbt import workdir as workdir_lib
 from lbt.data import augment
@@ -37,6 +40,8 @@ Batch = Dict[str, np.ndarray]
 # Reading and decoding happen in grain's threads while the device computes.
 READ_THREADS = 2
 PREFETCH_MICROBATCHES = 2
+# Updates laid out per grain dataset (fewer when the batch changes sooner).
+SEGMENT_UPDATES = 4096
 # Fixed for every run and seed: the validation split must not move between points.
 VALIDATION_SEED = 20200615
 
@@ -198,45 +203,62 @@ def split_validation(num_examples: int, validation_examples: int):
 class TrainBatches:
   """Maps (update, microbatch) to this process's part of that microbatch.
 
-  The global batch of update i is a contiguous slice of the epoch's
-  permutation of the training pool. Microbatch k of it holds examples
-  k, k + n, k + 2n, ... (n microbatches), so every microbatch is a uniform
-  sample of the batch; each process reads a contiguous part of it, so that a
-  microbatch is the same set in the same order for any number of processes
-  and devices. Element e of the stream is microbatch e % n of update e // n.
-  A batch that does not divide into equal microbatches of a multiple of the
-  device count is padded (`config.microbatch_layout`); the padded places carry
-  a 'mask' of 0, which the step gives no loss and BatchNorm no weight.
+  The global batch of an update is a contiguous slice of the epoch's
+  permutation of the training pool (where it starts: `batch_schedule.Slot`).
+  Microbatch k of it holds examples k, k + n, k + 2n, ... (n microbatches), so
+  every microbatch is a uniform sample of the batch; each process reads a
+  contiguous part of it, so that a microbatch is the same set in the same order
+  for any number of processes and devices. A batch that does not divide into
+  equal microbatches of a multiple of the device count is padded
+  (`config.microbatch_layout`); the padded places carry a 'mask' of 0, which
+  the step gives no loss and BatchNorm no weight.
+
+  Called with an element e of a constant batch's stream, it returns microbatch
+  e % n of update e // n.
   """
 
   def __init__(self, source, pool: np.ndarray, spec: DatasetSpec, seed: int,
                batch_size: int, microbatch_size: int, process_index: int,
-               process_count: int, image_size: int = 0, num_devices: int = 1):
+               process_count: int, image_size: int = 0, num_devices: int = 1,
+               split: bool = False):
     self.source, self.pool, self.spec, self.seed = source, pool, spec, seed
+    self.split = split
     self.image_size = image_size or spec.image_shape[0]
-    self.batch_size = batch_size
-    self.num_microbatches, self.padded_microbatch = config_lib.microbatch_layout(
-        batch_size, microbatch_size, num_devices)
-    # Padding exists iff the microbatches hold more places than the batch.
-    self.padded = self.num_microbatches * self.padded_microbatch > batch_size
+    self.batch_size, self.microbatch_size = batch_size, microbatch_size
+    self.num_devices, self.process_count = num_devices, process_count
+    self.process_index = process_index
+    self.num_microbatches, self.padded_microbatch, self.padded = self.layout(batch_size)
     self.steps_per_epoch = len(pool) // batch_size
-    self.local_microbatch = self.padded_microbatch // process_count
-    self.offset = process_index * self.local_microbatch
+
+  def layout(self, batch: int):
+    """(microbatches, padded microbatch, whether padded) of a batch."""
+    n, size = config_lib.microbatch_layout(batch, self.microbatch_size, self.num_devices,
+                                           self.split)
+    return n, size, n * size > batch
 
   @functools.lru_cache(maxsize=2)
   def permutation(self, epoch: int) -> np.ndarray:
     order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pool))
     return self.pool[order]
 
-  def microbatch_indices(self, update: int, microbatch: int) -> np.ndarray:
-    """This process's examples of one microbatch; -1 marks a padded place."""
+  def slot(self, update: int) -> batch_schedule.Slot:
+    """Where update `update` of the constant batch starts."""
     epoch, position = divmod(update, self.steps_per_epoch)
-    start = position * self.batch_size + microbatch
-    stop = (position + 1) * self.batch_size
-    members = self.permutation(epoch)[start:stop:self.num_microbatches]
-    places = np.full(self.padded_microbatch, -1, members.dtype)
+    return batch_schedule.Slot(update, self.batch_size, epoch,
+                               position * self.batch_size, 0.0)
+
+  def places(self, slot: batch_schedule.Slot, microbatch: int) -> np.ndarray:
+    """This process's examples of one microbatch; -1 marks a padded place."""
+    n, size, _ = self.layout(slot.batch)
+    start, stop = slot.offset + microbatch, slot.offset + slot.batch
+    members = self.permutation(slot.epoch)[start:stop:n]
+    places = np.full(size, -1, members.dtype)
     places[:len(members)] = members
-    return places[self.offset:self.offset + self.local_microbatch]
+    local = size // self.process_count
+    return places[self.process_index * local:(self.process_index + 1) * local]
+
+  def microbatch_indices(self, update: int, microbatch: int) -> np.ndarray:
+    return self.places(self.slot(update), microbatch)
 
   def indices(self, update: int) -> np.ndarray:
     """This process's examples of an update, microbatch after microbatch."""
@@ -244,20 +266,77 @@ class TrainBatches:
                             for k in range(self.num_microbatches)])
     return parts[parts >= 0]
 
-  def __call__(self, element: int) -> Batch:
-    update, microbatch = divmod(int(element), self.num_microbatches)
-    places = self.microbatch_indices(update, microbatch)
+  def read(self, slot: batch_schedule.Slot, microbatch: int) -> Batch:
+    """This process's part of one microbatch, decoded and augmented."""
+    places = self.places(slot, microbatch)
     real = places >= 0
     indices = np.where(real, places, self.pool[0])  # padding: any real example
     batch = self.source.read(indices)
     images = batch["image"]
     if self.spec.train_transform is not None:
       images = augment.train_batch(images, indices, self.spec.train_transform,
-                                   self.image_size, seed=self.seed, update=update)
+                                   self.image_size, seed=self.seed, update=slot.update)
     out = {"image": normalize(images, self.spec), "label": batch["label"]}
-    if self.padded:
+    if self.layout(slot.batch)[2]:
       out["mask"] = real.astype(np.float32)
     return out
+
+  def __call__(self, element: int) -> Batch:
+    update, microbatch = divmod(int(element), self.num_microbatches)
+    return self.read(self.slot(update), microbatch)
+
+
+class TrainStream:
+  """This process's training microbatches, update after update, as a batch plan
+  lays them out.
+
+  `next_update()` takes the next update's slot from the plan; iterating then
+  yields that update's microbatches. They are read by grain's threads one
+  segment ahead, a segment being the updates the plan has decided so far
+  that keep the same batch (the whole run for a constant batch). The state
+  is the plan's (JSON bytes, what `grain.checkpoint` saves for an iterator
+  that is not grain's own); a checkpoint is always between updates.
+  """
+
+  def __init__(self, batches: TrainBatches, plan: batch_schedule.BatchPlan):
+    self.batches, self.plan = batches, plan
+    self._segment, self._iterator = collections.deque(), None
+
+  def next_update(self) -> batch_schedule.Slot:
+    """The next update's slot (its batch, epoch and offset); takes it."""
+    if not self._segment:
+      slots = self.plan.upcoming(limit=SEGMENT_UPDATES)
+      self._segment.extend(slots)
+      n = self.batches.layout(slots[0].batch)[0]
+      dataset = grain.MapDataset.range(len(slots) * n).map(
+          lambda e: self.batches.read(slots[e // n], e % n))
+      options = grain.ReadOptions(num_threads=READ_THREADS,
+                                  prefetch_buffer_size=PREFETCH_MICROBATCHES)
+      self._iterator = iter(dataset.to_iter_dataset(options))
+    slot = self.plan.take()
+    if slot != self._segment.popleft():
+      raise RuntimeError(f"the batch plan moved under its data stream at update {slot.update}")
+    return slot
+
+  def num_microbatches(self, slot: batch_schedule.Slot) -> int:
+    return self.batches.layout(slot.batch)[0]
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    return next(self._iterator)
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.plan.state(), sort_keys=True).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.plan.set_state(json.loads(state))
+    self._segment, self._iterator = collections.deque(), None
+
+  def start_prefetch(self) -> None:
+    """Part of the interface grain's checkpoint handler expects; reading
+    starts with the first update."""
 
 
 class Pipeline:
@@ -266,7 +345,8 @@ class Pipeline:
   def __init__(self, spec: DatasetSpec, *, data_dir: str, cache: bool, seed: int,
                batch_size: int, eval_batch_size: int, microbatch_size: int = 0,
                validation_examples: int = 0, process_index: int = 0,
-               process_count: int = 1, image_size: int = 0, num_devices: int = 1):
+               process_count: int = 1, image_size: int = 0, num_devices: int = 1,
+               noise_scale_split: bool = False):
     self.spec = spec
     self.image_size = image_size or spec.image_shape[0]
     self.eval_batch_size = eval_batch_size
@@ -276,18 +356,13 @@ class Pipeline:
     pool, self.validation_indices = split_validation(len(train), validation_examples)
     self.train_batches = TrainBatches(
         train, pool, spec, seed, batch_size, microbatch_size or batch_size,
-        process_index, process_count, image_size, num_devices)
+        process_index, process_count, image_size, num_devices, noise_scale_split)
     self.steps_per_epoch = self.train_batches.steps_per_epoch
     self.num_microbatches = self.train_batches.num_microbatches
 
-  def train_iterator(self, num_steps: int) -> grain.DatasetIterator:
-    """Microbatches of updates 0..num_steps-1, in order; its state is the index
-    of the next microbatch, a multiple of num_microbatches between updates."""
-    dataset = grain.MapDataset.range(num_steps * self.num_microbatches).map(
-        self.train_batches)
-    options = grain.ReadOptions(num_threads=READ_THREADS,
-                                prefetch_buffer_size=PREFETCH_MICROBATCHES)
-    return iter(dataset.to_iter_dataset(options))
+  def train_stream(self, plan: batch_schedule.BatchPlan) -> TrainStream:
+    """The training microbatches as `plan` lays them out, from its position."""
+    return TrainStream(self.train_batches, plan)
 
   @property
   def num_eval_examples(self) -> int:
@@ -345,4 +420,5 @@ def create_pipeline(config, process_index: int = 0, process_count: int = 1,
                   validation_examples=config_lib.dataset_field(config, "validation_examples"),
                   image_size=config_lib.dataset_field(config, "image_size"),
                   eval_batch_size=config.eval_batch_size, num_devices=num_devices,
-                  process_index=process_index, process_count=process_count)
+                  process_index=process_index, process_count=process_count,
+                  noise_scale_split=config_lib.noise_scale_split(config))

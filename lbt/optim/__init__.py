@@ -8,9 +8,11 @@ from lbt.optim.factory import OPTIMIZERS
 from lbt.optim.factory import check
 from lbt.optim.factory import create
 from lbt.optim.factory import create_by_name
+from lbt.optim.factory import create_with_learning_rate_input
 from lbt.optim.factory import default_hyperparameters
 from lbt.optim.factory import effective_learning_rate
 from lbt.optim.factory import needs
+from lbt.optim.factory import set_learning_rate
 from lbt.optim.masks import decay_and_trust_mask
 from lbt.optim.schedules import create_schedule
 from lbt.optim.schedules import warmup_note
@@ -37,10 +39,11 @@ from lbt.optim.sgd import sgd
 
 __all__ = [
     "OPTIMIZERS", "TrustRatioState", "adagrad", "adam", "adamw", "check",
-    "create", "create_by_name", "create_schedule", "decay_and_trust_mask",
+    "create", "create_by_name", "create_schedule", "create_with_learning_rate_input",
+    "decay_and_trust_mask",
     "default_hyperparameters",
     "effective_learning_rate", "lamb", "lars", "momentum", "needs", "nesterov",
-    "rmsprop", "sgd", "trust_ratio_stats", "warmup_note",
+    "rmsprop", "set_learning_rate", "sgd", "trust_ratio_stats", "warmup_note",
     "clars", "lans", "vr_adam", "vr_lamb", "vr_lars", "vr_momentum", "vr_sgd",
     "vrgd",
 ]

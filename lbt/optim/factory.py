@@ -155,6 +155,22 @@ def create(optimizer_config: Mapping, schedule: optax.ScalarOrSchedule
                         **_hyperparameters(optimizer_config))
 
 
+def create_with_learning_rate_input(optimizer_config: Mapping
+                                    ) -> optax.GradientTransformation:
+  """The configured optimizer with its learning rate held in its state
+  (`optax.inject_hyperparams`), for a step that sets it each update with
+  `set_learning_rate`: a run whose batch changes takes its LR from the
+  schedule at the epochs trained, which the update count does not give."""
+  return optax.inject_hyperparams(
+      lambda learning_rate: create(optimizer_config, learning_rate))(learning_rate=0.0)
+
+
+def set_learning_rate(opt_state, learning_rate):
+  """`opt_state` of `create_with_learning_rate_input` with the next update's LR."""
+  return opt_state._replace(hyperparams={**opt_state.hyperparams,
+                                         "learning_rate": learning_rate})
+
+
 def needs(optimizer_config: Mapping) -> tuple:
   """What the optimizer needs from the step besides the averaged gradient
   (a factory's `needs` attribute: 'microbatch_grad_sq', 'per_example_grad_norm')."""
