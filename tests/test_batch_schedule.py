@@ -255,3 +255,24 @@ def test_sigkill_after_a_batch_change_resumes_bit_identically(data_dir, tmp_path
   assert batches(workdir) == batches(tmp_path / "reference")
   history = batches(workdir)
   assert len(set(history[:resumed_at])) > 1  # it resumed after a batch change
+
+
+def test_noise_scale_split_measures_b_simple_from_two_halves(make_config, tmp_path):
+  config = make_config("momentum,batch=128,model=mlp", num_train_steps=6, eval_every_steps=0,
+                       checkpoint_every_steps=0, eval_batch_size=5000,
+                       schedule__warmup_epochs=0.01, noise_scale_split=True)
+  config.model.hidden_sizes = (32,)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert metrics.read_jsonl(str(tmp_path), "run")[0]["num_microbatches"] == 2
+  records = metrics.read_jsonl(str(tmp_path), "train")
+  assert len(records) == 6 and all(np.isfinite(r["noise_trace"]) for r in records)
+  # Two halves of 64: tr(Σ) = (|g|²_mean − |G|²) / (1/64 − 1/128).
+  first = records[0]
+  assert "b_simple" in first and first["noise_trace"] > 0
+
+
+def test_noise_scale_split_must_be_a_bool(make_config):
+  config = make_config("momentum,batch=128,model=mlp", noise_scale_split=1)
+  with pytest.raises(ConfigError) as error:
+    config_lib.validate(config, num_devices=8)
+  assert error.value.field == "noise_scale_split"
