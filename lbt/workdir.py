@@ -27,11 +27,15 @@ longer than the timeout exactly between the two would overwrite its
 successor's lease; the successor's next heartbeat then finds it lost and
 stops, so one writer remains.
 
-On gs:// the lease maps onto object preconditions, a true compare-and-swap:
-acquire = upload with `if_generation_match=0` (only if absent); heartbeat =
-rewrite with `if_generation_match=<our last generation>` (a mismatch: lost);
-take over = rewrite with `if_generation_match=<the stale generation>`;
-release = delete with `if_generation_match=<ours>`. No rename step is needed.
+**Remote workdirs** (`gs://BUCKET/DIR`, `is_remote`) are written through
+`etils.epath` (`path`); an object store has no append, no atomic rename and no
+O_EXCL, so `lbt.remote` holds what differs: the lease maps onto object
+preconditions, a true compare-and-swap (acquire = create with
+`if_generation_match=0`; heartbeat and take-over = rewrite with
+`if_generation_match=<the generation read>`; release = delete with ours), the
+log is kept in a local file and copied up, and one object write replaces the
+temporary file and rename of `write_text_atomic` (an object is replaced whole
+or not at all).
 
 **Every write failure is one line.** Read-only directories, full disks and
 missing permissions raise `WriteError(path, reason)`, whose reason keeps the
@@ -53,6 +57,8 @@ import threading
 import time
 import uuid
 from typing import Iterator, Optional
+
+from etils import epath
 
 from lbt.errors import ConfigError
 
@@ -126,16 +132,81 @@ def writing(path: str, what: Optional[str] = None, note: Optional[str] = None):
     raise WriteError(path, reason(e), what, note) from None
 
 
+# ---- local and remote paths ----
+
+def is_remote(p) -> bool:
+  """True for an object-store path such as gs://BUCKET/DIR (any "scheme://")."""
+  return "://" in os.fspath(p)
+
+
+def path(p) -> epath.Path:
+  """`p` as an `etils.epath.Path`: a local path made absolute, a remote one as is."""
+  return epath.Path(p if is_remote(p) else os.path.abspath(p))
+
+
+def exists(p: str) -> bool:
+  return path(p).exists() if is_remote(p) else os.path.exists(p)
+
+
+def read_text(p: str) -> Optional[str]:
+  """The text of file `p`, or None if there is none (local or remote)."""
+  try:
+    return path(p).read_text()
+  except FileNotFoundError:
+    return None
+
+
+def remove(p: str) -> None:
+  """Deletes file `p` if it exists (local or remote)."""
+  path(p).unlink(missing_ok=True)
+
+
+def check_location(p: str, field: str = "--workdir") -> None:
+  """Refuses a workdir lbt cannot write, before anything is created.
+
+  A local path passes (the caller checks it is no file). gs://BUCKET/DIR
+  passes where this Python can reach it: epath's gs:// backend (gcsfs) and
+  google-cloud-storage (orbax deletes old checkpoints with it; the lease takes
+  its preconditions) installed, `pip install 'lbt[gcs]'`, and the bucket
+  answering. Other schemes are refused: orbax writes checkpoint arrays
+  (tensorstore) to local paths and gs:// only.
+  """
+  if not is_remote(p):
+    return
+  allowed = "a local or shared-filesystem directory, or gs://BUCKET/DIR"
+  scheme, _, rest = p.partition("://")
+  if scheme != "gs" or not rest.split("/")[0]:
+    raise ConfigError(field, p, f"{allowed} (orbax checkpoints to no other object store)")
+  try:
+    from google.cloud import storage  # pylint: disable=unused-import,import-outside-toplevel
+    path(p).exists()
+  except ImportError as e:
+    raise ConfigError(field, p, f"{allowed}, with gs:// support installed: pip install "
+                      f"'lbt[gcs]' (gcsfs, google-cloud-storage; {e})") from None
+  except Exception as e:  # pylint: disable=broad-except
+    text = " ".join(str(e).split())[:200]
+    raise ConfigError(field, p, f"{allowed} this machine can reach "
+                      f"({type(e).__name__}: {text})") from None
+
+
 def makedirs(path: str) -> None:
   """`os.makedirs(path, exist_ok=True)`, failing with a WriteError."""
   with writing(path, "the directory"):
-    os.makedirs(path, exist_ok=True)
+    if is_remote(path):
+      epath.Path(path).mkdir(parents=True, exist_ok=True)
+    else:
+      os.makedirs(path, exist_ok=True)
 
 
 def write_text_atomic(path: str, text: str) -> None:
   """Writes `text` to `path` whole or not at all: a temporary file in the same
   directory, fsynced, then renamed over `path`. A failure (disk full, read-only)
-  leaves the previous file untouched and raises WriteError."""
+  leaves the previous file untouched and raises WriteError. On a remote path,
+  one object write (an object is replaced whole or not at all)."""
+  if is_remote(path):
+    with writing(path):
+      epath.Path(path).write_text(text)
+    return
   tmp = f"{path}.{os.getpid()}.tmp"
   try:
     with writing(path):
@@ -250,6 +321,13 @@ class Lease:
     return json.dumps({**_identity(), "purpose": self.purpose, "since": self.since,
                        "heartbeat": time.time(), "token": self.token}).encode()
 
+  # What `acquire`, `beat` and `release` do to the lease file; lbt.remote's
+  # RemoteLease does the same to an object.
+
+  def _read(self):
+    """(fields, identity) of the lease, or None if there is none."""
+    return _read_lease(self.path)
+
   def _create(self) -> bool:
     """O_EXCL creation with our content; False if a lease exists."""
     try:
@@ -285,7 +363,7 @@ class Lease:
       for attempt in range(20):  # Each pass ends in a decision unless another process races us.
         if self._create():
           break
-        held = _read_lease(self.path)
+        held = self._read()
         if held is None:
           continue
         fields, identity = held
@@ -300,7 +378,7 @@ class Lease:
           print(f"lbt: took over the lock of {self.directory} from {self.took_over}",
                 flush=True)
       else:  # Lost every race: someone else holds it now.
-        held = _read_lease(self.path)
+        held = self._read()
         raise busy(self.directory, held[0] if held else {"heartbeat": time.time()},
                    self.field, self.timeout_s)
     self._thread = threading.Thread(target=self._beat_forever, daemon=True,
@@ -317,12 +395,17 @@ class Lease:
 
   def beat(self) -> bool:
     """Refreshes the heartbeat; False (and `lost` set) if another holds the lease."""
-    held = _read_lease(self.path)
+    held = self._read()
     if held is None:  # Moved aside by a taker that gives it back, or deleted.
       return self._create() or self.beat()
     if held[0].get("token") != self.token:
       self.lost = held[0]
       return False
+    return self._rewrite(held[1])
+
+  def _rewrite(self, identity) -> bool:
+    """Replaces our lease (read as `identity`) with a fresh heartbeat."""
+    del identity
     tmp = f"{self.path}.{self.token}.tmp"
     with open(tmp, "wb") as f:
       f.write(self._content())
@@ -342,10 +425,14 @@ class Lease:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-    held = _read_lease(self.path)
+    held = self._read()
     if held is not None and held[0].get("token") == self.token:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(self.path)
+      self._remove(held[1])
+
+  def _remove(self, identity) -> None:
+    del identity
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)
 
 
 def busy(directory: str, fields: dict, field: str, timeout_s: float) -> WorkdirBusy:
@@ -379,12 +466,17 @@ def lock(path: str, purpose: str = "train", *, timeout_s: float = 60.0,
     WorkdirBusy: another live process holds it.
     WriteError: the workdir or its lease cannot be written.
   """
-  directory = os.path.abspath(path)
-  key = os.path.realpath(os.path.join(directory, LOCK_FILE))
+  if is_remote(path):
+    from lbt import remote  # pylint: disable=import-outside-toplevel
+    directory, kind = path.rstrip("/"), remote.RemoteLease
+    key = f"{directory}/{LOCK_FILE}"
+  else:
+    directory, kind = os.path.abspath(path), Lease
+    key = os.path.realpath(os.path.join(directory, LOCK_FILE))
   with _HELD_LOCK:
     lease = _HELD.get(key)
     if lease is None:
-      lease = Lease(directory, purpose, timeout_s, heartbeat_s, field)
+      lease = kind(directory, purpose, timeout_s, heartbeat_s, field)
       lease.acquire()
       _HELD[key] = lease
     lease.depth += 1
@@ -424,12 +516,20 @@ def capture_logs(workdir: str, level: int = logging.INFO,
   callbacks (tensorstore's "Event loop is closed" after a failed save) go to
   the log too. lbt's own console lines are prints and stay on the console.
   Processes other than 0 of a multi-process run pass their own `name`
-  (e.g. "lbt.process_3.log").
+  (e.g. "lbt.process_3.log"). In a remote workdir (no append) the log is
+  written to a local file and copied into the workdir now and then and at
+  the end (`lbt.remote.CopiedLog`).
   """
-  path = os.path.join(os.path.abspath(workdir), name)
-  makedirs(os.path.dirname(path))
-  with writing(path, "the log file"):
-    handler = _LogFile(path)
+  if is_remote(workdir):
+    from lbt import remote  # pylint: disable=import-outside-toplevel
+    path = f"{workdir.rstrip('/')}/{name}"
+    with writing(path, "the log file"):
+      handler = remote.CopiedLog(path)
+  else:
+    path = os.path.join(os.path.abspath(workdir), name)
+    makedirs(os.path.dirname(path))
+    with writing(path, "the log file"):
+      handler = _LogFile(path)
   handler.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
   handler.setLevel(level)
