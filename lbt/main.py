@@ -14,6 +14,7 @@ from absl import flags, logging
 import ml_collections
 
 from lbt import cli
+from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
 FLAGS = flags.FlagValues()
@@ -49,13 +50,16 @@ def parse(argv: List[str]) -> ml_collections.ConfigDict:
   cli.apply_overrides(config, overrides)
   if not FLAGS.workdir:
     raise ConfigError("--workdir", FLAGS.workdir, "a directory for the run")
-  existing = os.path.abspath(FLAGS.workdir)
-  while not os.path.exists(existing):  # Its first existing ancestor.
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ConfigError("--workdir", FLAGS.workdir, "a directory, not a file" if
-                      existing == os.path.abspath(FLAGS.workdir) else
-                      f"a directory, not a path below the file {existing}")
+  if workdir_lib.is_remote(FLAGS.workdir):  # gs://BUCKET/DIR: no file can be in its way.
+    workdir_lib.check_location(FLAGS.workdir, "--workdir")
+  else:
+    existing = os.path.abspath(FLAGS.workdir)
+    while not os.path.exists(existing):  # Its first existing ancestor.
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise ConfigError("--workdir", FLAGS.workdir, "a directory, not a file" if
+                        existing == os.path.abspath(FLAGS.workdir) else
+                        f"a directory, not a path below the file {existing}")
   if FLAGS.coordinator_address and None in (FLAGS.num_processes, FLAGS.process_id):
     raise ConfigError("--coordinator_address", FLAGS.coordinator_address,
                       "given together with --num_processes and --process_id")

@@ -9,6 +9,11 @@ read-only workdir) surfaces at once as one `lbt.workdir.WriteError` naming the
 file; what was written before stays. That is why TensorBoard events are framed here
 from tensorboardX's protos rather than written by its `SummaryWriter`, whose
 writer thread dies on such an error while the trainer blocks on its full queue.
+
+In a remote workdir (gs://), where objects cannot be appended to, both files
+are `lbt.remote.WholeObject`s: kept whole in memory and rewritten at most every
+TB_FLUSH_SECONDS and on flush and close; the TensorBoard events go on in a new
+file past REMOTE_EVENTS_BYTES, so that a rewrite stays small.
 """
 
 import json
@@ -25,11 +30,12 @@ from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 import tqdm
 
-from lbt import workdir as workdir_lib
+from lbt import remote, workdir as workdir_lib
 
 JSONL = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 TB_FLUSH_SECONDS = 10.0
+REMOTE_EVENTS_BYTES = 8 << 20
 
 
 def _plain(value):
@@ -47,10 +53,19 @@ class _EventFile:
   written from the calling thread through a file object this class owns."""
 
   def __init__(self, directory: str):
-    os.makedirs(directory, exist_ok=True)
-    self.path = os.path.join(directory, f"events.out.tfevents.{int(time.time())}."
-                                        f"{socket.gethostname()}")
-    self._file = open(self.path, "ab")
+    self._directory, self._part = directory, 0
+    self._remote = workdir_lib.is_remote(directory)
+    workdir_lib.path(directory).mkdir(parents=True, exist_ok=True)
+    self._open()
+
+  def _open(self) -> None:
+    self.path = os.path.join(self._directory, f"events.out.tfevents.{int(time.time())}."
+                                              f"{socket.gethostname()}"
+                                              f"{f'.{self._part}' if self._part else ''}")
+    if self._remote:
+      self._file = remote.WholeObject(self.path, interval=TB_FLUSH_SECONDS)
+    else:
+      self._file = open(self.path, "ab")
     self._flushed = time.time()
     self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
@@ -65,6 +80,10 @@ class _EventFile:
         summary_pb2.Summary.Value(tag=tag, simple_value=value)
         for tag, value in scalars.items()])
     self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    if self._remote and self._file.size > REMOTE_EVENTS_BYTES:
+      self._file.close()
+      self._part += 1
+      self._open()
     if time.time() - self._flushed > TB_FLUSH_SECONDS:
       self.flush()
 
@@ -91,11 +110,20 @@ class MetricsWriter:
     if enabled:
       workdir_lib.makedirs(workdir)
       self.path = os.path.join(workdir, JSONL)
-      if os.path.exists(self.path):
-        kept = [r for r in read_jsonl(workdir) if r["step"] <= resume_step]
-        workdir_lib.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+      kept = None
+      if workdir_lib.exists(self.path):
+        kept = "".join(json.dumps(r) + "\n" for r in read_jsonl(workdir)
+                       if r["step"] <= resume_step)
       with workdir_lib.writing(self.path):
-        self._file = open(self.path, "a", buffering=1)
+        if workdir_lib.is_remote(workdir):
+          self._file = remote.WholeObject(self.path, interval=TB_FLUSH_SECONDS)
+          if kept is not None:  # Rewritten at once, even when nothing is kept.
+            self._file.write(kept)
+            self._file.flush()
+        else:
+          if kept is not None:
+            workdir_lib.write_text_atomic(self.path, kept)
+          self._file = open(self.path, "a", buffering=1)
       tb_dir = os.path.join(workdir, TENSORBOARD)
       with workdir_lib.writing(tb_dir, "the TensorBoard events"):
         self._tb = _EventFile(tb_dir)
@@ -137,16 +165,13 @@ class MetricsWriter:
 
 def read_jsonl(workdir: str, kind: Optional[str] = None) -> list:
   """The records of a workdir's metrics.jsonl (of one kind if given)."""
-  path = os.path.join(workdir, JSONL)
-  if not os.path.exists(path):
-    return []
+  text = workdir_lib.read_text(os.path.join(workdir, JSONL))
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:  # The last line of a killed run, half written.
-        continue
+  for line in (text or "").splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # The last line of a killed run, half written.
+      continue
   return [r for r in records if kind is None or r["kind"] == kind]
 
 

@@ -18,6 +18,7 @@ References:
   Hoffer, Hubara & Soudry 2017, https://arxiv.org/abs/1705.08741
 """
 
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from lbt import diagnostics, study
+from lbt import workdir as workdir_lib
 
 REPORT_DIR = "report"
 HOFFER_VARIANTS = ("sqrt", "sqrt-gbn", "regime")
@@ -117,7 +119,9 @@ def _legend(ax, **kwargs) -> None:
 
 def _save(fig, report_dir: str, name: str) -> str:
   fig.tight_layout()
-  fig.savefig(os.path.join(report_dir, name), dpi=90)
+  png = io.BytesIO()  # Written through epath: report_dir may be gs://.
+  fig.savefig(png, format="png", dpi=90)
+  workdir_lib.path(os.path.join(report_dir, name)).write_bytes(png.getvalue())
   _pyplot().close(fig)
   return f"![{name}]({name})"
 
@@ -393,13 +397,13 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
 def write(workdir: str, rows: Sequence[dict]) -> str:
   """Writes report.md and its PNGs from the database rows; returns its path."""
   report_dir = os.path.join(workdir, REPORT_DIR)
-  os.makedirs(report_dir, exist_ok=True)
+  workdir_lib.makedirs(report_dir)
   chosen = choose_learning_rates(rows)
   counts = {s: sum(r["status"] == s for r in rows) for s in
             ("finished", "diverged", "failed", "running")}
   wall = sum(r["wall_time_s"] or 0 for r in rows)
   models = sorted({json.loads(r["config_json"])["model"]["name"] for r in rows})
-  header = (f"# Batch-size study: `{os.path.abspath(workdir)}`\n\n{len(rows)} points ("
+  header = (f"# Batch-size study: `{workdir_lib.path(workdir)}`\n\n{len(rows)} points ("
             + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
             f"), model {', '.join(models) or '—'}, {wall / 60:.1f} min of training in total. "
             "Every number below is read from the point workdirs (results.sqlite is "
@@ -410,9 +414,7 @@ def write(workdir: str, rows: Sequence[dict]) -> str:
               section_ladder(chosen, report_dir), section_hoffer(chosen, report_dir),
               section_diffusion(workdir, chosen, report_dir)]
   path = os.path.join(report_dir, "report.md")
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(sections))
-  os.replace(path + ".tmp", path)
+  workdir_lib.write_text_atomic(path, "\n".join(sections))
   return path
 
 
@@ -435,7 +437,8 @@ def main(argv: Sequence[str]) -> int:
   def command():
     if len(argv) != 2 or argv[1].startswith("-"):
       raise ConfigError("arguments", argv[1:], "one study directory: python -m lbt.report DIR")
-    if not os.path.isdir(argv[1]):
+    workdir_lib.check_location(argv[1], "DIR")
+    if not workdir_lib.path(argv[1]).is_dir():
       raise ConfigError("DIR", argv[1], "an existing study directory")
     print(f"lbt.report: {build_report(argv[1])}\n\n{main_table(argv[1])}")
 

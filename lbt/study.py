@@ -14,6 +14,12 @@ skipped, an interrupted point resumes from its checkpoint, and
 at a time) can be rebuilt from the workdirs at any time (`rebuild_database`,
 swapped in atomically): shards on several hosts never conflict.
 
+DIR may be gs://BUCKET/DIR: every file goes through lbt.workdir's epath
+helpers, and SQLite, which cannot open an object, edits a local copy of
+results.sqlite that replaces the object after each row, unless another shard
+replaced it first (then the row is applied again to theirs:
+`lbt.remote.update_object`).
+
 Why shards are `points[i::n]` of the selected points: a deterministic split
 that every host computes alone from the same command, and that interleaves
 cheap small-batch and expensive large-batch points.
@@ -32,7 +38,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 
-from lbt import cli, diagnostics
+from lbt import cli, diagnostics, remote
 from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
@@ -68,12 +74,8 @@ def select_points(names: Sequence[str], only: Sequence[str] = (),
 
 
 def read_outcome(point_dir: str) -> dict:
-  path = os.path.join(point_dir, OUTCOME_FILE)
-  if not os.path.exists(path):
-    return {}
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(workdir_lib.read_text(os.path.join(point_dir, OUTCOME_FILE)) or "{}")
   except (OSError, ValueError):
     return {}
 
@@ -86,7 +88,7 @@ def _write_json(path: str, value) -> None:
 def point_status(point_dir: str) -> str:
   """finished / diverged / failed / running (started, not ended) / pending."""
   from lbt import metrics
-  if not os.path.exists(os.path.join(point_dir, "config.json")):
+  if not workdir_lib.exists(os.path.join(point_dir, "config.json")):
     return PENDING
   kinds = {r["kind"] for r in metrics.read_jsonl(point_dir)}
   if "summary" in kinds:
@@ -205,15 +207,13 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
   from lbt import data, report
   names = list(points)
   selected = select_points(names, only, shard)
+  workdir_lib.check_location(workdir, "--workdir")
   validate_points(points, workdir)
   is_main = jax.process_index() == 0
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.makedirs(workdir)
     study_path = os.path.join(workdir, STUDY_FILE)
-    previous = {}
-    if os.path.exists(study_path):
-      with open(study_path) as f:
-        previous = json.load(f)
+    previous = json.loads(workdir_lib.read_text(study_path) or "{}")
     if target_accuracy is None:
       target_accuracy = previous.get("target_accuracy")
     _write_json(study_path, {"points": names, "target_accuracy": target_accuracy})
@@ -235,8 +235,7 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
     if is_main:
       print(f"lbt.study: [{position}/{len(selected)}] {name} "
             f"({'resuming' if status == RUNNING else 'starting'}; {eta.text()})", flush=True)
-      if os.path.exists(os.path.join(point_dir, OUTCOME_FILE)):
-        os.remove(os.path.join(point_dir, OUTCOME_FILE))  # A failed point's retry.
+      workdir_lib.remove(os.path.join(point_dir, OUTCOME_FILE))  # A failed point's retry.
     start = time.time()
     status, outcome = _run_point(name, points[name], point_dir, is_main)
     eta.record(name, time.time() - start)
@@ -245,7 +244,7 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
       continue
     if is_main:
       if status != FINISHED:
-        if not os.path.exists(os.path.join(point_dir, "config.json")):
+        if not workdir_lib.exists(os.path.join(point_dir, "config.json")):
           from lbt import train  # A point that failed before its first write
           train.write_config(points[name], point_dir)  # still gets its row.
         _write_json(os.path.join(point_dir, OUTCOME_FILE),
@@ -282,18 +281,15 @@ _POINT = re.compile(r"^[^-]+-b\d+(?:-(?P<variant>.+))?$")
 
 
 def _study_file(workdir: str) -> dict:
-  path = os.path.join(workdir, "study.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(workdir_lib.read_text(os.path.join(workdir, STUDY_FILE)) or "{}")
 
 
 def point_names(workdir: str) -> List[str]:
   """Points with a workdir, in the study's order (then by name)."""
   order = _study_file(workdir).get("points", [])
-  found = [n for n in sorted(os.listdir(workdir)) if os.path.exists(
-      os.path.join(workdir, n, "config.json"))] if os.path.isdir(workdir) else []
+  directory = workdir_lib.path(workdir)
+  found = [n for n in sorted(p.name for p in directory.iterdir()) if workdir_lib.exists(
+      os.path.join(workdir, n, "config.json"))] if directory.is_dir() else []
   rank = {n: i for i, n in enumerate(order)}
   return sorted(found, key=lambda n: (rank.get(n, len(order)), n))
 
@@ -316,8 +312,7 @@ def point_row(workdir: str, name: str) -> Dict[str, object]:
   """One point's row, read from its workdir alone (plus the study's target)."""
   from lbt import metrics
   point_dir = os.path.join(workdir, name)
-  with open(os.path.join(point_dir, "config.json")) as f:
-    config = json.load(f)
+  config = json.loads(workdir_lib.read_text(os.path.join(point_dir, "config.json")))
   records = metrics.read_jsonl(point_dir)
   last = lambda kind: next((r for r in reversed(records) if r["kind"] == kind), {})
   run, summary, diverged = last("run"), last("summary"), last("diverged")
@@ -370,9 +365,13 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def write_row(path: str, row: Dict[str, object]) -> None:
-  """Inserts or replaces one row in one transaction."""
+  """Inserts or replaces one row in one transaction (on a remote `path`, in a
+  local copy that then replaces the object)."""
   with workdir_lib.writing(path, "the study database"):
-    _insert(path, row)
+    if workdir_lib.is_remote(path):
+      remote.update_object(path, lambda local: _insert(local, row))
+    else:
+      _insert(path, row)
 
 
 def _insert(path: str, row: Dict[str, object]) -> None:
@@ -390,6 +389,14 @@ def rebuild_database(workdir: str) -> List[Dict[str, object]]:
   """Rebuilds results.sqlite from the point workdirs (atomically); returns its rows."""
   rows = [point_row(workdir, name) for name in point_names(workdir)]
   path = os.path.join(workdir, DATABASE)
+  if workdir_lib.is_remote(path):  # Built locally, then one object write.
+    with remote.local_copy(None, DATABASE) as local:
+      for row in rows:
+        write_row(local, row)
+      _connect(local).close()
+      with workdir_lib.writing(path, "the study database"), open(local, "rb") as f:
+        workdir_lib.path(path).write_bytes(f.read())
+    return rows
   tmp = path + f".{os.getpid()}.tmp"
   if os.path.exists(tmp):
     os.remove(tmp)
@@ -402,6 +409,9 @@ def rebuild_database(workdir: str) -> List[Dict[str, object]]:
 
 def read_database(path: str) -> List[Dict[str, object]]:
   """The rows of a results.sqlite, in study order."""
+  if workdir_lib.is_remote(path):  # SQLite opens a local copy.
+    with remote.local_copy(workdir_lib.path(path).read_bytes(), DATABASE) as local:
+      return read_database(local)
   connection = sqlite3.connect(path)
   try:
     connection.row_factory = sqlite3.Row
@@ -439,7 +449,8 @@ def main(argv: Sequence[str]) -> int:
                         "configs/studies/fashion_mnist.py or ...fashion_mnist.py:quick")
     if not values.workdir:
       raise ConfigError("--workdir", None, "a directory for the study")
-    if os.path.exists(values.workdir) and not os.path.isdir(values.workdir):
+    if (not workdir_lib.is_remote(values.workdir) and os.path.exists(values.workdir)
+        and not os.path.isdir(values.workdir)):
       raise ConfigError("--workdir", values.workdir, "a directory, not a file")
     shard = parse_shard(values.shard)
     points = cli.load_python_file(values.study, flag="--study", function="get_study")

@@ -94,20 +94,18 @@ class PreemptionNotice:
 
 
 def check_workdir_location(workdir: str) -> None:
-  """Refuses what lbt cannot write yet, before anything is created."""
-  if "://" in workdir:  # os.path would silently make a local "gs:" directory.
-    raise ConfigError("--workdir", workdir, "a local or shared-filesystem directory "
-                      "(object-store workdirs such as gs:// are not supported yet)")
+  """Refuses a workdir lbt cannot write, before anything is created: a local or
+  shared-filesystem directory, or gs://BUCKET/DIR (lbt.workdir.check_location)."""
+  workdir_lib.check_location(workdir, "--workdir")
 
 
 def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> None:
   """Refuses to resume a workdir written by another config, unless allowed."""
-  path = os.path.join(workdir, CONFIG_JSON)
-  if not os.path.exists(path):
-    return
   try:
-    with open(path) as f:
-      old = json.load(f)
+    text = workdir_lib.read_text(os.path.join(workdir, CONFIG_JSON))
+    if text is None:
+      return
+    old = json.loads(text)
   except (OSError, ValueError) as e:
     raise ConfigError("--workdir", workdir, f"a workdir whose {CONFIG_JSON} "
                       f"reads as JSON ({e}); fix or remove that file") from None
