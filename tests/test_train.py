@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -122,6 +123,12 @@ def test_a_workdir_from_before_a_new_field_still_resumes(make_config, tmp_path):
       train.check_workdir_config(config, str(tmp_path), ())
 
 
-def test_object_store_workdirs_are_refused_not_made_local(make_config, tmp_path):
-  with pytest.raises(train.ConfigError, match="gs://"):
+def test_object_store_workdirs_lbt_cannot_write_are_refused_not_made_local(monkeypatch):
+  # gs:// itself is written through epath: tests/test_remote_workdir.py.
+  with pytest.raises(train.ConfigError, match="--workdir='s3://bucket/run'.*gs://BUCKET/DIR"):
+    train.check_workdir_location("s3://bucket/run")
+  monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # gs:// packages missing
+  if "google.cloud" in sys.modules:
+    monkeypatch.delattr(sys.modules["google.cloud"], "storage", raising=False)
+  with pytest.raises(train.ConfigError, match=r"pip install 'lbt\[gcs\]'"):
     train.check_workdir_location("gs://bucket/run")

@@ -1,0 +1,254 @@
+"""gs:// workdirs, on a fake GCS (tests/fake_gcs.py) that refuses local-only calls.
+
+A run writes config.json, metrics.jsonl, TensorBoard events, its log and
+checkpoints into the bucket and resumes from them; the lease refuses a second
+holder and takes over a stale one; a study writes results.sqlite and its report
+into the bucket.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+
+import pytest
+
+import fake_gcs
+from lbt import checkpoint, metrics, remote, study, train
+from lbt import workdir as workdir_lib
+from lbt.errors import ConfigError
+
+
+@pytest.fixture
+def gcs(tmp_path, monkeypatch):
+  """The fake bucket tree; also checks no local-only call touched a gs:// path."""
+  fake = fake_gcs.FakeGcs(str(tmp_path / "gcs"))
+  os.makedirs(fake.local("gs://bucket"))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)  # Where a C library would make a local "gs:" directory.
+  fake_gcs.install(fake, monkeypatch)
+  yield fake
+  assert not fake.violations, fake.violations
+  assert not [n for n in os.listdir(cwd) if n.startswith("gs")], os.listdir(cwd)
+
+
+def small(make_config, **overrides):
+  """The MLP, 8 updates of 128 examples, checkpoints every 4 (as tests/test_train.py)."""
+  args = dict(batch_size=128, num_train_steps=8, schedule__warmup_epochs=0.01,
+              checkpoint_every_steps=4, log_every_steps=2, eval_every_steps=8,
+              eval_batch_size=5000)
+  args.update(overrides)
+  return make_config("momentum,model=mlp", **args)
+
+
+def test_guard_refuses_local_calls_on_gs_paths(gcs):
+  with pytest.raises(fake_gcs.LocalCall):
+    open("gs://bucket/x", "w")
+  with pytest.raises(fake_gcs.LocalCall):
+    os.path.exists("gs://bucket/x")
+  with pytest.raises(fake_gcs.LocalCall):
+    os.path.abspath("gs://bucket/x")
+  with pytest.raises(OSError, match="appended"):
+    workdir_lib.path("gs://bucket/x").open("a")
+  gcs.violations.clear()
+
+
+def test_the_guard_sees_lbt_code(gcs):
+  lbt_code = compile("import os\nos.path.exists('gs://bucket/x')",
+                     os.path.join(fake_gcs.REPO, "lbt", "example.py"), "exec")
+  with pytest.raises(fake_gcs.LocalCall, match="lbt/example.py"):
+    exec(lbt_code)  # pylint: disable=exec-used
+  gcs.violations.clear()
+
+
+def test_run_into_gs_workdir_preempted_and_rerun(make_config, gcs, monkeypatch, capsys):
+  workdir = "gs://bucket/runs/mlp"
+  config = small(make_config, checkpoint_keep=2)
+  with monkeypatch.context() as patch:  # SIGTERM arrives during update 6.
+    patch.setattr(train.PreemptionNotice, "reached", lambda self, done: done == 6)
+    with pytest.raises(train.Preempted, match="update 6"):
+      train.train_and_evaluate(config, workdir)
+  local = gcs.local(workdir)
+  assert sorted(os.listdir(os.path.join(local, "checkpoints"))) == ["4", "6"]
+  assert max(r["step"] for r in metrics.read_jsonl(workdir, "train")) == 6
+
+  # The same command again resumes from update 6.
+  summary = train.train_and_evaluate(config, workdir)
+  assert "resumed from the checkpoint of update 6" in capsys.readouterr().out
+  assert summary["num_train_steps"] == 8
+  with open(os.path.join(local, "config.json")) as f:
+    assert json.load(f) == json.loads(config.to_json())
+  records = metrics.read_jsonl(workdir)
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 9))
+  assert [r["step"] for r in records if r["kind"] == "run"] == [0, 6]
+  assert [r["kind"] for r in records].count("summary") == 1
+  events = os.listdir(os.path.join(local, "tensorboard"))
+  assert len(events) == 2 and all(e.startswith("events.out.tfevents.") for e in events)
+  # Orbax deleted update 4 (checkpoint_keep=2) through google.cloud.storage.
+  assert sorted(os.listdir(os.path.join(local, "checkpoints"))) == ["6", "8"]
+  assert os.path.exists(os.path.join(local, "lbt.log"))
+  assert not os.path.exists(os.path.join(local, workdir_lib.LOCK_FILE))  # Released.
+  assert int(checkpoint.load_state(workdir)["step"]) == 8
+
+
+def test_gs_workdirs_are_accepted_and_other_schemes_refused(gcs, monkeypatch):
+  from lbt import main
+  train.check_workdir_location("gs://bucket/run")
+  config_file = os.path.join(fake_gcs.REPO, "configs", "fashion_mnist.py")
+  main.parse(["lbt.main", f"--config={config_file}", "--workdir=gs://bucket/run"])
+  for bad in ("s3://bucket/run", "gs:///run", "hf://org/model"):
+    with pytest.raises(ConfigError, match="--workdir.*gs://BUCKET/DIR"):
+      train.check_workdir_location(bad)
+  monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # Not installed.
+  monkeypatch.delattr(sys.modules["google.cloud"], "storage")
+  with pytest.raises(ConfigError, match=r"--workdir=.*pip install 'lbt\[gcs\]'"):
+    train.check_workdir_location("gs://bucket/run")
+
+
+# ---- the lease ----
+
+def foreign_lease(heartbeat):
+  """A lease of a process on another host, as its JSON."""
+  return json.dumps({"host": "elsewhere", "pid": 4242, "boot_id": "b", "pid_namespace": "n",
+                     "pid_start": "1", "purpose": "train", "since": heartbeat,
+                     "heartbeat": heartbeat, "token": "theirs"}).encode()
+
+
+@pytest.mark.parametrize("store", ["gcs", "epath"])
+def test_lease_refuses_a_second_holder_and_takes_over_a_stale_one(gcs, store):
+  del gcs
+  make = {"gcs": lambda: remote.store_for("gs://bucket/x"), "epath": remote.EpathStore}[store]
+  assert isinstance(make(), remote.GcsStore if store == "gcs" else remote.EpathStore)
+  directory = "gs://bucket/held"
+  path = f"{directory}/{workdir_lib.LOCK_FILE}"
+
+  def lease(timeout_s=60.0):  # Heartbeats by hand only (EpathStore is best effort).
+    return remote.RemoteLease(directory, "train", timeout_s, 60.0, "--workdir", store=make())
+
+  first = lease()
+  first.acquire()
+  try:
+    with pytest.raises(workdir_lib.WorkdirBusy, match=r"--workdir=.*pid \d+ on host"):
+      lease().acquire()
+    before = make().read(path)
+    assert first.beat() and make().read(path).generation != before.generation
+    # Its heartbeat stalls past a taker's timeout: the taker wins, the first stops.
+    taker = lease(timeout_s=0.0)
+    taker.acquire()
+    assert "heartbeat" in taker.took_over
+    assert not first.beat() and first.lost["token"] == taker.token
+    with pytest.raises(workdir_lib.WorkdirBusy, match="lost the lock"):
+      first.check()
+    taker.release()
+  finally:
+    first.release()
+  assert make().read(path) is None  # Released by its holder; the loser left it alone.
+
+  # A dead holder's lease on another host expires with its heartbeat.
+  make().create(path, foreign_lease(time.time()))
+  with pytest.raises(workdir_lib.WorkdirBusy, match="pid 4242 on host elsewhere"):
+    lease().acquire()
+  stale = make().read(path)
+  assert make().replace(path, foreign_lease(time.time() - 120), stale.generation)
+  late = lease()
+  late.acquire()
+  assert "host elsewhere" in late.took_over and "120 s ago" in late.took_over
+  late.release()
+
+
+def test_gcs_preconditions_make_one_of_two_racers_win(gcs):
+  del gcs
+  store, path = remote.store_for("gs://bucket/x"), "gs://bucket/race/lbt.lock"
+  generation = store.create(path, b"first")
+  assert generation and store.create(path, b"second") is None
+  newer = store.replace(path, b"third", generation)
+  assert newer and store.replace(path, b"late", generation) is None
+  assert not store.delete(path, generation) and store.read(path).data == b"third"
+  assert store.delete(path, newer) and store.read(path) is None
+
+
+def test_lock_of_a_gs_workdir_is_reentrant_and_released(gcs):
+  del gcs
+  with workdir_lib.lock("gs://bucket/run", heartbeat_s=0.05) as lease:
+    with workdir_lib.lock("gs://bucket/run/") as inner:
+      assert inner is lease and isinstance(lease, remote.RemoteLease)
+    first = json.loads(lease.store.read(lease.path).data)["heartbeat"]
+    time.sleep(0.3)
+    assert json.loads(lease.store.read(lease.path).data)["heartbeat"] > first
+  assert lease.store.read(lease.path) is None
+
+
+# ---- files that grow, the log, the study database ----
+
+def test_metrics_of_a_gs_workdir_are_rewritten_whole(gcs, monkeypatch):
+  workdir = "gs://bucket/metrics"
+  writer = metrics.MetricsWriter(workdir)
+  writer.write(1, "train", {"loss": 1.0})
+  assert metrics.read_jsonl(workdir) == []  # Not yet: at most every TB_FLUSH_SECONDS.
+  writer.flush()
+  assert [r["step"] for r in metrics.read_jsonl(workdir)] == [1]
+  monkeypatch.setattr(metrics, "REMOTE_EVENTS_BYTES", 200)  # A new events file past it.
+  for step in range(2, 6):
+    writer.write(step, "train", {"loss": 1.0 / step, "accuracy": 0.5})
+  writer.close()
+  assert [r["step"] for r in metrics.read_jsonl(workdir)] == [1, 2, 3, 4, 5]
+  assert len(os.listdir(gcs.local(f"{workdir}/tensorboard"))) >= 2
+  # A resumed run drops what came after its checkpoint.
+  metrics.MetricsWriter(workdir, resume_step=3).close()
+  assert [r["step"] for r in metrics.read_jsonl(workdir)] == [1, 2, 3]
+
+
+def test_log_of_a_gs_workdir_is_copied_up_and_continued(gcs):
+  for text in ("first run", "second run"):
+    with workdir_lib.capture_logs("gs://bucket/logged") as path:
+      assert path == "gs://bucket/logged/lbt.log"
+      logging.getLogger("orbax").warning(text)
+  with open(gcs.local("gs://bucket/logged/lbt.log")) as f:
+    log = f.read()
+  assert "first run" in log and "second run" in log
+
+
+def test_study_database_rows_of_two_writers_both_land(gcs, monkeypatch):
+  del gcs
+  path = "gs://bucket/db/results.sqlite"
+  row = lambda name: {c: None for c in study.COLUMN_NAMES} | {"name": name, "position": 0}
+  real_insert, raced = study._insert, []  # pylint: disable=protected-access
+
+  def insert_after_another_shard(local, values):
+    if not raced:  # Another shard writes its row between our read and our write.
+      raced.append(True)
+      study.write_row(path, row("theirs"))
+    real_insert(local, values)
+  monkeypatch.setattr(study, "_insert", insert_after_another_shard)
+  study.write_row(path, row("ours"))  # Its first write fails its precondition.
+  assert sorted(r["name"] for r in study.read_database(path)) == ["ours", "theirs"]
+
+
+def test_study_into_a_gs_workdir(make_config, gcs, capsys):
+  from lbt import report
+
+  def point(arg, steps):
+    config = make_config(arg + ",model=mlp", num_train_steps=steps, eval_every_steps=2,
+                         log_every_steps=1, eval_batch_size=5000, schedule__warmup_epochs=0.2)
+    config.model.hidden_sizes = (16,)
+    return config
+  points = {"momentum-b12000": point("momentum,batch=12000", 2),
+            "momentum-b6000": point("momentum,batch=6000", 4)}
+  workdir = "gs://bucket/study"
+  assert study.run_study(points, workdir) == {n: "finished" for n in points}
+  local = gcs.local(workdir)
+  assert {"results.sqlite", "study.json", "report", *points} <= set(os.listdir(local))
+  rows = study.read_database(f"{workdir}/{study.DATABASE}")
+  assert [r["name"] for r in rows] == list(points)
+  assert all(r["status"] == "finished" and r["final_accuracy"] > 0 for r in rows)
+  files = os.listdir(os.path.join(local, "report"))
+  assert "report.md" in files and "accuracy_vs_batch.png" in files
+  with open(os.path.join(local, "report", "report.md")) as f:
+    assert f"`{workdir}`" in f.read()
+  # Rerun: both points are skipped; the report command reads the bucket too.
+  assert study.run_study(points, workdir) == {n: "finished" for n in points}
+  assert "momentum-b6000: finished, skipped" in capsys.readouterr().out
+  assert report.main(["lbt.report", workdir]) == 0
+  assert "| optimizer | 6000 | 12000 |" in capsys.readouterr().out
