@@ -26,9 +26,15 @@ setup(
         "pillow>=10",  # lbt.data.augment resizes and crops images
         "tqdm>=4.60",  # lbt.metrics' progress bar
     ],
-    extras_require={"test": [
-        "pytest>=8", "pytest-xdist>=3",
-        # tests/test_colab.py executes launch/colab.ipynb's cells.
-        "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
-    ]},
+    extras_require={
+        # gs:// workdirs and data dirs: etils.epath's gs:// backend, and the
+        # GCS client that orbax deletes old checkpoints with and whose
+        # generation preconditions make the workdir's lease (lbt.remote).
+        "gcs": ["gcsfs", "google-cloud-storage>=2.0"],
+        "test": [
+            "pytest>=8", "pytest-xdist>=3",
+            # tests/test_colab.py executes launch/colab.ipynb's cells.
+            "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
+        ],
+    },
 )

@@ -9,7 +9,8 @@ The steps, each one gcloud command (`--dry-run` prints them all, runs nothing):
      resource, which waits for capacity instead of failing), unless a READY
      slice of that name exists already;
   2. copy this checkout (tracked and untracked, not ignored files) to every
-     worker and `pip install -e` it with jax[tpu] (`--worker=all`);
+     worker and `pip install -e` it with its `gcs` extra (gcsfs,
+     google-cloud-storage: the gs:// workdir) and jax[tpu] (`--worker=all`);
   3. start the run on every worker at once, detached: `python3 -m lbt.main` for
      `--config`, `python3 -m lbt.study` for `--study`; every process writes
      ~/lbt.log and its exit code to ~/lbt.rc;
@@ -115,7 +116,7 @@ class Commands:
                        f"| tar czf {shlex.quote(local)} --null -T -"],
         self.gcloud("tpu-vm", "scp", local, f"{self.args.name}:{TARBALL}", "--worker=all"),
         self.ssh("all", f"rm -rf ~/lbt && mkdir -p ~/lbt && tar xzf ~/{TARBALL} -C ~/lbt "
-                        f"&& python3 -m pip install -q -e ~/lbt {shlex.quote(jax)}"),
+                        f"&& python3 -m pip install -q -e ~/lbt'[gcs]' {shlex.quote(jax)}"),
     ]
 
   def program(self) -> str:
