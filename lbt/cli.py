@@ -153,8 +153,10 @@ def _value_of(argv: Sequence[str], name: str):
                if a.lstrip("-").partition("=")[0] == name), None)
 
 
-def load_python_file(spec: str, *, flag: str = "--config", function: str = "get_config"):
-  """Imports `path/to/file.py` and returns `function(ARG)` (`function()` without ARG).
+def load_python_file(spec: str, *, flag: str = "--config", function: str = "get_config",
+                     constants: Sequence[str] = ()):
+  """Imports `path/to/file.py` and returns `function(ARG)` (`function()` without ARG),
+  or with `constants`, (that result, {name: the file's value or None}).
 
   `spec` is `path/to/file.py` or `path/to/file.py:ARG`, as ml_collections'
   config flags take it. The file may import `configs.*` and `lbt.*`. The
@@ -184,12 +186,15 @@ def load_python_file(spec: str, *, flag: str = "--config", function: str = "get_
   if not callable(make):
     raise ConfigError(flag, spec, f"a config file that defines {function}(arg)")
   try:
-    return make(arg) if has_arg else make()
+    result = make(arg) if has_arg else make()
   except ConfigError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(flag, spec, f"a file whose {function}() runs ({type(e).__name__}: "
                       f"{one_line(e)})") from None
+  if not constants:
+    return result
+  return result, {name: getattr(module, name, None) for name in constants}
 
 
 def _parse_value(text: str, current, field: str):

@@ -3,8 +3,9 @@
   python -m lbt.report DIR        # rebuild DIR/results.sqlite and DIR/report/
 
 `build_report` first rebuilds results.sqlite from the workdirs
-(`lbt.study.rebuild_database`), then writes six sections, one function each;
-each draws its PNG with matplotlib (Agg, no display) and writes its sentences
+(`lbt.study.rebuild_database`), then writes eight sections, one function each
+(those on the critical batch size in `lbt.critical_batch`); each draws its PNG
+with matplotlib (Agg, no display, `lbt.plots`) and writes its sentences
 from the measured numbers only, so a result that contradicts the paper is
 stated as such. The report never trains.
 
@@ -18,7 +19,6 @@ References:
   Hoffer, Hubara & Soudry 2017, https://arxiv.org/abs/1705.08741
 """
 
-import io
 import json
 import math
 import os
@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from lbt import diagnostics, study
+from lbt import critical_batch, diagnostics, plots, study
 from lbt import workdir as workdir_lib
 
 REPORT_DIR = "report"
@@ -67,14 +67,10 @@ def choose_learning_rates(rows: Sequence[dict]) -> Dict[str, dict]:
   return chosen
 
 
-def _pct(value) -> str:
-  return "—" if value is None else f"{100 * value:.2f}"
-
-
 def _outcome(row) -> str:
   """A row's accuracy, or what happened instead."""
   if row["status"] == "finished":
-    return _pct(row["final_accuracy"])
+    return plots.pct(row["final_accuracy"])
   if row["status"] == "diverged":
     return f"diverged@{row['diverged_update']}"
   return row["status"]
@@ -105,27 +101,6 @@ def accuracy_table(chosen: Dict[str, dict]) -> str:
   return "\n".join(out)
 
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _legend(ax, **kwargs) -> None:
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(**kwargs)
-
-
-def _save(fig, report_dir: str, name: str) -> str:
-  fig.tight_layout()
-  png = io.BytesIO()  # Written through epath: report_dir may be gs://.
-  fig.savefig(png, format="png", dpi=90)
-  workdir_lib.path(os.path.join(report_dir, name)).write_bytes(png.getvalue())
-  _pyplot().close(fig)
-  return f"![{name}]({name})"
-
-
 def _curves(workdir: str, name: str) -> Dict[str, list]:
   from lbt import metrics
   records = metrics.read_jsonl(os.path.join(workdir, name))
@@ -133,7 +108,7 @@ def _curves(workdir: str, name: str) -> Dict[str, list]:
 
 
 def section_accuracy(chosen, report_dir: str) -> str:
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   text = []
   for label, rows in sweep(chosen).items():
@@ -145,7 +120,8 @@ def section_accuracy(chosen, report_dir: str) -> str:
     best = max(done, key=lambda r: r["final_accuracy"])
     near = [r["batch_size"] for r in done if r["final_accuracy"] >= best["final_accuracy"] - 0.01]
     largest = max(rows, key=lambda r: r["batch_size"])
-    text.append(f"- **{label}**: best {_pct(best['final_accuracy'])}% at B={best['batch_size']}; "
+    text.append(f"- **{label}**: best {plots.pct(best['final_accuracy'])}% at "
+                f"B={best['batch_size']}; "
                 f"within 1 point of it up to B={max(near)}; at the largest batch "
                 f"B={largest['batch_size']}: {_outcome(largest)}"
                 + (f" ({100 * (largest['final_accuracy'] - best['final_accuracy']):+.2f} points)"
@@ -156,15 +132,15 @@ def section_accuracy(chosen, report_dir: str) -> str:
                       reverse=True)
   if at_largest:
     text.append(f"- At B={largest}, from best to worst: " + ", ".join(
-        f"{label} {_pct(accuracy)}%" for accuracy, label in at_largest) + ".")
+        f"{label} {plots.pct(accuracy)}%" for accuracy, label in at_largest) + ".")
   ax.set_xscale("log", base=2)
   ax.set(xlabel="batch size", ylabel="test accuracy (%)", title="Test accuracy vs batch size")
-  _legend(ax)
-  image = _save(fig, report_dir, "accuracy_vs_batch.png")
+  plots.legend(ax)
+  image = plots.save(fig, report_dir, "accuracy_vs_batch.png")
   tuned = [(g, e) for g, e in chosen.items() if e["criterion"]]
   tuned_text = "\n".join(
       f"- `{g}`: base LR {e['row']['base_learning_rate']:g} chosen by {e['criterion']} among "
-      + ", ".join(f"{m['base_learning_rate']:g} ({_pct(m['validation_accuracy'])}% val)"
+      + ", ".join(f"{m['base_learning_rate']:g} ({plots.pct(m['validation_accuracy'])}% val)"
                   for m in e["members"]) for g, e in tuned) or "- none"
   return ("## 1. Test accuracy vs batch size\n\nEach point trains for the same number of "
           "epochs, so a larger batch takes fewer updates. Final test accuracy (%):\n\n"
@@ -174,53 +150,14 @@ def section_accuracy(chosen, report_dir: str) -> str:
           f"of their config from the reference batch, untuned:\n\n{tuned_text}\n")
 
 
-def section_target(chosen, report_dir: str) -> str:
-  plt = _pyplot()
-  fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-  text, target = [], None
-  for label, rows in sweep(chosen).items():
-    reached = [r for r in rows if r["updates_to_target"] is not None]
-    target = target or next((r["target_accuracy"] for r in rows), None)
-    missed = [r["batch_size"] for r in rows if r["updates_to_target"] is None]
-    if not reached:
-      text.append(f"- **{label}**: no batch reached the target.")
-      continue
-    b = np.array([r["batch_size"] for r in reached], float)
-    s = np.array([r["updates_to_target"] for r in reached], float)
-    line, = ax_s.loglog(b, s, "o-", label=label)
-    ax_e.loglog(b, s * b, "o-", color=line.get_color(), label=label)
-    perfect = s[0] * b[0] / b
-    ax_s.loglog(b, perfect, ":", color=line.get_color())
-    ax_e.loglog(b, perfect * b, ":", color=line.get_color())
-    ratio = ", ".join(f"B={int(x)}: {y:.2g}×" for x, y in zip(b, s / perfect))
-    sentence = (f"- **{label}**: updates to target / perfect scaling from B={int(b[0])}: "
-                f"{ratio}" + (f"; never reached at B={', '.join(map(str, missed))}"
-                              if missed else ""))
-    if np.unique(b).size >= 3:
-      s_min, b_noise = diagnostics.fit_steps_to_target(b, s)
-      grid = np.geomspace(b.min(), b.max(), 50)
-      ax_s.loglog(grid, s_min * (1 + b_noise / grid), "--", color=line.get_color())
-      sentence += (f". Fit S(B) = S_min(1 + B_noise/B): S_min = {s_min:.3g}, E_min = "
-                   f"{s_min * b_noise:.3g} examples, critical batch B_crit = E_min/S_min = "
-                   f"{b_noise:.3g}")
-    text.append(sentence + ".")
-  for ax, what in ((ax_s, "updates"), (ax_e, "examples")):
-    ax.set(xlabel="batch size", ylabel=f"{what} to target", title=f"{what.capitalize()} to "
-           f"{_pct(target)}% test accuracy (dotted: perfect scaling, dashed: fit)")
-    _legend(ax, fontsize=7)
-  image = _save(fig, report_dir, "updates_to_target.png")
-  return ("## 2. Updates and examples to the target accuracy\n\nTarget: "
-          f"{_pct(target)}% test accuracy (first evaluation reaching it). Perfect scaling "
-          "halves the updates when the batch doubles; a ratio above 1× is where returns "
-          f"diminish.\n\n{image}\n\n" + "\n".join(text) + "\n")
-
-
 def section_curves(workdir: str, chosen, report_dir: str) -> str:
-  plt = _pyplot()
+  plt = plots.pyplot()
   groups = dict(sweep(chosen))
-  others = [e["row"] for e in chosen.values() if e["row"]["variant"] not in ("", "tuned")]
+  # Schedule points are drawn against examples, in critical_batch's section.
+  others = [e["row"] for e in chosen.values() if e["row"]["variant"] not in ("", "tuned")
+            and not e["row"]["variant"].startswith(critical_batch.SCHEDULE_PREFIX)]
   if others:
-    groups["recipe ladder and Hoffer's test"] = others
+    groups["recipe ladder, Hoffer's test and other variants"] = others
   images = []
   for index, (label, rows) in enumerate(groups.items()):
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
@@ -234,8 +171,8 @@ def section_curves(workdir: str, chosen, report_dir: str) -> str:
                 [100 * r["accuracy"] for r in curves["eval"]], "o-", ms=2, label=row["name"])
     ax_l.set(xlabel="epoch", ylabel="training loss", yscale="log", title=label)
     ax_a.set(xlabel="epoch", ylabel="test accuracy (%)", title=label)
-    _legend(ax_a, fontsize=6)
-    images.append(_save(fig, report_dir, f"curves_{index}.png"))
+    plots.legend(ax_a, fontsize=6)
+    images.append(plots.save(fig, report_dir, f"curves_{index}.png"))
   return ("## 3. Training loss and test accuracy per point\n\n" +
           ("\n\n".join(images) or "(no points yet)") + "\n")
 
@@ -269,12 +206,12 @@ def section_ladder(chosen, report_dir: str) -> str:
                  f"{_outcome(row)} | {gain} |")
     previous, previous_accuracy = row, accuracy
     accuracies.append(0.0 if accuracy is None else 100 * accuracy)
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(8, 3.5))
   ax.bar([str(k) for k, _ in steps], accuracies)
   ax.set(xlabel="recipe step", ylabel="test accuracy (%)",
          title=f"Recipe ladder at B={steps[0][1]['batch_size']} (0 = diverged)")
-  image = _save(fig, report_dir, "recipe_ladder.png")
+  image = plots.save(fig, report_dir, "recipe_ladder.png")
   first, last = accuracies[0], accuracies[-1]
   return ("## 4. The recipe ladder\n\nFrom the Goyal et al. baseline, each step adds one "
           f"ingredient (the config fields it changes are listed) at B={steps[0][1]['batch_size']}:"
@@ -318,13 +255,13 @@ def section_hoffer(chosen, report_dir: str) -> str:
                  f"{'' if variant == '' or math.isnan(fraction) else f'{fraction:.0%}'} |")
     names.append(HOFFER_LABELS[variant].replace(" (linear LR)", ""))
     values.append(100 * (row["final_accuracy"] or 0))
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(8, 3.5))
   ax.bar(names, values)
   ax.set(ylabel="test accuracy (%)", ylim=(max(0, min(values) - 5), 100),
          title=f"Hoffer et al.'s test at B={large['batch_size']}")
   ax.tick_params(axis="x", labelsize=7)
-  image = _save(fig, report_dir, "hoffer_test.png")
+  image = plots.save(fig, report_dir, "hoffer_test.png")
   adapted = found.get("regime")
   closing = ("No regime-adaptation point ran." if adapted is None else
              f"Regime adaptation ({adapted['updates']} updates, as many as B="
@@ -344,7 +281,7 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
   optimizer = found[""]["optimizer"] if "" in found else "momentum"
   rows = [r for label, line in sweep(chosen).items() if label == optimizer for r in line]
   rows += [found[v] for v in HOFFER_VARIANTS if v in found]
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   table = ["| point | updates | a | b | R² (log) | c | p | R² (power) | logarithmic |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -368,8 +305,8 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
   ax.set_xscale("log")
   ax.set(xlabel="update t (log scale)", ylabel="‖w_t − w_0‖",
          title=f"Distance from initialization ({optimizer}; dashed: a·log t + b)")
-  _legend(ax, fontsize=6)
-  image = _save(fig, report_dir, "diffusion.png")
+  plots.legend(ax, fontsize=6)
+  image = plots.save(fig, report_dir, "diffusion.png")
   adapted = found.get("regime")
   if (fits and adapted is not None and adapted["status"] == "finished" and "small" in found
       and "" in found):
@@ -408,11 +345,13 @@ def write(workdir: str, rows: Sequence[dict]) -> str:
             f"), model {', '.join(models) or '—'}, {wall / 60:.1f} min of training in total. "
             "Every number below is read from the point workdirs (results.sqlite is "
             "derived from them).\n")
-  sections = [header, section_accuracy(chosen, report_dir),
-              section_target(chosen, report_dir),
+  target, fits = critical_batch.section_target(sweep(chosen), report_dir)
+  sections = [header, section_accuracy(chosen, report_dir), target,
               section_curves(workdir, chosen, report_dir),
               section_ladder(chosen, report_dir), section_hoffer(chosen, report_dir),
-              section_diffusion(workdir, chosen, report_dir)]
+              section_diffusion(workdir, chosen, report_dir),
+              critical_batch.section_noise_scale(workdir, rows, fits, report_dir),
+              critical_batch.section_schedules(workdir, rows, report_dir)]
   path = os.path.join(report_dir, "report.md")
   workdir_lib.write_text_atomic(path, "\n".join(sections))
   return path

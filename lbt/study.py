@@ -27,6 +27,7 @@ cheap small-batch and expensive large-batch points.
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -321,9 +322,14 @@ def point_row(workdir: str, name: str) -> Dict[str, object]:
   train = [r for r in records if r["kind"] == "train"]
   study_info = _study_file(workdir)
   target = study_info.get("target_accuracy") or DEFAULT_TARGETS.get(config["dataset"]["name"])
-  batch, updates = config["batch_size"], run.get("num_train_steps")
+  batch = config["batch_size"]
+  updates = summary.get("num_train_steps", run.get("num_train_steps"))
   to_target = diagnostics.updates_to_target(
       [r["step"] for r in evals], [r["accuracy"] for r in evals], target) if target else None
+  # A run whose batch changes logs each update's batch; examples, not
+  # updates x batch, are what it trained on.
+  examples = list(itertools.accumulate(r.get("batch_size", batch) for r in train))
+  seen = lambda update: int(examples[update - 1]) if len(examples) >= update else update * batch
   optimizer, schedule = config["optimizer"], config["schedule"]
   wall = summary.get("wall_time_s", outcome.get("wall_time_s"))
   order = study_info.get("points", [])
@@ -332,7 +338,8 @@ def point_row(workdir: str, name: str) -> Dict[str, object]:
       "status": point_status(point_dir), "grid": grid_of(name),
       "variant": variant_of(name), "optimizer": optimizer["name"], "batch_size": batch,
       "microbatch_size": config["microbatch_size"] or batch,
-      "epochs": updates / run["steps_per_epoch"] if updates else None,
+      "epochs": (summary.get("examples", updates * batch) / batch / run["steps_per_epoch"]
+                 if updates else None),
       "updates": updates, "base_learning_rate": optimizer["learning_rate"],
       "effective_learning_rate": run.get("effective_learning_rate"),
       "scaling": optimizer.get("scaling"), "schedule": schedule["name"],
@@ -347,7 +354,7 @@ def point_row(workdir: str, name: str) -> Dict[str, object]:
       "validation_accuracy": summary.get("validation_accuracy",
                                          last("validation").get("accuracy")),
       "target_accuracy": target, "updates_to_target": to_target,
-      "examples_to_target": to_target * batch if to_target is not None else None,
+      "examples_to_target": seen(to_target) if to_target is not None else None,
       "wall_time_s": wall, "examples_per_second": summary.get("examples_per_second"),
       "diverged_update": diverged.get("step", outcome.get("update")),
       "diverged_loss": _finite(diverged.get("loss", outcome.get("loss"))),
@@ -433,7 +440,8 @@ def _flags():
   flags.DEFINE_string("shard", "0/1", "I/N: run every N-th point starting at the I-th, "
                       "so that N hosts split the study.", flag_values=values)
   flags.DEFINE_float("target_accuracy", None, "Test accuracy of the updates-to-target "
-                     "columns (default: the benchmark's).", flag_values=values)
+                     "columns (default: the study file's TARGET_ACCURACY, else the "
+                     "benchmark's).", flag_values=values)
   return values
 
 
@@ -453,12 +461,21 @@ def main(argv: Sequence[str]) -> int:
         and not os.path.isdir(values.workdir)):
       raise ConfigError("--workdir", values.workdir, "a directory, not a file")
     shard = parse_shard(values.shard)
-    points = cli.load_python_file(values.study, flag="--study", function="get_study")
+    points, constants = cli.load_python_file(values.study, flag="--study",
+                                             function="get_study",
+                                             constants=("TARGET_ACCURACY",))
     if not isinstance(points, Mapping):
       raise ConfigError("--study", values.study, "a file whose get_study(arg) returns a "
                         f"dict of point name -> ConfigDict (got {type(points).__name__})")
+    target = values.target_accuracy
+    if target is None:
+      target = constants["TARGET_ACCURACY"]
+    if target is not None and (isinstance(target, bool) or not isinstance(target, float)
+                               or not 0 < target <= 1):
+      raise ConfigError("TARGET_ACCURACY" if values.target_accuracy is None
+                        else "--target_accuracy", target, "a test accuracy in (0, 1]")
     outcome.update(run_study(points, values.workdir, only=values.only, shard=shard,
-                             target_accuracy=values.target_accuracy))
+                             target_accuracy=target))
 
   status = cli.run(command)
   failed = [n for n, s in outcome.items() if s == FAILED]

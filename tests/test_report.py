@@ -1,6 +1,6 @@
 """The report, from a synthetic study whose every number is known: the table,
 the learning-rate choice on validation (not test), the ladder's gains, Hoffer's
-test, the diffusion verdict, and the six sections with non-empty PNGs."""
+test, the diffusion verdict, and the eight sections with non-empty PNGs."""
 
 import json
 import math
@@ -16,10 +16,12 @@ TARGET = 0.85
 
 
 def write_point(workdir, name, arg, *, updates, evals, final_distance=None,
-                validation=None, diverged_at=None, **changes):
+                validation=None, diverged_at=None, train_extra=None, summary_extra=None,
+                **changes):
   """A point workdir as the trainer leaves it: config.json and metrics.jsonl.
 
-  The distance from init follows 0.5·log t + final_distance − 0.5·log(updates).
+  The distance from init follows 0.5·log t + final_distance − 0.5·log(updates);
+  `train_extra(t)` adds fields to update t's record, `summary_extra` to the summary.
   """
   config = fashion_mnist.get_config(arg + ",model=mlp")
   for dotted, value in changes.items():
@@ -39,7 +41,7 @@ def write_point(workdir, name, arg, *, updates, evals, final_distance=None,
   for t in range(1, last + 1):
     records.append({"step": t, "kind": "train", "loss": 2.0 / t,
                     "distance_from_init": 0.5 * math.log(t) + final_distance
-                    - 0.5 * math.log(updates)})
+                    - 0.5 * math.log(updates), **(train_extra(t) if train_extra else {})})
   for step, accuracy in evals:
     if validation is not None:
       records.append({"step": step, "kind": "validation", "accuracy": validation})
@@ -50,7 +52,8 @@ def write_point(workdir, name, arg, *, updates, evals, final_distance=None,
   else:
     records.append({"step": updates, "kind": "summary", "eval_accuracy": evals[-1][1],
                     "wall_time_s": 10.0, "examples_per_second": 1000.0,
-                    **({"validation_accuracy": validation} if validation else {})})
+                    **({"validation_accuracy": validation} if validation else {}),
+                    **(summary_extra or {})})
   with open(os.path.join(point_dir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
 
@@ -81,17 +84,21 @@ def synthetic(tmp_path_factory):
     optimizer__scaling="sqrt", bn__ghost_size=128)
   p("momentum-b1024-regime", "momentum,batch=1024", updates=100, evals=[(100, 0.89)],
     final_distance=10.5, optimizer__scaling="sqrt", bn__ghost_size=128, num_epochs=48.0)
+  return workdir, finish_study(workdir, TARGET)
+
+
+def finish_study(workdir, target):
+  """study.json as the runner writes it, then the report; returns its text."""
   with open(os.path.join(workdir, "study.json"), "w") as f:
-    json.dump({"points": sorted(os.listdir(workdir)), "target_accuracy": TARGET}, f)
-  path = report.build_report(workdir)
-  with open(path) as f:
-    return workdir, f.read()
+    json.dump({"points": sorted(os.listdir(workdir)), "target_accuracy": target}, f)
+  with open(report.build_report(workdir)) as f:
+    return f.read()
 
 
-def test_report_has_six_sections_and_non_empty_pngs(synthetic):
+def test_report_has_eight_sections_and_non_empty_pngs(synthetic):
   workdir, text = synthetic
   headings = re.findall(r"^## (\d)\. ", text, re.MULTILINE)
-  assert headings == ["1", "2", "3", "4", "5", "6"]
+  assert headings == ["1", "2", "3", "4", "5", "6", "7", "8"]
   images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
   assert len(images) >= 6
   for image in images:

@@ -1,0 +1,80 @@
+"""The report's critical-batch sections on a synthetic study whose numbers are
+known: steps to target that follow S(B) = S_min(1 + B_noise/B) exactly, a
+noise-scale run, and three batch schedules at equal examples."""
+
+import os
+
+import pytest
+
+from lbt import critical_batch, report, study
+from test_report import finish_study, write_point
+
+TARGET = 0.85
+S_MIN, B_NOISE = 10, 1000  # updates to target: 90, 50, 30, 20 at B = 125 ... 1000
+
+
+def reaching_at(update, updates):
+  return [(update, TARGET + 0.01), (updates, TARGET + 0.02)]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("critical_study"))
+  for batch in (125, 250, 500, 1000):
+    to_target = round(S_MIN * (1 + B_NOISE / batch))
+    write_point(workdir, f"momentum-b{batch}", f"momentum,batch={batch}", updates=120,
+                evals=[(to_target - 1, 0.5)] + reaching_at(to_target, 120))
+  # B_simple 1,500 at every update: 1.5x the fitted B_crit.
+  write_point(workdir, "momentum-b125-noise", "momentum,batch=125", updates=120,
+              evals=reaching_at(90, 120), train_extra=lambda t: {"b_simple": 1500.0},
+              noise_scale_split=True)
+  # Schedules at equal examples (120 x 250 = 30,000): constant; 60 x 250 then
+  # 15 x 1000; the noise scale's 20 x 250 then 25 x 1000.
+  batches = {"constant": [250] * 120, "steps": [250] * 60 + [1000] * 15,
+             "noise": [250] * 20 + [1000] * 25}
+  finals = {"constant": 0.88, "steps": 0.875, "noise": 0.86}
+  for name, history in batches.items():
+    write_point(workdir, f"momentum-b250-batch-{name}", "momentum,batch=250",
+                updates=len(history), evals=reaching_at(len(history) // 2, len(history))[:1]
+                + [(len(history), finals[name])],
+                train_extra=lambda t, h=history: {"batch_size": h[t - 1]},
+                summary_extra={"num_train_steps": len(history), "examples": sum(history)})
+  return workdir, finish_study(workdir, TARGET)
+
+
+def test_fit_recovers_the_critical_batch_and_marks_the_regimes(synthetic):
+  _, text = synthetic
+  section = text[text.index("## 2."):text.index("## 3.")]
+  assert "critical batch B_crit = E_min/S_min = 1e+03" in section
+  assert "S_min = 10," in section and "E_min = 1e+04 examples" in section
+  assert "perfect scaling below B_crit/10" in section
+
+
+def test_b_simple_is_compared_with_b_crit_at_the_target(synthetic):
+  _, text = synthetic
+  section = text[text.index("## 7."):text.index("## 8.")]
+  assert "at update 90, where it reached the target, B_simple = 1.5e+03" in section
+  assert "fitted B_crit is 1e+03: they agree (within a factor of 2)" in section
+
+
+def test_schedules_are_compared_at_equal_examples(synthetic):
+  workdir, text = synthetic
+  section = text[text.index("## 8."):]
+  assert "| momentum-b250-batch-steps | steps | 250–1000 | 75 | 30000 | 87.50 |" in section
+  assert "| momentum-b250-batch-noise | noise | 250–1000 | 45 | 30000 | 86.00 |" in section
+  assert "75 updates (0.62× the constant batch's 120), -0.50 points" in section
+  assert "45 updates (0.38× the constant batch's 120), -2.00 points" in section
+  rows = {r["name"]: r for r in study.read_database(os.path.join(workdir, study.DATABASE))}
+  # Update 37 of the steps run is still at 250: 37 x 250 examples to the target.
+  assert rows["momentum-b250-batch-steps"]["examples_to_target"] == 37 * 250
+  # The noise run reached it at update 22: 20 x 250 + 2 x 1000.
+  assert rows["momentum-b250-batch-noise"]["examples_to_target"] == 20 * 250 + 2 * 1000
+  for image in ("noise_scale.png", "batch_schedules.png"):
+    assert os.path.getsize(os.path.join(workdir, report.REPORT_DIR, image)) > 1000
+
+
+@pytest.mark.parametrize("b_simple,b_crit,word", [
+    (1500, 1000, "agree (within"), (400, 1000, "order of magnitude only"),
+    (50, 1000, "disagree"), (-5, 1000, "cannot be compared")])
+def test_agreement_rule(b_simple, b_crit, word):
+  assert word in critical_batch.agreement(b_simple, b_crit)
