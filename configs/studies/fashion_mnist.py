@@ -19,7 +19,16 @@ study has to fit in 20 minutes. Points (names `<optimizer>-b<batch>[-variant]`):
 - the recipe ladder at 60,000 (`-recipe<k>`, see LADDER), for LADDER_EPOCHS;
 - Hoffer et al.'s test at HOFFER_BATCH against B0 = 128 (`-sqrt`, `-sqrt-gbn`,
   `-regime`): the largest batch whose regime adaptation (HOFFER_BATCH/128 times
-  the epochs, the schedule stretched the same way) fits the 20-minute budget.
+  the epochs, the schedule stretched the same way) fits the 20-minute budget;
+- the gradient noise scale over training (`momentum-b128-noise`): the sweep's
+  smallest momentum point with `noise_scale_split`, whose two halves of each
+  batch give B_simple (McCandlish et al. 2018); BatchNorm then normalizes over
+  64 examples, so it is a point of its own, not the sweep's;
+- batch-size schedules at equal examples (`-batch-constant`, `-batch-steps`,
+  `-batch-noise`): momentum from B = SCHEDULE_BATCH for SCHEDULE_EPOCHS with one
+  cosine LR schedule in epochs, the batch constant, grown ×4 at fixed epochs
+  (Smith et al. 2018), or following B_simple (`noise_scale`), each with
+  microbatches of SCHEDULE_MICROBATCH.
 
 `:quick` is a subset that runs in under 3 minutes.
 """
@@ -38,7 +47,18 @@ EPOCHS = 3.0
 TUNED_BATCH, TUNED_FACTORS, VALIDATION_EXAMPLES = 16384, (0.5, 1.0, 2.0), 10000
 SMALL_BATCH, HOFFER_BATCH = 128, 2048
 LADDER_BATCH, LADDER_EPOCHS = 60000, 15.0
+NOISE_BATCH = 128
+SCHEDULE_BATCH, SCHEDULE_MICROBATCH, SCHEDULE_EPOCHS = 256, 128, 6.0
+BATCH_SCHEDULES = {
+    "constant": dict(name="constant"),
+    "steps": dict(name="steps", epochs=[2.0, 4.0], batch_sizes=[1024, 4096]),
+    "noise": dict(name="noise_scale", factor=1.0, min_batch=256, max_batch=8192, every=20),
+}
+SCHEDULE_EVALUATION_EVERY = 25  # updates; the runs differ in their update counts.
 EVALUATIONS = 10  # per run, for the updates-to-target columns and the curves.
+# The test accuracy the updates-to-target columns count to (lbt.study reads
+# it): what the study's MLP reaches at small batches in about two epochs.
+TARGET_ACCURACY = 0.85
 
 
 def point(optimizer: str, batch: int, epochs: float = EPOCHS) -> ml_collections.ConfigDict:
@@ -152,6 +172,24 @@ def hoffer(batch: int = HOFFER_BATCH, small: int = SMALL_BATCH, epochs: float = 
           f"momentum-b{batch}-regime": regime}
 
 
+def noise_scale(batch: int = NOISE_BATCH, epochs: float = EPOCHS):
+  config = point("momentum", batch, epochs)
+  config.noise_scale_split = True
+  return {f"momentum-b{batch}-noise": config}
+
+
+def batch_schedules(batch: int = SCHEDULE_BATCH, epochs: float = SCHEDULE_EPOCHS):
+  """One momentum run per schedule of BATCH_SCHEDULES, equal in examples."""
+  points = {}
+  for name, schedule in BATCH_SCHEDULES.items():
+    config = point("momentum", batch, epochs)
+    config.microbatch_size = SCHEDULE_MICROBATCH
+    config.batch_schedule = schedule
+    config.eval_every_steps = SCHEDULE_EVALUATION_EVERY
+    points[f"momentum-b{batch}-batch-{name}"] = config
+  return points
+
+
 def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
   if arg not in (None, "", "quick"):
     raise ConfigError("--study argument", arg, "none (the default study) or 'quick'")
@@ -166,4 +204,6 @@ def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
     points.update(tuned_grid(optimizer, TUNED_BATCH))
   points.update(ladder())
   points.update(hoffer())
+  points.update(noise_scale())
+  points.update(batch_schedules())
   return points
