@@ -451,9 +451,11 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
           final = evaluate_all(done)
         if save_now:
           check_lease(lease)
+          writer.flush()  # A resume rewrites no line up to its checkpoint.
           checkpoint.save(manager, done, state, stream)
         if preemption.reached(done) and not is_last:
           flush_train_metrics(done)
+          writer.flush()
           checkpoint.save(manager, done, state, stream)
           raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
     num_steps = plan.update
