@@ -32,6 +32,8 @@ SUITE = (
      ["--arg=momentum,batch=256,epochs=1"], 120),
     ("Accumulation (LeNet-5, microbatch 512)", "accumulation.py", ["--rounds=2"], 300),
     ("Optimizers on ResNet-50's parameter tree", "optimizers.py", ["--reps=8", "--warmup=2"], 180),
+    ("Gradient noise scale: its cost, noise_scale_split, B_simple over a LeNet-5 run",
+     "noise_scale.py", ["--seconds=5"], 300),
 )
 
 
