@@ -4,7 +4,7 @@
 
 Each benchmark runs in its own process, on one CPU device (a forced device
 count from XLA_FLAGS is dropped) and with `timing.ALLOCATOR_ENV`, with the
-arguments below, chosen so that the suite takes under 10 minutes on a 2-core
+arguments below, chosen so that the suite takes about 10 to 11 minutes on a 2-core
 CPU. RESULTS.md records the date, the machine, the versions and each table as
 printed, with the command that printed it and its wall time.
 """

@@ -212,9 +212,9 @@ def smoothed_noise_scale(grad_sq_norm, trace_sigma, state=(0.0, 0.0, 0),
 
   Numerator and denominator are averaged separately before dividing, as
   McCandlish et al. (2018, §2.2 and App. A) do: each per-update estimate is
-  unbiased but noisy, and |G|² can even come out negative. The averages are
-  bias-corrected (divided by 1 - decay^t) so the first updates are not pulled
-  towards zero.
+  unbiased but noisy, and |G|² can even come out negative. The averages start
+  at zero and are not bias-corrected: the correction (dividing both by
+  1 - decay^t) cancels in their ratio.
 
   Args:
     grad_sq_norm, trace_sigma: per-update estimates (1-d, in update order).
