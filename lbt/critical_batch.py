@@ -94,25 +94,25 @@ def section_target(series: Dict[str, List[dict]], report_dir: str
                    f"{s_min * b_noise:.3g} examples, critical batch B_crit = E_min/S_min = "
                    f"{b_noise:.3g}" + _extrapolation(b_noise, b))
     text.append(sentence + ".")
-  if len(fits) == 1:  # One fit: its regimes are unambiguous on the plot.
-    (b_crit,) = [f[1] for f in fits.values()]
-    if b_crit > 0:
-      for ax in (ax_s, ax_e):
-        low, high = ax.get_xlim()
-        _shade_regimes(ax, b_crit, low, high)
-        ax.set_xlim(low, high)
+  shaded = next(iter(fits), None)  # The first optimizer's regimes (the baseline's).
+  if shaded is not None and fits[shaded][1] > 0:
+    for ax in (ax_s, ax_e):
+      low, high = ax.get_xlim()
+      _shade_regimes(ax, fits[shaded][1], low, high)
+      ax.set_xlim(low, high)
   for ax, what in ((ax_s, "updates"), (ax_e, "examples")):
-    ax.set(xlabel="batch size", ylabel=f"{what} to target", title=f"{what.capitalize()} to "
-           f"{plots.pct(target)}% test accuracy (dotted: perfect scaling, dashed: fit)")
+    ax.set(xlabel="batch size", ylabel=f"{what} to target",
+           title=f"{what.capitalize()} to {plots.pct(target)}% test accuracy")
     plots.legend(ax, fontsize=7)
   image = plots.save(fig, report_dir, "updates_to_target.png")
   return ("## 2. Updates and examples to the target accuracy\n\nTarget: "
           f"{plots.pct(target)}% test accuracy (first evaluation reaching it). Perfect "
-          "scaling halves the updates when the batch doubles; a ratio above 1× is where "
-          "returns diminish. On the fitted curve (Shallue et al. 2019's regimes, bounds "
+          "scaling (dotted) halves the updates when the batch doubles; a ratio above 1× is "
+          "where returns diminish. On the fitted curve (dashed) (Shallue et al. 2019's regimes, bounds "
           f"ours): perfect scaling below B_crit/{REGIME_FACTOR:g} (updates within 10 % of "
           f"E_min/B), maximal parallelism above {REGIME_FACTOR:g}·B_crit (within 10 % of "
-          f"S_min), diminishing returns between; shaded when one optimizer fits.\n\n{image}"
+          f"S_min), diminishing returns between; shaded for "
+          f"{shaded or 'the first optimizer that fits'}.\n\n{image}"
           "\n\n" + "\n".join(text) + "\n"), fits
 
 
@@ -179,6 +179,11 @@ def section_noise_scale(workdir: str, rows: Sequence[dict], fits: Dict[str, Fit]
       if fit is not None:
         sentence += (f". The {row['optimizer']} sweep's fitted B_crit is {fit[1]:.3g}: they "
                      f"{agreement(at_target, fit[1])}")
+        largest = max(r["batch_size"] for r in rows if r["optimizer"] == row["optimizer"]
+                      and r["variant"] == "" and r["updates_to_target"] is not None)
+        if fit[1] > largest:
+          sentence += (f"; that B_crit lies beyond the largest batch that reached the "
+                       f"target ({largest}), so it is an extrapolation")
       else:
         sentence += f". No fitted B_crit for {row['optimizer']} to compare with"
     else:
