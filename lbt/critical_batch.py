@@ -109,8 +109,8 @@ def section_target(series: Dict[str, List[dict]], report_dir: str
           f"{plots.pct(target)}% test accuracy (first evaluation reaching it). Perfect "
           "scaling (dotted) halves the updates when the batch doubles; a ratio above 1× is "
           "where returns diminish. Regimes of the fitted curve (dashed; Shallue et al. "
-          "2019's, bounds ours): perfect scaling below B_crit/{REGIME_FACTOR:g} (updates within 10 % of "
-          f"E_min/B), maximal parallelism above {REGIME_FACTOR:g}·B_crit (within 10 % of "
+          f"2019's, bounds ours): perfect scaling below B_crit/{REGIME_FACTOR:g} (updates "
+          f"within 10 % of E_min/B), maximal parallelism above {REGIME_FACTOR:g}·B_crit (within 10 % of "
           f"S_min), diminishing returns between; shaded for "
           f"{shaded or 'the first optimizer that fits'}.\n\n{image}"
           "\n\n" + "\n".join(text) + "\n"), fits
