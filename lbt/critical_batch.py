@@ -86,6 +86,12 @@ def section_target(series: Dict[str, List[dict]], report_dir: str
                               if missed else ""))
     if np.unique(b).size >= 3:
       s_min, b_noise = diagnostics.fit_steps_to_target(b, s)
+    if np.unique(b).size >= 3 and not (s_min > 0 and b_noise > 0):
+      sentence += (f". The fit S(B) = S_min(1 + B_noise/B) gives no positive S_min and "
+                   f"B_noise (S_min = {s_min:.3g}, B_noise = {b_noise:.3g}): these batches "
+                   "scale perfectly or too noisily to place a critical batch; it lies beyond "
+                   f"B={int(b.max())} or cannot be told")
+    elif np.unique(b).size >= 3:
       fits[label] = (s_min, b_noise)
       grid = np.geomspace(b.min(), max(b.max(), 4 * b_noise) if b_noise > 0 else b.max(), 60)
       ax_s.loglog(grid, s_min * (1 + b_noise / grid), "--", color=line.get_color())

@@ -78,3 +78,12 @@ def test_schedules_are_compared_at_equal_examples(synthetic):
     (50, 1000, "disagree"), (-5, 1000, "cannot be compared")])
 def test_agreement_rule(b_simple, b_crit, word):
   assert word in critical_batch.agreement(b_simple, b_crit)
+
+
+def test_perfect_scaling_gives_no_critical_batch(tmp_path):
+  """800, 380, 200, 97 updates at 128 ... 1024: least squares gives S_min < 0."""
+  rows = [{"batch_size": b, "updates_to_target": s, "target_accuracy": TARGET}
+          for b, s in ((128, 800), (256, 380), (512, 200), (1024, 97))]
+  text, fits = critical_batch.section_target({"momentum": rows}, str(tmp_path))
+  assert fits == {}
+  assert "gives no positive S_min and B_noise" in text and "B_crit =" not in text
