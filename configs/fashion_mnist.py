@@ -170,4 +170,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   config.eval_every_steps = 0                # 0 = evaluate at the end only.
   config.checkpoint_every_steps = 500        # and always at the end.
   config.checkpoint_keep = 3
+  # True: a batch of one microbatch runs as two halves, so that the gradient
+  # noise scale is measured (metrics.jsonl's b_simple); see README.
+  config.noise_scale_split = False
   return config

@@ -239,6 +239,9 @@ def run_config(point, *, dataset: dict, model: dict, plan: MicrobatchPlan,
   config.eval_every_steps = 0
   config.checkpoint_every_steps = min(1000, steps_per_epoch)
   config.checkpoint_keep = 2
+  # True: a batch of one microbatch runs as two halves, so that the gradient
+  # noise scale is measured (metrics.jsonl's b_simple); see README.
+  config.noise_scale_split = False
   return config
 
 

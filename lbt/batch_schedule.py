@@ -10,9 +10,10 @@ A run's batch may change while it trains (`batch_schedule` in the config):
   noise_scale  the batch follows the gradient noise scale measured by the run
                itself (McCandlish et al. 2018, arXiv 1812.06162; the batch-size
                warmup of Merrill et al. 2025, arXiv 2505.23971): it starts at
-               `min_batch` and every `every` updates becomes `factor` x B_simple,
-               rounded to a multiple of the microbatch and clipped to
-               [min_batch, max_batch].
+               `batch_size` and every `every` updates becomes `factor` x
+               B_simple, rounded to a multiple of the microbatch and clipped to
+               [min_batch, max_batch], once MIN_ESTIMATES updates have been
+               measured (a single estimate can be far off).
 
 The microbatch stays fixed and the number of microbatches changes, so memory
 stays that of one microbatch whatever the batch; the update is compiled once
@@ -28,8 +29,8 @@ the same batches of the same examples as an uninterrupted one.
 A run whose batch changes follows its learning-rate schedule in epochs (the
 schedule of `batch_size`, evaluated at the epochs trained before each update)
 with the peak LR of `batch_size`: Smith et al. keep the LR and grow the batch.
-A run of `steps` or `noise_scale` lasts `num_epochs` (or `num_train_steps`
-updates if set), so schedules compare at equal examples.
+A run of `steps` or `noise_scale` lasts `num_epochs` (`num_train_steps` must
+be 0), so schedules compare at equal examples.
 """
 
 import bisect
@@ -46,8 +47,12 @@ from lbt.errors import ConfigError
 KINDS = ("constant", "steps", "noise_scale")
 FIELDS = {"constant": ("name",), "steps": ("name", "epochs", "batch_sizes"),
           "noise_scale": ("name", "factor", "min_batch", "max_batch", "every")}
-# noise_scale fields a config may leave out; 0 means batch_size / the training set.
+# noise_scale fields a config may leave out; 0 means batch_size / the largest
+# multiple of the microbatch in the training pool.
 NOISE_DEFAULTS = {"factor": 1.0, "min_batch": 0, "max_batch": 0, "every": 50}
+# Estimates a noise_scale batch waits for: the time constant of the moving
+# averages (diagnostics.NOISE_SCALE_DECAY).
+MIN_ESTIMATES = round(1 / (1 - diagnostics.NOISE_SCALE_DECAY))
 
 
 def section(config) -> Dict[str, Any]:
@@ -102,14 +107,19 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
     raise ConfigError("microbatch_size", microbatch,
                       f"a positive microbatch with batch_schedule.name={name!r}: the "
                       "microbatch stays fixed while the number of microbatches changes")
+  if config.num_train_steps != 0:
+    raise ConfigError("num_train_steps", config.num_train_steps,
+                      f"0 with batch_schedule.name={name!r}: a run whose batch changes "
+                      "lasts num_epochs, so that schedules compare at equal examples")
   limit = f"an integer in [1, {train_examples}] (the training pool)"
   if name == "steps":
     epochs, sizes = spec.get("epochs"), spec.get("batch_sizes")
     if (not isinstance(epochs, (list, tuple)) or not epochs or
         any(isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e)
-            or e <= 0 for e in epochs) or list(epochs) != sorted(set(epochs))):
-      _fail("epochs", epochs, "a non-empty list of increasing positive epochs at which "
-            "the batch changes")
+            or e <= 0 or e >= config.num_epochs for e in epochs)
+        or list(epochs) != sorted(set(epochs))):
+      _fail("epochs", epochs, "a non-empty list of increasing epochs, each in (0, "
+            f"num_epochs={config.num_epochs:g}), at which the batch changes")
     if not isinstance(sizes, (list, tuple)) or len(sizes) != len(epochs):
       _fail("batch_sizes", sizes, f"a list of {len(epochs)} batch sizes, one from each "
             "of batch_schedule.epochs on")
@@ -124,12 +134,16 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
   for key in ("min_batch", "max_batch"):
     value = spec[key]
     if not (value == 0 and not isinstance(value, bool)) and not (
-        _positive_int(value) and value <= train_examples):
+        _positive_int(value) and value <= train_examples and value % microbatch == 0):
       _fail(key, value, f"0 ({'batch_size' if key == 'min_batch' else 'the training pool'})"
-            f" or {limit}")
+            f" or a multiple of the microbatch ({microbatch}) in [1, {train_examples}]")
   low, high = limits(config, train_examples)
   if high < low:
     _fail("max_batch", spec["max_batch"], f"at least min_batch ({low})")
+  if not low <= config.batch_size <= high:
+    _fail("max_batch" if config.batch_size > high else "min_batch",
+          spec["max_batch" if config.batch_size > high else "min_batch"],
+          f"bounds around batch_size ({config.batch_size}), where the run starts")
   if not _positive_int(spec["every"]):
     _fail("every", spec["every"], "a positive number of updates between batch changes")
   if microbatch > low // 2 and not split:
@@ -142,8 +156,9 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
 def limits(config, train_examples: int):
   """(min_batch, max_batch) of a noise_scale schedule, zeros resolved."""
   spec = section(config)
+  micro = config.microbatch_size or config.batch_size
   return (spec.get("min_batch") or config.batch_size,
-          spec.get("max_batch") or train_examples)
+          spec.get("max_batch") or max(micro, train_examples // micro * micro))
 
 
 class Slot(NamedTuple):
@@ -195,8 +210,10 @@ class BatchPlan:
     return self.schedule["name"]
 
   def b_simple(self) -> float:
+    """B_simple from the averages, NaN before MIN_ESTIMATES or while the
+    average |G|² is not positive."""
     ema_g, ema_t, count = self.noise
-    return ema_t / ema_g if count and ema_g > 0 else float("nan")
+    return ema_t / ema_g if count >= MIN_ESTIMATES and ema_g > 0 else float("nan")
 
   def _decide(self, epoch: int, offset: int) -> int:
     """The batch of the next update if it started at (epoch, offset)."""
@@ -295,13 +312,9 @@ def create_plan(config, *, pool_size: int, microbatch: int,
   """
   spec = section(config)
   low, high = limits(config, pool_size)
-  first = low if spec["name"] == "noise_scale" else config.batch_size
-  if spec["name"] == "constant":
-    length = constant_updates
-  else:
-    length = int(config.num_train_steps) if config.num_train_steps > 0 else 0
+  length = constant_updates if spec["name"] == "constant" else 0
   return BatchPlan(spec, pool_size, microbatch, float(config.num_epochs), length,
-                   low, high, history=[[0, first]])
+                   low, high, history=[[0, config.batch_size]])
 
 
 def planned_updates(plan: BatchPlan, limit: Optional[int] = None) -> int:

@@ -138,7 +138,11 @@ def _data_digests(data_iterator) -> List[str]:
     return [mine]
   from jax.experimental import multihost_utils
   every = multihost_utils.process_allgather(np.frombuffer(bytes.fromhex(mine), np.uint8))
-  return [bytes(row).hex() for row in np.asarray(every).reshape(jax.process_count(), -1)]
+  digests = [bytes(row).hex() for row in np.asarray(every).reshape(jax.process_count(), -1)]
+  if len(set(digests)) > 1:  # Every process must take the same batches.
+    raise RuntimeError("the processes disagree on the data position (the batch plan): "
+                       f"digests {digests}")
+  return digests
 
 
 def integrity_record(state: Any, data_iterator) -> Dict[str, Any]:

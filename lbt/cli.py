@@ -56,7 +56,7 @@ def one_line(text) -> str:
   return " ".join(str(text).split())
 
 
-def _exit_now(signum, frame) -> None:
+def exit_now(signum, frame) -> None:
   """Outside the training loop there is nothing to save: leave at once, before
   a KeyboardInterrupt can land inside JAX's or orbax's start-up or shut-down."""
   del frame
@@ -89,7 +89,7 @@ def exit_on_signals() -> None:
   signals over while it can save (`lbt.train.training_signals`).
   """
   for signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(signum, _exit_now)
+    signal.signal(signum, exit_now)
 
 
 def run(command: Callable[[], object]) -> int:

@@ -286,7 +286,8 @@ def scheduled_batches(config, train_examples: int) -> Tuple[int, ...]:
   if spec["name"] == "noise_scale":
     low, high = batch_schedule.limits(config, train_examples)
     m = config.microbatch_size
-    return tuple(sorted({low, high, *range(m * max(1, -(-low // m)), high, m)}))
+    return tuple(sorted({config.batch_size, low, high,
+                         *range(m * max(1, -(-low // m)), high, m)}))
   return (config.batch_size,)
 
 

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lbt import batch_schedule, checkpoint, data, diagnostics, metrics as metrics_lib, models, optim
-from lbt import parallel, step
+from lbt import batch_schedule, checkpoint, cli, data, diagnostics
+from lbt import metrics as metrics_lib, models, optim, parallel, step
 from lbt import config as config_lib
 from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
@@ -58,17 +58,21 @@ class PreemptionNotice:
   jax.distributed) catches SIGTERM on whichever host gets it, and all hosts
   agree on the next update at which to save, with no all-gather per update;
   `reached(done)` must then be called by every process at every update.
-  Inside the loop Ctrl-C raises KeyboardInterrupt (the last checkpoint stays);
-  outside it the command line's handlers apply (`cli.exit_on_signals`).
+  Inside the loop Ctrl-C raises KeyboardInterrupt from `reached`, at the end
+  of the update (the last checkpoint stays), never from inside a library (an
+  orbax save cancelled half-way could swallow it); a second Ctrl-C leaves at
+  once. Outside the loop the command line's handlers apply
+  (`cli.exit_on_signals`).
   """
 
   def __init__(self):
     self.requested = False
+    self.interrupted = False
     self._previous = {}
     self._multihost = jax.process_count() > 1
 
   def __enter__(self):
-    handlers = {signal.SIGINT: signal.default_int_handler}
+    handlers = {signal.SIGINT: self._interrupt}
     if not self._multihost:
       handlers[signal.SIGTERM] = self._handle
     try:
@@ -82,11 +86,22 @@ class PreemptionNotice:
     del signum, frame
     self.requested = True
 
+  def _interrupt(self, signum, frame):
+    if self.interrupted:  # The second Ctrl-C: no waiting for the update.
+      cli.exit_now(signum, frame)
+    self.interrupted = True
+
   def reached(self, done: int) -> bool:
+    """Whether to save and stop for a SIGTERM after update `done`; raises
+    KeyboardInterrupt after a Ctrl-C."""
     if self._multihost:
       from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(done)
-    return self.requested
+      stop = multihost_utils.reached_preemption_sync_point(done)
+    else:
+      stop = self.requested
+    if self.interrupted:
+      raise KeyboardInterrupt
+    return stop
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
@@ -183,8 +198,9 @@ def dispatch_ahead(mesh) -> int:
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    label_smoothing: float, needs: Sequence[str] = (),
                    adversarial: Optional[Dict[str, Any]] = None) -> Callable:
-  """The jitted update: `update(state, microbatches, params_init[, lr_position])
-  -> (state, metrics)` (`lr_position`: see `step.finish_update`).
+  """The jitted update: `update(state, microbatches, params_init, lr_position=None,
+  num_microbatches=<this>) -> (state, metrics)` (`lr_position`: see
+  `step.finish_update`).
 
   `microbatches` yields the update's global microbatches. One microbatch is a
   single fused step. Several are streamed through a host loop of jitted calls
@@ -192,21 +208,18 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   microbatch is ever on the device, the host never waits on a device value
   inside an update, and the compiled programs are the one-shot step's own
   (a `lax.scan` body got slower convolution layouts on XLA:CPU; see
-  benchmarks/accumulation.py).
+  benchmarks/accumulation.py). A run whose batch changes passes each update's
+  `num_microbatches`: the programs compile once per microbatch shape, and the
+  finish once per count only for optimizers that read the count (GSNR).
   """
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   add = functools.partial(step.add_microbatch, apply_fn=model.apply,
                           label_smoothing=label_smoothing, adversarial=adversarial)
-  finish = functools.partial(step.finish_update, tx=tx, schedule=schedule,
-                             num_microbatches=num_microbatches)
-  if num_microbatches == 1:
-    fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
-                                      schedule=schedule, label_smoothing=label_smoothing,
-                                      needs=needs, adversarial=adversarial),
-                    in_shardings=(replicated, sharded, replicated, replicated),
-                    out_shardings=(replicated, replicated), donate_argnums=(0,))
-    return lambda state, microbatches, params_init, lr_position=None: fused(
-        state, next(iter(microbatches)), params_init, lr_position)
+  fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
+                                    schedule=schedule, label_smoothing=label_smoothing,
+                                    needs=needs, adversarial=adversarial),
+                  in_shardings=(replicated, sharded, replicated, replicated),
+                  out_shardings=(replicated, replicated), donate_argnums=(0,))
   start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
                      out_shardings=replicated)
   # `add` also returns its microbatch count, a scalar the host can wait on
@@ -214,20 +227,32 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   add_fn = jax.jit(lambda state, sums, microbatch: (lambda s: (s, s.microbatches))(
       add(state, sums, microbatch)), in_shardings=(replicated, replicated, sharded),
                    out_shardings=replicated, donate_argnums=(1,))
-  finish_fn = jax.jit(finish, in_shardings=(replicated,) * 4,
-                      out_shardings=(replicated, replicated), donate_argnums=(0,))
-  ahead = dispatch_ahead(mesh)
+  def finish_update(state, sums, params_init, lr_position, num_microbatches):
+    return step.finish_update(state, sums, params_init, lr_position, tx=tx,
+                              schedule=schedule, num_microbatches=num_microbatches)
 
-  def update(state, microbatches, params_init, lr_position=None):
+  finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 4,
+                      out_shardings=(replicated, replicated), static_argnums=(4,),
+                      donate_argnums=(0,))
+  counts_matter = "microbatch_grad_sq" in needs
+  ahead = dispatch_ahead(mesh)
+  default_count = num_microbatches
+
+  def update(state, microbatches, params_init, lr_position=None,
+             num_microbatches=default_count):
+    if num_microbatches == 1:
+      return fused(state, next(iter(microbatches)), params_init, lr_position)
     sums, dispatched = start_fn(state), collections.deque()
     for microbatch in microbatches:
       sums, done = add_fn(state, sums, microbatch)
       dispatched.append(done)
       if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
         jax.block_until_ready(dispatched.popleft())
-    return finish_fn(state, sums, params_init, lr_position)
+    # Static, so passed only where read: other optimizers compile one finish.
+    return finish_fn(state, sums, params_init, lr_position,
+                     num_microbatches if counts_matter else 1)
 
-  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn}
+  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn, "fused": fused}
   return update
 
 
@@ -303,9 +328,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
         else optim.create(config.optimizer, schedule))
 
   def lr_position(slot) -> Optional[float]:
-    if not changing:
-      return None
-    return slot.update if config.num_train_steps > 0 else slot.epochs_done * steps_per_epoch
+    return slot.epochs_done * steps_per_epoch if changing else None
 
   # State, created already replicated over the mesh.
   adversarial = adversarial_section(config)
@@ -340,15 +363,9 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
     print(note, flush=True)
 
   ahead = dispatch_ahead(mesh)
-  compiled = {}  # One update program per distinct batch size.
-
-  def update_for(batch: int) -> Callable:
-    if batch not in compiled:
-      compiled[batch] = compile_update(
-          model, tx, schedule, mesh, pipeline.train_batches.layout(batch)[0],
-          config.loss.label_smoothing, needs=optim.needs(config.optimizer),
-          adversarial=adversarial)
-    return compiled[batch]
+  # One set of programs for every batch: each compiles once per microbatch shape.
+  update_fn = compile_update(model, tx, schedule, mesh, 1, config.loss.label_smoothing,
+                             needs=optim.needs(config.optimizer), adversarial=adversarial)
   eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
@@ -430,17 +447,19 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
   try:
     with PreemptionNotice() as preemption:
       while not plan.finished():
-        if plan.is_decision_point():  # The batch follows every estimate so far.
-          flush_train_metrics(plan.update)
         slot = stream.next_update()
         done, count = slot.update + 1, stream.num_microbatches(slot)
         microbatches = parallel.prefetch_to_mesh(stream, mesh, count)
-        state, step_metrics = update_for(slot.batch)(state, microbatches, params_init,
-                                                     lr_position(slot))
+        state, step_metrics = update_fn(state, microbatches, params_init,
+                                        lr_position(slot), num_microbatches=count)
         pending.append((step_metrics, slot.batch, count))
         examples += slot.batch
         if len(pending) > ahead:  # Host memory stays that of a few batches.
           jax.block_until_ready(pending[-1 - ahead][0])
+        if plan.is_decision_point():
+          # The next batch, and so whether the run ends here, follows every
+          # estimate so far.
+          flush_train_metrics(done)
         is_last = plan.finished()
         evaluate_now = every(config.eval_every_steps, done) or is_last
         save_now = every(config.checkpoint_every_steps, done) or is_last

@@ -21,8 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def plan_of(schedule, *, batch=1000, pool=10000, micro=100, epochs=4.0, steps=0):
-  config = ml_collections.ConfigDict({"batch_size": batch, "num_epochs": epochs,
-                                      "num_train_steps": steps,
+  config = ml_collections.ConfigDict({"batch_size": batch, "microbatch_size": micro,
+                                      "num_epochs": epochs, "num_train_steps": steps,
                                       "batch_schedule": schedule})
   return batch_schedule.create_plan(config, pool_size=pool, microbatch=micro,
                                     constant_updates=0)
@@ -60,10 +60,14 @@ def test_constant_batch_counts_as_before():
 
 def test_noise_scale_batch_follows_b_simple_at_its_decision_points():
   plan = plan_of({"name": "noise_scale", "factor": 2.0, "min_batch": 200,
-                  "max_batch": 1000, "every": 3}, micro=100, epochs=20)
+                  "max_batch": 1000, "every": 3}, batch=200, micro=100, epochs=20)
   assert plan.take().batch == 200
-  # Estimates with EMA ratio exactly tr/|G|^2 = 260: 2 x 260 = 520 -> 500.
-  plan.add_noise_estimates([1.0, 1.0], [260.0, 260.0])
+  # Fewer estimates than the averages' time constant: no decision yet.
+  plan.add_noise_estimates([1.0] * 19, [260.0] * 19)
+  assert [plan.take().batch for _ in range(2)] == [200, 200]
+  assert plan.is_decision_point() and plan.take().batch == 200
+  # EMA ratio exactly tr/|G|^2 = 260: 2 x 260 = 520 -> 500.
+  plan.add_noise_estimates([1.0], [260.0])
   assert [plan.take().batch for _ in range(2)] == [200, 200]
   assert plan.is_decision_point()
   assert plan.take().batch == 500
@@ -73,13 +77,14 @@ def test_noise_scale_batch_follows_b_simple_at_its_decision_points():
   plan.add_noise_estimates([1.0] * 400, [10.0] * 400)  # B_simple -> ~10
   plan.take(), plan.take()
   assert plan.take().batch == 200  # clipped to min_batch
-  assert plan.history == [[0, 200], [3, 500], [6, 1000], [9, 200]]
+  assert plan.history == [[0, 200], [6, 500], [9, 1000], [12, 200]]
 
 
 def test_noise_scale_keeps_its_batch_while_b_simple_is_undefined():
-  plan = plan_of({"name": "noise_scale", "every": 1, "min_batch": 300}, micro=100)
+  plan = plan_of({"name": "noise_scale", "every": 1, "min_batch": 300}, batch=300,
+                 micro=100)
   plan.take()
-  plan.add_noise_estimates([-1.0], [5.0])  # |G|^2 estimated negative: no ratio
+  plan.add_noise_estimates([-1.0] * 30, [5.0] * 30)  # |G|^2 negative: no ratio
   assert plan.take().batch == 300
 
 
@@ -107,11 +112,15 @@ def test_plan_state_round_trips_through_json():
      "batch_schedule.every"),
     ({"name": "noise_scale", "factor": -1.0}, 64, "batch_schedule.factor"),
     ({"name": "noise_scale", "min_batch": 512, "max_batch": 256}, 64, "batch_schedule.max_batch"),
+    ({"name": "noise_scale", "min_batch": 256}, 64, "batch_schedule.min_batch"),  # > batch
+    ({"name": "noise_scale", "max_batch": 1000}, 64, "batch_schedule.max_batch"),  # not 64k
+    ({"name": "steps", "epochs": [1, 3], "batch_sizes": [256, 512]}, 64,
+     "batch_schedule.epochs"),  # 3 is not within the 3-epoch run
     ({"name": "noise_scale", "every": 0}, 64, "batch_schedule.every"),
     ({"name": "noise_scale"}, 128, "microbatch_size"),  # one microbatch at batch 128
 ])
 def test_bad_schedules_name_their_field(make_config, schedule, micro, field):
-  config = make_config("momentum,batch=128,model=mlp", microbatch_size=micro)
+  config = make_config("momentum,batch=128,model=mlp,epochs=3", microbatch_size=micro)
   config.batch_schedule = schedule
   with pytest.raises(ConfigError) as error:
     config_lib.validate(config, num_devices=8)
@@ -129,8 +138,15 @@ def scheduled_config(make_config, schedule, **overrides):
   return config
 
 
-def test_steps_schedule_trains_its_batches_and_compiles_once_per_batch(make_config,
-                                                                       tmp_path):
+def test_a_changing_batch_runs_for_epochs_not_updates(make_config):
+  config = make_config("momentum,batch=128,model=mlp", microbatch_size=64, num_train_steps=9)
+  config.batch_schedule = {"name": "steps", "epochs": [0.5], "batch_sizes": [256]}
+  with pytest.raises(ConfigError) as error:
+    config_lib.validate(config, num_devices=8)
+  assert error.value.field == "num_train_steps"
+
+
+def test_steps_schedule_trains_its_batches_and_compiles_once(make_config, tmp_path):
   config = scheduled_config(make_config, {"name": "steps", "epochs": [1.0, 2.0],
                                           "batch_sizes": [200, 500]})
   compiled = []
@@ -150,8 +166,11 @@ def test_steps_schedule_trains_its_batches_and_compiles_once_per_batch(make_conf
   records = metrics.read_jsonl(str(tmp_path), "train")
   assert [r["batch_size"] for r in records] == [100] * 10 + [200] * 5 + [500] * 2
   assert summary["num_train_steps"] == 17 and summary["examples"] == 3000
-  finishes = [m for m in compiled if "finish_update" in m and "Finished XLA compilation" in m]
-  assert len(finishes) == 3, compiled
+  # Every microbatch has 50 examples: one program each for start, add and
+  # finish, whatever the batch (momentum does not read the microbatch count).
+  done = [m for m in compiled if "Finished XLA compilation" in m]
+  for name in ("start_update", "finish_update", "<lambda>"):
+    assert sum(f"jit({name})" in m for m in done) == 1, (name, done)
   # The learning rate follows the schedule in epochs: warmup over half an epoch
   # of batch 100 is 5 updates; cosine decay to 0 at epoch 3 whatever the batch.
   lr = [r["learning_rate"] for r in records]
@@ -163,12 +182,13 @@ def test_noise_scale_schedule_sets_each_batch_from_the_logged_estimate(make_conf
                                                                        tmp_path):
   schedule = {"name": "noise_scale", "factor": 4.0, "min_batch": 100,
               "max_batch": 500, "every": 3}
-  config = scheduled_config(make_config, schedule, num_epochs=2.0)
+  config = scheduled_config(make_config, schedule, num_epochs=6.0)
   train.train_and_evaluate(config, str(tmp_path))
   records = metrics.read_jsonl(str(tmp_path), "train")
   assert records[0]["batch_size"] == 100
   for before, now in zip(records, records[1:]):
-    if (now["step"] - 1) % 3:
+    # Update `step` follows step - 1 estimates; decisions wait for 20.
+    if (now["step"] - 1) % 3 or now["step"] - 1 < batch_schedule.MIN_ESTIMATES:
       assert now["batch_size"] == before["batch_size"]
     else:
       b = before["b_simple"]
@@ -184,7 +204,7 @@ def get_config(arg=None):
   config = fashion_mnist.get_config("momentum,batch=100,model=mlp")
   config.model.hidden_sizes = (32,)
   config.microbatch_size = 50
-  config.num_epochs = 3.0
+  config.num_epochs = {epochs}
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 2
   config.log_every_steps = 1
@@ -224,15 +244,17 @@ def final_state(workdir):
   return jax.tree.leaves(jax.tree.map(np.asarray, state)), int(state["step"])
 
 
-@pytest.mark.parametrize("schedule,kill_after", [
-    ({"name": "steps", "epochs": [1.0, 2.0], "batch_sizes": [200, 500]}, 12),
+@pytest.mark.parametrize("schedule,epochs,kill_after", [
+    ({"name": "steps", "epochs": [1.0, 2.0], "batch_sizes": [200, 500]}, 3.0, 12),
+    # Its first change can come at update 22 (after 21 estimates).
     ({"name": "noise_scale", "factor": 4.0, "min_batch": 100, "max_batch": 500,
-      "every": 3}, 8),
+      "every": 3}, 8.0, 26),
 ])
 def test_sigkill_after_a_batch_change_resumes_bit_identically(data_dir, tmp_path, schedule,
-                                                              kill_after):
+                                                              epochs, kill_after):
   config_file = tmp_path / "config.py"
-  config_file.write_text(CONFIG_FILE.format(data_dir=data_dir, schedule=schedule))
+  config_file.write_text(CONFIG_FILE.format(data_dir=data_dir, schedule=schedule,
+                                            epochs=epochs))
   workdir = tmp_path / "killed"
   process = start(config_file, workdir)
   wait_for_update(process, workdir, kill_after + 1)  # checkpoint kill_after is whole
@@ -272,7 +294,27 @@ def test_noise_scale_split_measures_b_simple_from_two_halves(make_config, tmp_pa
 
 
 def test_noise_scale_split_must_be_a_bool(make_config):
-  config = make_config("momentum,batch=128,model=mlp", noise_scale_split=1)
+  fields = make_config("momentum,batch=128,model=mlp").to_dict()
+  fields["noise_scale_split"] = 1  # e.g. a config file that writes its own dict
+  config = ml_collections.ConfigDict(fields)
   with pytest.raises(ConfigError) as error:
     config_lib.validate(config, num_devices=8)
   assert error.value.field == "noise_scale_split"
+
+
+def test_a_run_that_ends_at_a_noise_scale_decision_still_evaluates_and_saves(
+    make_config, tmp_path, monkeypatch):
+  """21 updates of 100 leave the third epoch at offset 100; the decision at
+  update 21 (B_simple = 700, factor 2 -> max_batch 1,000) no longer fits the
+  epoch, so that update ends a 2.5-epoch run, though the estimates before it
+  (fewer than 20) said the batch stays 100."""
+  from lbt import diagnostics
+  monkeypatch.setattr(diagnostics, "gradient_noise_scale", lambda *args: (1.0, 700.0))
+  schedule = {"name": "noise_scale", "factor": 2.0, "min_batch": 100, "max_batch": 1000,
+              "every": 3}
+  config = scheduled_config(make_config, schedule, num_epochs=2.5, log_every_steps=5,
+                            checkpoint_every_steps=0)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["num_train_steps"] == 21 and summary["examples"] == 2100
+  assert [r["step"] for r in metrics.read_jsonl(str(tmp_path), "eval")] == [21]
+  assert checkpoint.load_state(str(tmp_path))["step"] == 21

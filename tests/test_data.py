@@ -1,5 +1,6 @@
 """The input pipeline: real Fashion-MNIST, deterministic batches, exact eval."""
 
+import json
 import os
 
 import numpy as np
@@ -96,6 +97,20 @@ def test_stream_state_resumes_at_the_same_update(pipeline):
   again.set_state(state)
   assert again.next_update().update == 7
   np.testing.assert_array_equal(next(again)["image"], expected["image"])
+
+
+def test_stream_resumes_from_a_checkpoint_of_lbt_before_batch_schedules(pipeline):
+  """grain's own iterator state, the index of the next microbatch, still
+  restores a constant batch; the digest-checked state stays what was saved."""
+  stream = pipeline.train_stream(batch_schedule.constant_plan(
+      512, len(pipeline.train_batches.pool), 50))
+  legacy = {"next_index": 7}  # one microbatch per update: update 7 is next
+  stream.set_state(json.dumps(legacy).encode())
+  assert stream.get_state() == legacy
+  slot = stream.next_update()
+  assert (slot.update, slot.epoch, slot.offset) == (7, 0, 7 * 512)
+  np.testing.assert_array_equal(next(stream)["label"], pipeline.train_batches(7)["label"])
+  assert json.loads(stream.get_state())["update"] == 8
 
 
 def test_batches_are_normalized(pipeline):

@@ -301,11 +301,14 @@ class TrainStream:
   def __init__(self, batches: TrainBatches, plan: batch_schedule.BatchPlan):
     self.batches, self.plan = batches, plan
     self._segment, self._iterator = collections.deque(), None
+    self._legacy = None
 
   def next_update(self) -> batch_schedule.Slot:
     """The next update's slot (its batch, epoch and offset); takes it."""
     if not self._segment:
       slots = self.plan.upcoming(limit=SEGMENT_UPDATES)
+      if not slots:
+        raise RuntimeError(f"the batch plan has no update {self.plan.update}: it is finished")
       self._segment.extend(slots)
       n = self.batches.layout(slots[0].batch)[0]
       dataset = grain.MapDataset.range(len(slots) * n).map(
@@ -314,6 +317,7 @@ class TrainStream:
                                   prefetch_buffer_size=PREFETCH_MICROBATCHES)
       self._iterator = iter(dataset.to_iter_dataset(options))
     slot = self.plan.take()
+    self._legacy = None
     if slot != self._segment.popleft():
       raise RuntimeError(f"the batch plan moved under its data stream at update {slot.update}")
     return slot
@@ -327,11 +331,22 @@ class TrainStream:
   def __next__(self) -> Batch:
     return next(self._iterator)
 
-  def get_state(self) -> bytes:
+  def get_state(self):
+    if self._legacy is not None:  # Restored, not moved: what the checkpoint holds.
+      return self._legacy
     return json.dumps(self.plan.state(), sort_keys=True).encode()
 
   def set_state(self, state: bytes) -> None:
-    self.plan.set_state(json.loads(state))
+    state = json.loads(state)
+    if "next_index" in state and self.plan.name == "constant":
+      # A checkpoint of lbt before batch schedules: grain's index of the next
+      # microbatch of a constant batch.
+      update = state["next_index"] // self.batches.layout(self.plan.batch)[0]
+      slot = self.batches.slot(update)
+      self.plan.update, self.plan.epoch, self.plan.offset = update, slot.epoch, slot.offset
+      self._legacy = state
+    else:
+      self.plan.set_state(state)
     self._segment, self._iterator = collections.deque(), None
 
   def start_prefetch(self) -> None:
