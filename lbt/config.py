@@ -31,8 +31,9 @@ TOP_LEVEL_FIELDS = (
     "seed", "dataset", "model", "batch_size", "microbatch_size", "eval_batch_size",
     "num_epochs", "num_train_steps", "optimizer", "schedule", "loss", "bn",
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
-# Fields a config may leave out (older configs and workdirs have none).
-OPTIONAL_FIELDS = ("batch_schedule", "noise_scale_split")
+# Fields a config may leave out (older configs and workdirs have none), and
+# what their absence means.
+OPTIONAL_FIELDS = {"batch_schedule": {"name": "constant"}, "noise_scale_split": False}
 SECTION_FIELDS = {
     "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
     "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
@@ -154,9 +155,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   from lbt import adversarial, data, models, optim
 
   for key in config.keys():
-    _require(key in TOP_LEVEL_FIELDS + OPTIONAL_FIELDS, key, config[key],
+    _require(key in TOP_LEVEL_FIELDS + tuple(OPTIONAL_FIELDS), key, config[key],
              "not a field lbt reads; the fields are: "
-             f"{', '.join(TOP_LEVEL_FIELDS + OPTIONAL_FIELDS)}")
+             f"{', '.join(TOP_LEVEL_FIELDS + tuple(OPTIONAL_FIELDS))}")
   sections = ("dataset", "model", "optimizer", "schedule", "loss", "bn")
   for field in TOP_LEVEL_FIELDS:
     _require(field in config, field, None, "a section of the config (ConfigDict)"

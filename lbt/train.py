@@ -129,6 +129,9 @@ def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> 
   # absence meant, is no change: older runs and studies still resume.
   for key, value in config_lib.DATASET_DEFAULTS.items():
     old.setdefault("dataset", {}).setdefault(key, value)
+  for key, value in config_lib.OPTIONAL_FIELDS.items():
+    if key in new:
+      old.setdefault(key, value)
   if "adversarial" not in old.get("loss", {}) and adversarial_section(config) is None:
     old.setdefault("loss", {})["adversarial"] = new["loss"].get("adversarial")
   changed = config_lib.changed_fields(old, new)

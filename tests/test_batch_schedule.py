@@ -318,3 +318,14 @@ def test_a_run_that_ends_at_a_noise_scale_decision_still_evaluates_and_saves(
   assert summary["num_train_steps"] == 21 and summary["examples"] == 2100
   assert [r["step"] for r in metrics.read_jsonl(str(tmp_path), "eval")] == [21]
   assert checkpoint.load_state(str(tmp_path))["step"] == 21
+
+
+def test_a_workdir_written_before_these_fields_still_resumes(make_config, tmp_path):
+  config = make_config("momentum,batch=128,model=mlp")
+  older = config.to_dict()
+  del older["noise_scale_split"]
+  (tmp_path / "config.json").write_text(ml_collections.ConfigDict(older).to_json())
+  train.check_workdir_config(config, str(tmp_path), ())  # no change to refuse
+  config.noise_scale_split = True
+  with pytest.raises(ConfigError, match="noise_scale_split"):
+    train.check_workdir_config(config, str(tmp_path), ())
