@@ -93,9 +93,14 @@ def section_target(series: Dict[str, List[dict]], report_dir: str
                    f"B={int(b.max())} or cannot be told")
     elif np.unique(b).size >= 3:
       fits[label] = (s_min, b_noise)
-      grid = np.geomspace(b.min(), max(b.max(), 4 * b_noise) if b_noise > 0 else b.max(), 60)
+      grid = np.geomspace(b.min(), max(b.max(), 4 * b_noise), 60)
       ax_s.loglog(grid, s_min * (1 + b_noise / grid), "--", color=line.get_color())
       ax_e.loglog(grid, s_min * (grid + b_noise), "--", color=line.get_color())
+      # Every fit's regime bounds and B_crit, as ticks on its own curve.
+      ticks = np.array([b_noise / REGIME_FACTOR, b_noise, b_noise * REGIME_FACTOR])
+      ticks = ticks[(ticks >= grid[0]) & (ticks <= grid[-1])]
+      ax_s.loglog(ticks, s_min * (1 + b_noise / ticks), "|", ms=12, color=line.get_color())
+      ax_e.loglog(ticks, s_min * (ticks + b_noise), "|", ms=12, color=line.get_color())
       sentence += (f". Fit S(B) = S_min(1 + B_noise/B): S_min = {s_min:.3g}, E_min = "
                    f"{s_min * b_noise:.3g} examples, critical batch B_crit = E_min/S_min = "
                    f"{b_noise:.3g}" + _extrapolation(b_noise, b))
@@ -118,7 +123,8 @@ def section_target(series: Dict[str, List[dict]], report_dir: str
           f"2019's, bounds ours): perfect scaling below B_crit/{REGIME_FACTOR:g} (updates "
           f"within 10 % of E_min/B), maximal parallelism above {REGIME_FACTOR:g}·B_crit (within 10 % of "
           f"S_min), diminishing returns between; shaded for "
-          f"{shaded or 'the first optimizer that fits'}.\n\n{image}"
+          f"{shaded or 'the first optimizer that fits'}, ticks on every fitted curve at "
+          f"B_crit/{REGIME_FACTOR:g}, B_crit and {REGIME_FACTOR:g}·B_crit.\n\n{image}"
           "\n\n" + "\n".join(text) + "\n"), fits
 
 
