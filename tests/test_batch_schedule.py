@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,11 +218,11 @@ def get_config(arg=None):
 """
 
 
-def start(config_file, workdir):
+def start(config_file, workdir, extra=()):
   env = dict(os.environ, PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   return subprocess.Popen([sys.executable, "-m", "lbt.main", f"--config={config_file}",
-                           f"--workdir={workdir}"], cwd=REPO, env=env,
+                           f"--workdir={workdir}", *extra], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -329,3 +330,24 @@ def test_a_workdir_written_before_these_fields_still_resumes(make_config, tmp_pa
   config.noise_scale_split = True
   with pytest.raises(ConfigError, match="noise_scale_split"):
     train.check_workdir_config(config, str(tmp_path), ())
+
+
+def test_two_processes_take_the_same_noise_scale_batches(data_dir, tmp_path):
+  """Each process decides the batch from its own copy of the replicated
+  metrics; a save compares their plans' digests and fails on any difference."""
+  schedule = {"name": "noise_scale", "factor": 4.0, "min_batch": 100, "max_batch": 500,
+              "every": 3}
+  config_file = tmp_path / "config.py"
+  config_file.write_text(CONFIG_FILE.format(data_dir=data_dir, schedule=schedule,
+                                            epochs=4.0))
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  processes = [start(config_file, tmp_path / "run",
+                     [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                      f"--process_id={i}"]) for i in range(2)]
+  errors = [p.communicate(timeout=400)[1] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+  batches = [r["batch_size"] for r in metrics.read_jsonl(str(tmp_path / "run"), "train")]
+  assert len(set(batches)) > 1  # the batch moved, on both processes alike
+  assert sum(batches) <= 4 * 1000
