@@ -95,9 +95,15 @@ def accuracy_table(chosen: Dict[str, dict]) -> str:
     return "(no batch-sweep points yet)"
   out = ["| optimizer | " + " | ".join(str(b) for b in batches) + " |",
          "|---|" + "---|" * len(batches)]
+  # A "tuned" grid of one learning rate was not tuned: its cell is starred.
+  untuned = {e["row"]["name"] for e in chosen.values()
+             if e["row"]["variant"] == "tuned" and len(e["members"]) == 1}
   for label, rows in lines.items():
-    by_batch = {r["batch_size"]: _outcome(r) for r in rows}
+    by_batch = {r["batch_size"]: _outcome(r) + ("*" if r["name"] in untuned else "")
+                for r in rows}
     out.append(f"| {label} | " + " | ".join(by_batch.get(b, "") for b in batches) + " |")
+  if untuned:
+    out.append("\n\\* one learning rate only: not tuned at this batch.")
   return "\n".join(out)
 
 

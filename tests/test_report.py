@@ -157,3 +157,14 @@ def test_report_command(synthetic, capsys, tmp_path):
   assert "| momentum | 90.00 | 88.00 | diverged@2 |" in capsys.readouterr().out
   assert report.main(["lbt.report", str(tmp_path / "missing")]) == 2
   assert "DIR=" in capsys.readouterr().err
+
+
+def test_a_tuned_grid_of_one_learning_rate_is_starred_as_untuned():
+  def entry(batch, members):
+    row = {"name": f"adam-b{batch}-tuned-lr1", "variant": "tuned", "optimizer": "adam",
+           "batch_size": batch, "status": "finished", "final_accuracy": 0.5}
+    return {"row": row, "members": [row] * members, "criterion": None}
+
+  table = report.accuracy_table({"a": entry(256, 1), "b": entry(8192, 3)})
+  assert "| adam (LR tuned) | 50.00* | 50.00 |" in table
+  assert "one learning rate only" in table
