@@ -322,10 +322,13 @@ def planned_updates(plan: BatchPlan, limit: Optional[int] = None) -> int:
   taken as they stand (exact for constant and steps; for noise_scale, with
   the current batch kept)."""
   plan = copy.deepcopy(plan)
-  plan.schedule = {**plan.schedule, "name": "steps" if plan.name == "steps" else "constant"}
   if plan.num_updates:
     return max(0, plan.num_updates - plan.update)
   count = 0
+  if plan.name == "noise_scale" and not plan.finished():
+    plan.take()  # The batch decided now, kept from here on.
+    count = 1
+  plan.schedule = {**plan.schedule, "name": "steps" if plan.name == "steps" else "constant"}
   while not plan.finished() and (limit is None or count < limit):
     plan.take()
     count += 1

@@ -192,6 +192,12 @@ class Progress:
                          desc=desc, unit="update", dynamic_ncols=True,
                          mininterval=1.0)
 
+  def set_total(self, total: int) -> None:
+    """A new estimate of the run's updates (a batch that follows the noise scale)."""
+    if total != self.bar.total:
+      self.bar.total = total
+      self.bar.refresh()
+
   def update(self, n: int, **postfix) -> None:
     self.bar.update(n)
     if postfix:

@@ -463,6 +463,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
           # The next batch, and so whether the run ends here, follows every
           # estimate so far.
           flush_train_metrics(done)
+          progress.set_total(done + batch_schedule.planned_updates(plan))
         is_last = plan.finished()
         evaluate_now = every(config.eval_every_steps, done) or is_last
         save_now = every(config.checkpoint_every_steps, done) or is_last
@@ -481,6 +482,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
           checkpoint.save(manager, done, state, stream)
           raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
     num_steps = plan.update
+    progress.set_total(num_steps)
     if final is None:  # Resumed from the checkpoint of the last update.
       final = evaluate_all(num_steps)
     wall_time = time.time() - start_time
