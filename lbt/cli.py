@@ -47,7 +47,7 @@ EXIT_RULES = (
     ExitRule("lbt.workdir", "WriteError", EXIT_WRITE, "lbt: error: {}"),
     ExitRule("builtins", "KeyboardInterrupt", EXIT_INTERRUPTED,
              "lbt: interrupted; rerun the same command to resume from the last checkpoint."),
-    ExitRule("lbt.train", "Preempted", EXIT_PREEMPTED,
+    ExitRule("lbt.preemption", "Preempted", EXIT_PREEMPTED,
              "lbt: {}; rerun the same command to resume."),
 )
 
@@ -86,7 +86,7 @@ def exit_on_signals() -> None:
   """SIGINT and SIGTERM end the process at once with 130 / 143 and one line.
 
   The command line installs this first thing; the training loop takes the
-  signals over while it can save (`lbt.train.training_signals`).
+  signals over while it can save (`lbt.preemption.PreemptionNotice`).
   """
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, exit_now)

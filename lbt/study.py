@@ -39,7 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 
-from lbt import cli, diagnostics, remote
+from lbt import cli, diagnostics, preemption, remote
 from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
@@ -168,7 +168,7 @@ def _run_point(name: str, config, point_dir: str, is_main: bool) -> Tuple[str, d
   except train.Diverged as e:
     return DIVERGED, {"update": e.update, "loss": e.loss, "grad_norm": e.grad_norm,
                       "learning_rate": e.learning_rate}
-  except (KeyboardInterrupt, train.Preempted):
+  except (KeyboardInterrupt, preemption.Preempted):
     raise
   except workdir_lib.WorkdirBusy as e:  # Another runner has this point.
     if is_main:

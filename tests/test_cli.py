@@ -101,7 +101,7 @@ def _raise(error):
 
 
 def test_run_maps_each_outcome_to_its_exit_status(capsys):
-  from lbt import checkpoint, train, workdir  # pylint: disable=g-import-not-at-top
+  from lbt import checkpoint, preemption, train, workdir  # pylint: disable=g-import-not-at-top
   cases = [
       (lambda: None, 0, ""),
       (_raise(ConfigError("batch_size", 3, "a multiple of 8")), 2,
@@ -115,7 +115,7 @@ def test_run_maps_each_outcome_to_its_exit_status(capsys):
       (_raise(workdir.WriteError("/w/metrics.jsonl", "Read-only file system (EROFS)")), 4,
        "lbt: error: could not write /w/metrics.jsonl"),
       (_raise(KeyboardInterrupt()), 130, "lbt: interrupted; rerun the same command"),
-      (_raise(train.Preempted("SIGTERM: saved update 5")), 143,
+      (_raise(preemption.Preempted("SIGTERM: saved update 5")), 143,
        "lbt: SIGTERM: saved update 5; rerun the same command to resume.\n"),
   ]
   for command, status, line in cases:

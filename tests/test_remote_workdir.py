@@ -15,7 +15,7 @@ import time
 import pytest
 
 import fake_gcs
-from lbt import checkpoint, metrics, remote, study, train
+from lbt import checkpoint, metrics, preemption, remote, study, train
 from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
@@ -67,8 +67,8 @@ def test_run_into_gs_workdir_preempted_and_rerun(make_config, gcs, monkeypatch, 
   workdir = "gs://bucket/runs/mlp"
   config = small(make_config, checkpoint_keep=2)
   with monkeypatch.context() as patch:  # SIGTERM arrives during update 6.
-    patch.setattr(train.PreemptionNotice, "reached", lambda self, done: done == 6)
-    with pytest.raises(train.Preempted, match="update 6"):
+    patch.setattr(preemption.PreemptionNotice, "reached", lambda self, done: done == 6)
+    with pytest.raises(preemption.Preempted, match="update 6"):
       train.train_and_evaluate(config, workdir)
   local = gcs.local(workdir)
   assert sorted(os.listdir(os.path.join(local, "checkpoints"))) == ["4", "6"]
