@@ -279,10 +279,17 @@ class BatchPlan:
     self.noise = [float(state[0]), float(state[1]), int(state[2])]
     return b_simple
 
+  def examples(self) -> int:
+    """Examples the updates taken so far trained on."""
+    ends = [first for first, _ in self.history[1:]] + [self.update]
+    return sum(batch * (end - first) for (first, batch), end in zip(self.history, ends))
+
   def state(self) -> Dict[str, Any]:
+    """The checkpoint's data position: the next update, its epoch and offset,
+    the examples trained on, the batch history and the noise averages."""
     return {"update": self.update, "epoch": self.epoch, "offset": self.offset,
-            "history": [list(h) for h in self.history], "noise": list(self.noise),
-            "schedule": self.name}
+            "examples": self.examples(), "history": [list(h) for h in self.history],
+            "noise": list(self.noise), "schedule": self.name}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     if state.get("schedule") != self.name:

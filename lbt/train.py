@@ -428,8 +428,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
                "eval_count": final["count"], **scores, "num_train_steps": num_steps,
                "effective_learning_rate": peak_lr, "wall_time_s": wall_time,
                "examples_per_second": examples / wall_time,
-               "examples": sum(b * ((nxt[0] if nxt else num_steps) - u) for (u, b), nxt
-                               in zip(plan.history, plan.history[1:] + [None]))}
+               "examples": plan.examples()}
     writer.write(num_steps, "summary", summary)
   except BaseException:
     # The error in flight is the one to report, not one of closing the files.

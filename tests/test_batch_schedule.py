@@ -41,8 +41,10 @@ def test_steps_schedule_gives_its_batches_at_its_epochs():
   # epoch 2 at 2000 until 2.5 epochs are done (offsets 0, 2000, 4000: 3 updates),
   # then 4000 from offset 6000 (1 update); epoch 3: 2 updates of 4000, the last
   # 2000 examples dropped.
-  slots = run_plan(plan_of({"name": "steps", "epochs": [1, 2.5], "batch_sizes": [2000, 4000]}))
+  plan = plan_of({"name": "steps", "epochs": [1, 2.5], "batch_sizes": [2000, 4000]})
+  slots = run_plan(plan)
   assert [s.batch for s in slots] == [1000] * 10 + [2000] * 8 + [4000] * 3
+  assert plan.examples() == plan.state()["examples"] == 38000
   assert [(s.epoch, s.offset) for s in slots[15:]] == [
       (2, 0), (2, 2000), (2, 4000), (2, 6000), (3, 0), (3, 4000)]
   assert sum(s.batch for s in slots) == 38000
