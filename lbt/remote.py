@@ -28,6 +28,7 @@ Everything else of a workdir (config.json, study.json, report/) goes through
   study's results.sqlite, which SQLite cannot open on GCS).
 """
 
+import abc
 import contextlib
 import functools
 import hashlib
@@ -53,24 +54,24 @@ class Object(NamedTuple):
   updated: float  # Seconds since the epoch.
 
 
-class ObjectStore:
+class ObjectStore(abc.ABC):
   """Whole objects with conditional writes (see the module docstring)."""
 
+  @abc.abstractmethod
   def read(self, path: str) -> Optional[Object]:
     """The object, or None if absent."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def create(self, path: str, data: bytes) -> Optional[object]:
     """Writes `data` if `path` is absent; its generation, or None if it exists."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def replace(self, path: str, data: bytes, generation) -> Optional[object]:
     """Writes `data` if the object is at `generation`; the new one, or None."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def delete(self, path: str, generation) -> bool:
     """Deletes the object if it is at `generation`."""
-    raise NotImplementedError
 
 
 def _split(path: str):
