@@ -45,6 +45,8 @@ from lbt import diagnostics
 from lbt.errors import ConfigError
 
 KINDS = ("constant", "steps", "noise_scale")
+# What a config without a batch_schedule section means.
+DEFAULT = {"name": "constant"}
 FIELDS = {"constant": ("name",), "steps": ("name", "epochs", "batch_sizes"),
           "noise_scale": ("name", "factor", "min_batch", "max_batch", "every")}
 # noise_scale fields a config may leave out; 0 means batch_size / the largest
@@ -58,7 +60,7 @@ MIN_ESTIMATES = round(1 / (1 - diagnostics.NOISE_SCALE_DECAY))
 def section(config) -> Dict[str, Any]:
   """The config's batch_schedule as a plain dict, defaults filled in."""
   given = config.get("batch_schedule")
-  out = {"name": "constant"} if given is None else dict(given)
+  out = dict(DEFAULT if given is None else given)
   if out.get("name") == "noise_scale":
     out = {**NOISE_DEFAULTS, **out}
   return out
@@ -302,7 +304,7 @@ class BatchPlan:
 
 def constant_plan(batch_size: int, pool_size: int, num_updates: int) -> BatchPlan:
   """`num_updates` updates of `batch_size`."""
-  return BatchPlan({"name": "constant"}, pool_size, batch_size, 0.0, num_updates,
+  return BatchPlan(dict(DEFAULT), pool_size, batch_size, 0.0, num_updates,
                    batch_size, batch_size, history=[[0, batch_size]])
 
 

@@ -33,7 +33,7 @@ TOP_LEVEL_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
 # Fields a config may leave out (older configs and workdirs have none), and
 # what their absence means.
-OPTIONAL_FIELDS = {"batch_schedule": {"name": "constant"}, "noise_scale_split": False}
+OPTIONAL_FIELDS = {"batch_schedule": batch_schedule.DEFAULT, "noise_scale_split": False}
 SECTION_FIELDS = {
     "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
     "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
@@ -110,7 +110,7 @@ def microbatch_layout(batch: int, micro: int, num_devices: int,
 
 def noise_scale_split(config) -> bool:
   """Whether a one-microbatch batch runs as two halves to measure the noise scale."""
-  return bool(config.get("noise_scale_split", False))
+  return bool(config.get("noise_scale_split", OPTIONAL_FIELDS["noise_scale_split"]))
 
 
 def model_options(config) -> Dict[str, Any]:
@@ -211,7 +211,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   micro = microbatch_size(config)
   _require(micro <= batch, "microbatch_size", micro,
            f"at most batch_size ({batch}); 0 means no accumulation")
-  split = config.get("noise_scale_split", False)
+  split = config.get("noise_scale_split", OPTIONAL_FIELDS["noise_scale_split"])
   _require(isinstance(split, bool), "noise_scale_split", split,
            "True (a batch of one microbatch runs as two halves, for the gradient "
            "noise scale) or False")

@@ -384,7 +384,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
   def every(n: int, done: int) -> bool:
     return n > 0 and done % n == 0
 
-  final, scores, examples = None, {}, 0
+  final, scores, start_examples = None, {}, plan.examples()
   try:
     with PreemptionNotice() as preemption:
       while not plan.finished():
@@ -394,7 +394,6 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
         state, step_metrics = update_fn(state, microbatches, params_init,
                                         lr_position(slot), num_microbatches=count)
         pending.append((step_metrics, slot.batch, count))
-        examples += slot.batch
         if len(pending) > ahead:  # Host memory stays that of a few batches.
           jax.block_until_ready(pending[-1 - ahead][0])
         if plan.is_decision_point():
@@ -427,7 +426,7 @@ def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
     summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
                "eval_count": final["count"], **scores, "num_train_steps": num_steps,
                "effective_learning_rate": peak_lr, "wall_time_s": wall_time,
-               "examples_per_second": examples / wall_time,
+               "examples_per_second": (plan.examples() - start_examples) / wall_time,
                "examples": plan.examples()}
     writer.write(num_steps, "summary", summary)
   except BaseException:
