@@ -92,10 +92,11 @@ def instrument(stages: Stages) -> contextlib.ExitStack:
     def build(*args, **kwargs):
       update = compile_update(*args, **kwargs)
 
-      def run(state, microbatches, params_init):
+      def run(state, microbatches, params_init, *args, **kwargs):
         start = time.perf_counter()
         with stages.stage("steps"):
-          out = jax.block_until_ready(update(state, microbatches, params_init))
+          out = jax.block_until_ready(update(state, microbatches, params_init, *args,
+                                             **kwargs))
         stages.updates += 1
         if stages.updates == 1:
           stages.first_update_end = time.perf_counter()
