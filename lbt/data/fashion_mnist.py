@@ -8,6 +8,8 @@ shards that `tfds.data_source` reads like any other TFDS dataset. Images are
 stored as raw uint8 tensors: PNG encoding would again need TensorFlow.
 """
 
+import contextlib
+import fcntl
 import gzip
 import os
 
@@ -74,7 +76,25 @@ class LbtFashionMnist(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str, source_dir: str = DEBIAN_DIR) -> None:
-  """Writes the dataset into `data_dir` once; later calls return at once."""
-  builder = LbtFashionMnist(data_dir=data_dir, file_format="array_record")
-  builder.source_dir = source_dir
-  builder.download_and_prepare()
+  """Writes the dataset into `data_dir` once; later calls return at once.
+
+  Two processes that build it at once (two test workers, two studies on a new
+  machine) would both write and the second rename would fail: a local data
+  dir is built under an exclusive lock, and the builder is made inside it, so
+  the second process finds the first one's dataset.
+  """
+  with _exclusive(data_dir):
+    builder = LbtFashionMnist(data_dir=data_dir, file_format="array_record")
+    builder.source_dir = source_dir
+    builder.download_and_prepare()
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: str):
+  if "://" in data_dir:  # An object store has no lock; TFDS's own rename decides.
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".lbt_fashion_mnist.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
