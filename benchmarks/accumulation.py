@@ -3,7 +3,7 @@
   python benchmarks/accumulation.py [--model=lenet5] [--microbatch=512]
 
 For each global batch B at a fixed microbatch, one subprocess (so that its peak
-RSS is its own) builds lbt's real update (`lbt.train.compile_update`) and times,
+RSS is its own) builds lbt's real update (`lbt.programs.compile_update`) and times,
 interleaved, the accumulated update of B examples against the one-shot step of
 B = microbatch (medians over rounds). Microbatches are made on the host one at a
 time from uint8 pixels and normalized to float32, as the input pipeline does,
@@ -36,11 +36,13 @@ def measure(model_name: str, batch: int, micro: int, rounds: int) -> dict:
   import functools
   import jax
   import numpy as np
-  from lbt import models, optim, parallel, step, train
+  import optax
+  from lbt import models, optim, parallel, programs, step
 
   mesh = parallel.create_mesh()
   model = models.create(model_name, num_classes=10)
-  tx = optim.create_by_name("momentum", 0.01, weight_decay=5e-4)
+  tx = optax.inject_hyperparams(lambda learning_rate: optim.create_by_name(
+      "momentum", learning_rate, weight_decay=5e-4))(learning_rate=0.01)
   init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
                                    input_shape=(28, 28, 1)),
                  out_shardings=parallel.replicated(mesh))
@@ -59,13 +61,13 @@ def measure(model_name: str, batch: int, micro: int, rounds: int) -> dict:
             + memory.output_size_in_bytes) / 2**20
 
   n = batch // micro
-  one_shot = train.compile_update(model, tx, lambda c: 0.01, mesh, 1, 0.0)
-  accumulated = train.compile_update(model, tx, lambda c: 0.01, mesh, n, 0.0)
+  one_shot = programs.compile_update(model, tx, lambda c: 0.01, mesh, 1, 0.0)
+  accumulated = programs.compile_update(model, tx, lambda c: 0.01, mesh, n, 0.0)
   state = init(jax.random.PRNGKey(0))
   params_init = init(jax.random.PRNGKey(0)).params
   # Warm up (compile) both; the accumulated programs are the same for any n.
-  state, _ = one_shot(state, microbatches(1), params_init)
-  state, _ = accumulated(state, microbatches(min(n, 2)), params_init)
+  state, _ = one_shot(state, microbatches(1), params_init, 0.0)
+  state, _ = accumulated(state, microbatches(min(n, 2)), params_init, 0.0)
   jax.block_until_ready(state)
   if n > 1:
     sums = step.start_update(state)
@@ -81,9 +83,9 @@ def measure(model_name: str, batch: int, micro: int, rounds: int) -> dict:
       start = time.perf_counter()
       in_flight = collections.deque()
       for _ in range(repeats):  # As the train loop: a few updates ahead at most.
-        state, metrics = update(state, microbatches(count), params_init)
+        state, metrics = update(state, microbatches(count), params_init, 0.0)
         in_flight.append(metrics)
-        if len(in_flight) > train.IN_FLIGHT:
+        if len(in_flight) > programs.IN_FLIGHT:
           jax.block_until_ready(in_flight.popleft())
       jax.block_until_ready((state, metrics))
       times[name].append((time.perf_counter() - start) / (repeats * count * micro))

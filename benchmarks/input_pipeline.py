@@ -2,7 +2,7 @@
 
   python benchmarks/input_pipeline.py [--microbatches=40]
 
-Fashion-MNIST: lbt's real pipeline (`lbt.data.create_pipeline` on the decoded
+Fashion-MNIST: lbt's real pipeline (`lbt.train.create_pipeline` on the decoded
 split, grain's reader threads, normalization to float32) is drained on its own
 for a number of microbatches, and compared with the examples/s of LeNet-5's and
 the MLP's compiled one-shot step at the same batch. Goal: pipeline >= 3x the
@@ -32,7 +32,8 @@ from PIL import Image  # noqa: E402
 
 from benchmarks import roofline, timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import batch_schedule, data  # noqa: E402
+from lbt import batch_schedule, train  # noqa: E402
+from lbt import config as config_lib  # noqa: E402
 from lbt.data import augment  # noqa: E402
 from lbt.data.catalog import DATASETS  # noqa: E402
 
@@ -44,7 +45,8 @@ FEED_RATES = (1000, 3000)
 def pipeline_rate(batch_size: int, microbatches: int) -> float:
   """Examples/s of draining lbt's Fashion-MNIST train iterator."""
   config = fashion_mnist.get_config(f"momentum,batch={batch_size}")
-  pipeline = data.create_pipeline(config)
+  facts = config_lib.validate(config, num_devices=jax.device_count())
+  pipeline = train.create_pipeline(config, facts)
   stream = pipeline.train_stream(batch_schedule.constant_plan(
       batch_size, len(pipeline.train_batches.pool), microbatches + 2))
 

@@ -31,7 +31,7 @@ import jax  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import checkpoint, metrics as metrics_lib, parallel, train  # noqa: E402
+from lbt import checkpoint, metrics as metrics_lib, parallel, programs, train  # noqa: E402
 
 # Lowering and XLA's compile (tracing is left in its stage: traces nest, so
 # their durations would be counted twice).
@@ -116,9 +116,9 @@ def instrument(stages: Stages) -> contextlib.ExitStack:
         yield item
     return stream
 
-  patch(train, "compile_update", timed_update)
+  patch(programs, "compile_update", timed_update)
   patch(parallel, "prefetch_to_mesh", timed_input)
-  patch(train, "evaluate", lambda f: stages.timed("eval", f))
+  patch(programs, "evaluate", lambda f: stages.timed("eval", f))
   patch(checkpoint, "save", lambda f: stages.timed("checkpoints", f))
   patch(metrics_lib, "stack_steps", lambda f: stages.timed("logging", f))
   for method in ("write", "flush", "close"):

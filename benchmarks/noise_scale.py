@@ -10,7 +10,7 @@ gradient, and the loop turns it and |G_B|^2 into the estimate on the host
 Three tables:
 
 1. Its cost when the update accumulates anyway (n >= 2 microbatches): lbt's
-   jitted `add` program (`lbt.train.compile_update(...).programs['add']`)
+   jitted `add` program (`lbt.programs.compile_update(...).programs['add']`)
    against the same program built from an `add_microbatch` whose |g_k|^2 output
    is discarded, so that XLA drops the norm (checked: the FLOPs of the two
    compiled programs and the sqrt in their HLO). Timed interleaved in one
@@ -58,7 +58,9 @@ jax.config.update("jax_platforms", "cpu")
 
 from benchmarks import roofline, run_all, timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import diagnostics, metrics as metrics_lib, models, optim, parallel, step, train  # noqa: E402
+import optax  # noqa: E402
+from lbt import diagnostics, metrics as metrics_lib, models, optim, parallel, programs  # noqa: E402
+from lbt import step, train  # noqa: E402
 from lbt.data import catalog, fashion_mnist as fashion_mnist_data  # noqa: E402
 
 # (model, microbatch, image side, channels) of the cost table.
@@ -77,7 +79,8 @@ class Setup:
   def __init__(self, name: str, side: int = 28, channels: int = 1):
     self.mesh = parallel.create_mesh()
     self.model = models.create(name, num_classes=10)
-    self.tx = optim.create_by_name("momentum", 0.01, weight_decay=5e-4)
+    self.tx = optax.inject_hyperparams(lambda learning_rate: optim.create_by_name(
+        "momentum", learning_rate, weight_decay=5e-4))(learning_rate=0.01)
     self.shape = (side, side, channels)
     self.init = jax.jit(functools.partial(step.create_train_state, model=self.model,
                                           tx=self.tx, input_shape=self.shape),
@@ -94,8 +97,8 @@ class Setup:
         "label": self.rng.integers(0, 10, size).astype(np.int32)}, self.mesh)
 
   def update(self, num_microbatches: int):
-    """`lbt.train.compile_update`'s update, the program a run executes."""
-    return train.compile_update(self.model, self.tx, lambda count: 0.01, self.mesh,
+    """`lbt.programs.compile_update`'s update, the program a run executes."""
+    return programs.compile_update(self.model, self.tx, lambda count: 0.01, self.mesh,
                                 num_microbatches, 0.0)
 
 

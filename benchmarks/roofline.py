@@ -35,6 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
+import optax  # noqa: E402
 from lbt import models, optim, step  # noqa: E402
 from lbt.models import lenet  # noqa: E402
 
@@ -46,7 +47,8 @@ AB_BATCH = 1024
 def compiled_step(name: str, batch_size: int, side: int, channels: int, seed: int = 0):
   """(jitted step, state, batch) of lbt's one-shot update for one model."""
   model = models.create(name, num_classes=10)
-  tx = optim.create_by_name("momentum", 0.01, weight_decay=5e-4)
+  tx = optax.inject_hyperparams(lambda learning_rate: optim.create_by_name(
+      "momentum", learning_rate, weight_decay=5e-4))(learning_rate=0.01)
   rng = np.random.default_rng(seed)
   batch = {"image": rng.normal(size=(batch_size, side, side, channels)).astype(np.float32),
            "label": rng.integers(0, 10, batch_size).astype(np.int32)}
@@ -61,7 +63,7 @@ def runner(fn, state, batch, params_init):
   holder = [state]
 
   def run():
-    holder[0], metrics = fn(holder[0], batch, params_init)
+    holder[0], metrics = fn(holder[0], batch, params_init, 0.0)
     return holder[0], metrics
   return run
 

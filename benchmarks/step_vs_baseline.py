@@ -7,7 +7,7 @@ writes `train_step` (a `TrainState` with `batch_stats`, `value_and_grad` of the
 mean cross-entropy, `apply_gradients`, loss and accuracy as metrics), jitted
 with the state donated. Both sides get the same model object, the same optax
 transformation (lbt's momentum, weight decay inside), the same batch and dtype,
-and no accumulation; lbt's side is `lbt.train.compile_update` with one
+and no accumulation; lbt's side is `lbt.programs.compile_update` with one
 microbatch, i.e. the program a run executes. Calls are interleaved and the
 medians compared: the goal is lbt / baseline <= 1.02.
 
@@ -33,7 +33,7 @@ import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from lbt import models, optim, parallel, step, train  # noqa: E402
+from lbt import models, optim, parallel, programs, step  # noqa: E402
 
 # (model, batch, image side, channels): the CIFAR/ImageNet ResNets at a small
 # image size, so that a CPU round takes seconds.
@@ -78,18 +78,21 @@ def diagnostics(params, grads, updates, params_init):
 def measure(name: str, batch_size: int, side: int, channels: int, rounds: int) -> dict:
   mesh = parallel.create_mesh()
   model = models.create(name, num_classes=10)
-  tx = optim.create_by_name("momentum", 0.01, weight_decay=5e-4)
+  tx = optim.create_by_name("momentum", 0.01, weight_decay=5e-4)  # the baseline's
+  # lbt's: the learning rate in the optimizer state, set by the step (one route).
+  lbt_tx = optax.inject_hyperparams(lambda learning_rate: optim.create_by_name(
+      "momentum", learning_rate, weight_decay=5e-4))(learning_rate=0.01)
   rng = np.random.default_rng(0)
   batch = parallel.to_global({
       "image": rng.normal(size=(batch_size, side, side, channels)).astype(np.float32),
       "label": rng.integers(0, 10, batch_size).astype(np.int32)}, mesh)
 
-  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
+  init = jax.jit(functools.partial(step.create_train_state, model=model, tx=lbt_tx,
                                    input_shape=(side, side, channels)),
                  out_shardings=parallel.replicated(mesh))
   lbt_state = [init(jax.random.PRNGKey(0))]
   params_init = init(jax.random.PRNGKey(0)).params
-  update = train.compile_update(model, tx, lambda count: 0.01, mesh, 1, 0.0)
+  update = programs.compile_update(model, lbt_tx, lambda count: 0.01, mesh, 1, 0.0)
 
   fresh = init(jax.random.PRNGKey(0))
   base_state = [BaselineState.create(apply_fn=model.apply, params=fresh.params, tx=tx,
@@ -97,7 +100,7 @@ def measure(name: str, batch_size: int, side: int, channels: int, rounds: int) -
   base = jax.jit(functools.partial(baseline_step, num_classes=10), donate_argnums=(0,))
 
   def run_lbt():
-    lbt_state[0], metrics = update(lbt_state[0], [batch], params_init)
+    lbt_state[0], metrics = update(lbt_state[0], [batch], params_init, 0.0)
     return lbt_state[0], metrics
 
   def run_baseline():

@@ -35,7 +35,7 @@ References:
 
 import math
 import numbers
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,8 @@ from lbt.errors import ConfigError
 # loss_fn(params, inputs, labels) -> scalar mean loss over the batch.
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 PARAMETERS = ("stale", "fresh")
+# What a `loss.adversarial` section's absent keys mean (the others are required).
+DEFAULTS = {"enabled": False, "epsilon": None, "weight": 0.5}
 
 
 def adversarial_examples(loss_fn: LossFn, params, inputs: jax.Array,
@@ -83,8 +85,9 @@ def combined_loss(loss_fn: LossFn, params, inputs: jax.Array,
   return (1 - adversarial_weight) * clean + adversarial_weight * adversarial
 
 
-def check(section: Mapping) -> None:
-  """ConfigError for a bad `loss.adversarial` section, before any compute.
+def check(section: Mapping) -> Dict[str, Any]:
+  """The `loss.adversarial` section with its DEFAULTS filled in, the one
+  place they are applied; ConfigError for a bad one, before any compute.
 
   Keys: enabled (bool), step_size (> 0), num_steps (int >= 1), epsilon (> 0,
   or None for no projection), parameters ('stale' or 'fresh'), weight (in
@@ -101,7 +104,7 @@ def check(section: Mapping) -> None:
     if key not in allowed:
       raise ConfigError(f"loss.adversarial.{key}", section[key],
                         f"not a field lbt reads; allowed: {', '.join(allowed)}")
-  get = lambda key, default=None: section[key] if key in section else default
+  get = lambda key, default=None: section[key] if key in section else DEFAULTS.get(key, default)
   if not isinstance(get("enabled", False), bool):
     raise ConfigError("loss.adversarial.enabled", get("enabled"), "True or False")
   step_size = get("step_size")
@@ -121,7 +124,8 @@ def check(section: Mapping) -> None:
   if get("parameters") not in PARAMETERS:
     raise ConfigError("loss.adversarial.parameters", get("parameters"),
                       f"one of {', '.join(PARAMETERS)}")
-  weight = get("weight", 0.5)
+  weight = get("weight")
   number("weight", weight)
   if not 0 <= weight <= 1:
     raise ConfigError("loss.adversarial.weight", weight, "a number in [0, 1]")
+  return {key: get(key) for key in allowed}

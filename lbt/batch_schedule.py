@@ -37,7 +37,7 @@ import bisect
 import copy
 import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -64,10 +64,6 @@ def section(config) -> Dict[str, Any]:
   if out.get("name") == "noise_scale":
     out = {**NOISE_DEFAULTS, **out}
   return out
-
-
-def is_constant(config) -> bool:
-  return section(config).get("name") == "constant"
 
 
 def _fail(field: str, value, allowed: str):
@@ -153,6 +149,23 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
                       f"at most min_batch / 2 ({low // 2}) with a noise_scale schedule, "
                       "which needs >= 2 microbatch gradients at every batch (or set "
                       "noise_scale_split=True)")
+
+
+def microbatch_layout(batch: int, micro: int, num_devices: int,
+                      split: bool = False) -> Tuple[int, int]:
+  """(microbatches per update, examples per microbatch as padded).
+
+  ceil(batch / micro) microbatches hold ceil or floor of batch / n real
+  examples each; each is padded with masked examples up to a multiple of the
+  device count, so that any batch (1,281,167 is prime) runs on any slice and
+  its gradient is still the mean over exactly its real examples. With `split`
+  (noise_scale_split in the config), a batch that would be one microbatch is two, so
+  that the gradient noise scale can be measured from the two halves.
+  """
+  n = math.ceil(batch / micro)
+  if split and n == 1 and batch >= 2:
+    n = 2
+  return n, math.ceil(math.ceil(batch / n) / num_devices) * num_devices
 
 
 def limits(config, train_examples: int):
@@ -273,6 +286,15 @@ class BatchPlan:
         break
       slots.append(plan.take())
     return slots
+
+  def schedule_position(self, slot: Slot, steps_per_epoch: int) -> float:
+    """Where update `slot` is on the run's learning-rate schedule, in updates
+    of the first batch: the update count for a constant batch; for a changing
+    one, the epochs trained times the first batch's updates per epoch (the
+    schedule follows epochs, not updates)."""
+    if self.name == "constant":
+      return float(slot.update)
+    return slot.epochs_done * steps_per_epoch
 
   def add_noise_estimates(self, grad_sq_norm, trace_sigma) -> np.ndarray:
     """Folds per-update estimates into the averages; B_simple after each."""

@@ -35,7 +35,7 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lbt import parallel, workdir as workdir_lib
+from lbt import errors, files, parallel
 
 STATE, DATA, INTEGRITY = "state", "data", "integrity"
 INTEGRITY_VERSION = 1
@@ -45,7 +45,7 @@ def checkpoint_directory(workdir: str):
   """WORKDIR/checkpoints as orbax takes it: an absolute local path, or the
   epath.Path of a remote one (orbax writes gs:// through tensorstore's gcs
   driver and commits each checkpoint with a commit_success.txt file there)."""
-  if workdir_lib.is_remote(workdir):
+  if files.is_remote(workdir):
     return epath.Path(workdir) / "checkpoints"
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -55,7 +55,7 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       max_to_keep=keep, create=True, enable_async_checkpointing=False,
       cleanup_tmp_directories=True)
   directory = checkpoint_directory(workdir)
-  with workdir_lib.writing(str(directory), "the checkpoint directory"):
+  with files.writing(str(directory), "the checkpoint directory"):
     return ocp.CheckpointManager(
         directory, options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(),
@@ -67,12 +67,12 @@ class CheckpointRestoreError(RuntimeError):
   """Checkpoints exist but none of them restores into this config's state."""
 
 
-class CheckpointSaveError(workdir_lib.WriteError):
+class CheckpointSaveError(errors.WriteError):
   """A save failed (e.g. disk full); the earlier checkpoints are intact."""
 
   def __init__(self, step: int, path: str, reason: str, last: Optional[int]):
     self.step, self.last = step, last
-    workdir_lib.WriteError.__init__(
+    errors.WriteError.__init__(
         self, path, reason, f"the checkpoint of update {step}",
         f"the last complete checkpoint is update {'none' if last is None else last}")
 
@@ -197,7 +197,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
         with contextlib.suppress(OSError):
           partial.rmtree()
     kept = [s for s in manager.all_steps() if s != step]
-    raise CheckpointSaveError(step, str(manager.directory), workdir_lib.reason(e),
+    raise CheckpointSaveError(step, str(manager.directory), files.reason(e),
                               max(kept) if kept else None) from None
 
 

@@ -14,56 +14,23 @@ import ctypes
 import difflib
 import importlib.util
 import os
-import signal
 import sys
-from typing import Callable, List, NamedTuple, Sequence
+from typing import Callable, List, Sequence
 
 from absl import flags
 import ml_collections
 
+from lbt import errors, preemption
 from lbt.errors import ConfigError
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_WRITE = 0, 2, 3, 4
-EXIT_INTERRUPTED, EXIT_PREEMPTED = 130, 143
+EXIT_OK = 0
 
 # The repository root, so that config files can `import configs.<benchmark>`.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class ExitRule(NamedTuple):
-  """An exception type (by module and name), its exit status and its line."""
-  module: str
-  name: str
-  status: int
-  line: str  # formatted with the exception
-
-
-# Outcomes scripts (and the study runner) tell apart by the exit status. The
-# classes are looked up in sys.modules when an exception arrives: a module
-# never imported cannot have raised its exception, and this keeps jax unloaded.
-EXIT_RULES = (
-    ExitRule("lbt.errors", "ConfigError", EXIT_BAD_INPUT, "lbt: error: {}"),
-    ExitRule("lbt.train", "Diverged", EXIT_DIVERGED, "lbt: {}"),
-    ExitRule("lbt.workdir", "WriteError", EXIT_WRITE, "lbt: error: {}"),
-    ExitRule("builtins", "KeyboardInterrupt", EXIT_INTERRUPTED,
-             "lbt: interrupted; rerun the same command to resume from the last checkpoint."),
-    ExitRule("lbt.preemption", "Preempted", EXIT_PREEMPTED,
-             "lbt: {}; rerun the same command to resume."),
-)
-
-
 def one_line(text) -> str:
   return " ".join(str(text).split())
-
-
-def exit_now(signum, frame) -> None:
-  """Outside the training loop there is nothing to save: leave at once, before
-  a KeyboardInterrupt can land inside JAX's or orbax's start-up or shut-down."""
-  del frame
-  name = "interrupted" if signum == signal.SIGINT else "SIGTERM"
-  print(f"lbt: {name} outside the training loop; nothing was lost: rerun the same "
-        "command to resume from the last checkpoint.", file=sys.stderr, flush=True)
-  os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED)
 
 
 def keep_freed_host_memory() -> None:
@@ -82,16 +49,6 @@ def keep_freed_host_memory() -> None:
     libc.mallopt(option, value)  # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
-def exit_on_signals() -> None:
-  """SIGINT and SIGTERM end the process at once with 130 / 143 and one line.
-
-  The command line installs this first thing; the training loop takes the
-  signals over while it can save (`lbt.preemption.PreemptionNotice`).
-  """
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(signum, exit_now)
-
-
 def run(command: Callable[[], object]) -> int:
   """Calls `command()`; returns 0, or the exit status of its exception.
 
@@ -101,12 +58,11 @@ def run(command: Callable[[], object]) -> int:
   try:
     command()
   except BaseException as e:  # pylint: disable=broad-except
-    for rule in EXIT_RULES:
-      kind = getattr(sys.modules.get(rule.module), rule.name, None)
-      if kind is not None and isinstance(e, kind):
-        print(rule.line.format(one_line(e)), file=sys.stderr, flush=True)
-        return rule.status
-    raise
+    status = errors.exit_status(e)
+    if status is None:
+      raise
+    print(errors.exit_line(e), file=sys.stderr, flush=True)
+    return status
   return EXIT_OK
 
 
@@ -151,6 +107,17 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], *, program: 
 def _value_of(argv: Sequence[str], name: str):
   return next((a.partition("=")[2] or None for a in argv
                if a.lstrip("-").partition("=")[0] == name), None)
+
+
+def file_id(spec: str) -> str:
+  """A config or study file with its argument, named the same from any clone:
+  relative to the repository when inside it (a pod's workers and a laptop
+  agree), else its real path."""
+  path, sep, arg = spec.partition(":")
+  real = os.path.realpath(path)
+  if real.startswith(REPO_ROOT + os.sep):
+    real = os.path.relpath(real, REPO_ROOT)
+  return f"{real}{sep}{arg}"
 
 
 def load_python_file(spec: str, *, flag: str = "--config", function: str = "get_config",
@@ -256,3 +223,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str],
       node[parts[-1]] = _parse_value(text, current, field)
     except TypeError:  # ml_collections refuses the type change.
       raise ConfigError(field, text, f"a value of type {type(current).__name__}") from None
+
+
+# Installed first thing by every command (see lbt.preemption).
+exit_on_signals = preemption.exit_on_signals

@@ -1,9 +1,13 @@
-"""Config parsing and validation: every user error is caught here, before compute.
+"""A run's config: the point-argument parser, validation, and the facts it derives.
 
 A run is fully described by one `ml_collections.ConfigDict`. `parse_point`
 turns the argument of `configs/<benchmark>.py:get_config(arg)` into typed values;
-`validate` checks every field and every combination once and raises
-`ConfigError` naming the field, the value and what is allowed.
+`validate` checks every field and every combination once, raises `ConfigError`
+naming the field, the value and what is allowed, and returns `RunFacts`: what
+it derived (examples, microbatch layouts, updates per epoch, run length, peak
+learning rate, filled sections), the one source the loop, the batch plan, the
+study and the report read. `changed_fields` compares two configs (resuming a
+workdir).
 
 Each field has one owner. `validate` owns the layout (which sections and keys
 exist), the dataset, the sizes and their combinations with the machine, the
@@ -11,12 +15,14 @@ model's name, dtype and option names, bn.ghost_size against the microbatch,
 the loss's label smoothing, and the microbatch against what the optimizer
 needs. It calls the other owners once: `lbt.models.create` (the options'
 values and bn.ghost_size's range), `lbt.optim.check` (the optimizer section),
-`lbt.adversarial.check` (the optional loss.adversarial section) and
-`lbt.optim.create_schedule` (the schedule against the run's length). No check
+`lbt.adversarial.check` (the optional loss.adversarial section, its
+defaults filled in there) and `lbt.optim.create_schedule` (the schedule
+against the run's length). No check
 is written twice: a builder checks only the fields it owns and takes the rest
 as valid.
 """
 
+import dataclasses
 import math
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -33,7 +39,13 @@ TOP_LEVEL_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
 # Fields a config may leave out (older configs and workdirs have none), and
 # what their absence means.
-OPTIONAL_FIELDS = {"batch_schedule": batch_schedule.DEFAULT, "noise_scale_split": False}
+OPTIONAL_FIELDS = {"batch_schedule": batch_schedule.DEFAULT, "noise_scale_split": False,
+                   "stop_at_target": None}
+# stop_at_target: stop at the first evaluated update whose held-out metric
+# reaches `value`, evaluating the validation split every `every` updates (0:
+# about 200 evaluations over the run). Never the test set.
+TARGET_METRICS = ("validation_accuracy", "validation_loss")
+TARGET_DEFAULTS = {"metric": "validation_accuracy", "every": 0}
 SECTION_FIELDS = {
     "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
     "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
@@ -86,31 +98,12 @@ def num_train_steps(config, steps_per_epoch: int) -> int:
   return max(1, int(round(config.num_epochs * steps_per_epoch)))
 
 
-def microbatch_size(config) -> int:
-  """The global size of one accumulation step; 0 in the config means no accumulation."""
-  return config.microbatch_size or config.batch_size
-
-
-def microbatch_layout(batch: int, micro: int, num_devices: int,
-                      split: bool = False) -> Tuple[int, int]:
-  """(microbatches per update, examples per microbatch as padded).
-
-  ceil(batch / micro) microbatches hold ceil or floor of batch / n real
-  examples each; each is padded with masked examples up to a multiple of the
-  device count, so that any batch (1,281,167 is prime) runs on any slice and
-  its gradient is still the mean over exactly its real examples. With `split`
-  (config.noise_scale_split), a batch that would be one microbatch is two, so
-  that the gradient noise scale can be measured from the two halves.
-  """
-  n = math.ceil(batch / micro)
-  if split and n == 1 and batch >= 2:
-    n = 2
-  return n, math.ceil(math.ceil(batch / n) / num_devices) * num_devices
-
-
-def noise_scale_split(config) -> bool:
-  """Whether a one-microbatch batch runs as two halves to measure the noise scale."""
-  return bool(config.get("noise_scale_split", OPTIONAL_FIELDS["noise_scale_split"]))
+def stop_at_target(config) -> Optional[Dict[str, Any]]:
+  """The stop_at_target section with its defaults, or None when the run has none."""
+  given = config.get("stop_at_target")
+  if given is None:
+    return None
+  return {**TARGET_DEFAULTS, **(given.to_dict() if hasattr(given, "to_dict") else dict(given))}
 
 
 def model_options(config) -> Dict[str, Any]:
@@ -138,22 +131,82 @@ def _integer(field: str, value, minimum: int) -> None:
   _require(ok, field, value, "a non-negative integer" if minimum == 0 else "a positive integer")
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int,
-             num_processes: int = 1) -> None:
-  """Checks a whole run config against itself, the dataset and the machine.
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+  """What validation derived from a config, once: every layer reads these.
 
-  Args:
-    config: the run's config.
-    num_devices: the global device count the run will shard over.
-    num_processes: how many host processes share the global batch.
+  The loop, the batch plan, the study's time estimate and the report take
+  their numbers from here instead of deriving them again.
+  """
+  train_examples: int  # the training split less the validation hold-out
+  validation_examples: int
+  num_classes: int
+  batch_size: int
+  microbatch_size: int  # of one accumulation step (batch_size when 0 in the config)
+  noise_scale_split: bool
+  # (batch, microbatches, padded microbatch) of every batch the run may take.
+  layouts: Tuple[Tuple[int, int, int], ...]
+  steps_per_epoch: int  # updates of batch_size in one epoch of train_examples
+  num_train_steps: int  # the run's length in updates (a changing batch: a guess)
+  length_from: str  # "num_epochs" or "num_train_steps": which field set it
+  examples: int  # examples the run trains on
+  peak_learning_rate: float  # the base LR after the scaling rule, at batch_size
+  batch_schedule: Dict[str, Any]  # the section, its defaults filled in
+  adversarial: Optional[Dict[str, Any]]  # loss.adversarial filled in; None when off
+
+  def layout(self, batch: int) -> Tuple[int, int]:
+    """(microbatches, padded microbatch) of one of the run's batches."""
+    return next((n, size) for b, n, size in self.layouts if b == batch)
+
+  def length_note(self, num_epochs: float) -> Optional[str]:
+    """One line when num_train_steps overrides num_epochs, else None."""
+    if self.length_from != "num_train_steps":
+      return None
+    return (f"lbt: the run lasts num_train_steps={self.num_train_steps} updates "
+            f"({self.num_train_steps / self.steps_per_epoch:.3g} epochs); "
+            f"num_epochs={num_epochs:g} is not used")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> RunFacts:
+  """Checks a whole run config against itself, the dataset and the machine,
+  and returns what it derived.
 
   Raises:
     ConfigError naming the first bad field.
   """
-  # Imported here: the registries import jax/flax, which validation should not
-  # need to be imported before the command line is parsed.
-  from lbt import adversarial, data, models, optim
+  # Imported here: the registries import jax/flax, which config files (they
+  # import this module) should not pull in before the command line is parsed.
+  from lbt import adversarial, data, optim  # pylint: disable=import-outside-toplevel
+  _check_layout(config)
+  spec = _check_dataset(config, data)
+  _check_sizes(config)
+  train_examples = num_train_examples(config, spec)
+  micro, split, layouts = _check_batches(config, train_examples, num_devices)
+  _check_model(config, spec, layouts)
+  adversarial_section = _check_loss(config, adversarial)
+  optim.check(config.optimizer)
+  _check_optimizer_needs(config, optim, micro, split, layouts)
+  steps_per_epoch = train_examples // config.batch_size
+  updates, length_from = _check_length(config, optim, steps_per_epoch)
+  _check_target(config)
+  schedule = batch_schedule.section(config)
+  constant = schedule["name"] == "constant"
+  return RunFacts(
+      train_examples=train_examples,
+      validation_examples=dataset_field(config, "validation_examples"),
+      num_classes=spec.num_classes, batch_size=config.batch_size, microbatch_size=micro,
+      noise_scale_split=split,
+      layouts=tuple((b, n, size) for b, (n, size) in sorted(layouts.items())),
+      steps_per_epoch=steps_per_epoch, num_train_steps=updates, length_from=length_from,
+      examples=(updates * config.batch_size if constant
+                else int(config.num_epochs * train_examples)),
+      peak_learning_rate=optim.effective_learning_rate(config.optimizer, config.batch_size),
+      batch_schedule=schedule, adversarial=(adversarial_section if adversarial_section
+                                            and adversarial_section["enabled"] else None))
 
+
+def _check_layout(config) -> None:
+  """Which sections and keys exist: anything else in a config is a typo."""
   for key in config.keys():
     _require(key in TOP_LEVEL_FIELDS + tuple(OPTIONAL_FIELDS), key, config[key],
              "not a field lbt reads; the fields are: "
@@ -170,7 +223,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
       _require(key in fields, f"{section}.{key}", config[section][key],
                f"not a field lbt reads; {section} has: {', '.join(fields)}")
 
-  # Each field is checked once: here, or by the one owner named beside it.
+
+def _check_dataset(config, data):
+  """The dataset section; returns the dataset's spec."""
   _require(config.dataset.name in data.DATASETS, "dataset.name", config.dataset.name,
            f"one of {', '.join(data.DATASETS.names())}")
   spec = data.DATASETS.get(config.dataset.name)
@@ -194,7 +249,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   _require(not (config.dataset.cache and config.dataset.name in UNCACHEABLE),
            "dataset.cache", config.dataset.cache,
            f"False for {config.dataset.name} ({UNCACHEABLE.get(config.dataset.name)})")
+  return spec
 
+
+def _check_sizes(config) -> None:
   for field in ("batch_size", "eval_batch_size", "checkpoint_keep"):
     _integer(field, config[field], 1)
   for field in ("seed", "microbatch_size", "num_train_steps", "eval_every_steps",
@@ -204,11 +262,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
            and math.isfinite(config.num_epochs),
            "num_epochs", config.num_epochs, "a positive number (finite)")
 
-  batch, train_examples = config.batch_size, num_train_examples(config, spec)
+
+def _check_batches(config, train_examples: int, num_devices: int):
+  """The batch, microbatch and schedule; returns (microbatch, split, layouts)."""
+  batch, held_out = config.batch_size, dataset_field(config, "validation_examples")
   _require(batch <= train_examples, "batch_size", batch,
            f"at most the training set of {config.dataset.name} ({train_examples} "
            f"examples{f' after {held_out} held out for validation' if held_out else ''})")
-  micro = microbatch_size(config)
+  micro = config.microbatch_size or batch
   _require(micro <= batch, "microbatch_size", micro,
            f"at most batch_size ({batch}); 0 means no accumulation")
   split = config.get("noise_scale_split", OPTIONAL_FIELDS["noise_scale_split"])
@@ -217,15 +278,18 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
            "noise scale) or False")
   batch_schedule.check(config, train_examples=train_examples,
                        microbatch=config.microbatch_size, split=split)
-  batches = scheduled_batches(config, train_examples)
   # A batch or microbatch that does not divide is padded (microbatch_layout).
-  layouts = {b: microbatch_layout(b, micro, num_devices, split) for b in batches}
-  _, padded = layouts[batch]
+  layouts = {b: batch_schedule.microbatch_layout(b, micro, num_devices, split)
+             for b in scheduled_batches(config, train_examples)}
   _require(config.eval_batch_size % num_devices == 0, "eval_batch_size",
            config.eval_batch_size, f"a multiple of the device count ({num_devices})")
+  return micro, split, layouts
 
-  # The model: name and dtype here; the options' names from the factory's
-  # signature; their values, and bn.ghost_size's range, by models.create.
+
+def _check_model(config, spec, layouts) -> None:
+  """The model's name and dtype here; the options' names from the factory's
+  signature; their values, and bn.ghost_size's range, by models.create."""
+  from lbt import models  # pylint: disable=import-outside-toplevel
   _require(config.model.name in models.names(), "model.name", config.model.name,
            f"one of {', '.join(models.names())}")
   _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
@@ -244,38 +308,70 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   except (TypeError, ValueError) as e:
     raise ConfigError("model", dict(model_kwargs), f"options {config.model.name} "
                       f"accepts ({str(e).splitlines()[0]})") from None
+  micro = config.microbatch_size or config.batch_size
   for b, (_, padded) in sorted(layouts.items()):
     _require(ghost == 0 or padded % ghost == 0, "bn.ghost_size", ghost,
              "0 (statistics over each microbatch) or a positive divisor of the "
              f"microbatch ({padded}{f', padded from {micro}' if padded != micro else ''}"
              f"{f' at batch {b}' if len(layouts) > 1 else ''})")
 
+
+def _check_loss(config, adversarial) -> Optional[Dict[str, Any]]:
+  """The loss section; returns loss.adversarial with its defaults, if present."""
   smoothing = config.loss.label_smoothing
   _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
            "loss.label_smoothing", smoothing, "a number in [0, 1)")
-  if "adversarial" in config.loss:  # Absent: no adversarial loss.
-    _require(isinstance(config.loss.adversarial, ml_collections.ConfigDict),
-             "loss.adversarial", config.loss.adversarial, "a section (ConfigDict)")
-    adversarial.check(config.loss.adversarial)
+  if "adversarial" not in config.loss:  # Absent: no adversarial loss.
+    return None
+  _require(isinstance(config.loss.adversarial, ml_collections.ConfigDict),
+           "loss.adversarial", config.loss.adversarial, "a section (ConfigDict)")
+  return adversarial.check(config.loss.adversarial)
 
-  # The optimizer's fields are owned by lbt.optim (see optim/factory.py); the
-  # schedule's by optim/schedules.py, whose builder also checks the fields
-  # that need the run's length. Both build only Python closures here.
-  optim.check(config.optimizer)
-  if "num_microbatches" in optim.needs(config.optimizer):
-    smallest = min(batches)
-    enough = all(layouts[b][0] >= 2 and (split or b // micro >= 2) for b in batches)
-    _require(enough, "microbatch_size", config.microbatch_size,
-             f"at most batch_size / 2 ({smallest // 2}) and a divisor of it: "
-             f"{config.optimizer.name} estimates the gradient variance from >= 2 "
-             "microbatch gradients (GSNR, Jiang et al. 2023)")
-  steps_per_epoch = train_examples // batch
+
+def _check_optimizer_needs(config, optim, micro: int, split: bool, layouts) -> None:
+  """The microbatch against what the optimizer needs (GSNR: >= 2 microbatches)."""
+  if "num_microbatches" not in optim.needs(config.optimizer):
+    return
+  smallest = min(layouts)
+  enough = all(n >= 2 and (split or b // micro >= 2) for b, (n, _) in layouts.items())
+  _require(enough, "microbatch_size", config.microbatch_size,
+           f"at most batch_size / 2 ({smallest // 2}) and a divisor of it: "
+           f"{config.optimizer.name} estimates the gradient variance from >= 2 "
+           "microbatch gradients (GSNR, Jiang et al. 2023)")
+
+
+def _check_target(config) -> None:
+  """stop_at_target: a metric of the validation split, a value, an interval."""
+  target = stop_at_target(config)
+  if target is None:
+    return
+  for key in target:
+    _require(key in ("metric", "value", "every"), f"stop_at_target.{key}", target[key],
+             "not a field lbt reads; stop_at_target has: metric, value, every")
+  _require(target["metric"] in TARGET_METRICS, "stop_at_target.metric", target["metric"],
+           f"one of {', '.join(TARGET_METRICS)} (the test set never stops a run)")
+  value = target.get("value")
+  accuracy = target["metric"] == "validation_accuracy"
+  _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value) and (0 < value <= 1 if accuracy else value > 0),
+           "stop_at_target.value", value,
+           "an accuracy in (0, 1]" if accuracy else "a loss > 0")
+  _integer("stop_at_target.every", target["every"], 0)
+  _require(dataset_field(config, "validation_examples") > 0, "dataset.validation_examples",
+           dataset_field(config, "validation_examples"),
+           "> 0 with stop_at_target: the target is measured on the validation split")
+
+
+def _check_length(config, optim, steps_per_epoch: int) -> Tuple[int, str]:
+  """The run's length in updates and the field that set it; the schedule
+  (optim/schedules.py) against that length."""
   updates = num_train_steps(config, steps_per_epoch)
   field = "num_train_steps" if config.num_train_steps > 0 else "num_epochs"
   _require(updates <= MAX_UPDATES, field, config[field],
            f"at most {MAX_UPDATES} updates (the update counter is int32); this is "
            f"{updates} at {steps_per_epoch} updates per epoch")
-  optim.create_schedule(config.schedule, 1.0, steps_per_epoch, updates)
+  optim.create_schedule(config.schedule, 1.0, steps_per_epoch, updates)  # checks it
+  return updates, field
 
 
 def scheduled_batches(config, train_examples: int) -> Tuple[int, ...]:

@@ -23,7 +23,6 @@ References:
     https://arxiv.org/abs/1711.00489
 """
 
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -137,9 +136,8 @@ def _extrapolation(b_crit: float, measured: np.ndarray) -> str:
   return ""
 
 
-def _train_records(workdir: str, name: str) -> List[dict]:
-  from lbt import metrics
-  return metrics.read_jsonl(os.path.join(workdir, name), "train")
+def _train_records(records: Dict[str, List[dict]], name: str) -> List[dict]:
+  return [r for r in records[name] if r["kind"] == "train"]
 
 
 def agreement(b_simple: float, b_crit: float) -> str:
@@ -159,7 +157,8 @@ def _value_at(records: Sequence[dict], update: int, key: str) -> Optional[float]
   return before[-1] if before else None
 
 
-def section_noise_scale(workdir: str, rows: Sequence[dict], fits: Dict[str, Fit],
+def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
+                        fits: Dict[str, Fit],
                         report_dir: str) -> str:
   """B_simple over training for every run that measured it, and against B_crit."""
   plt = plots.pyplot()
@@ -168,23 +167,23 @@ def section_noise_scale(workdir: str, rows: Sequence[dict], fits: Dict[str, Fit]
   for row in rows:
     if row["status"] != "finished" or row["variant"].startswith(SCHEDULE_PREFIX):
       continue
-    records = [r for r in _train_records(workdir, row["name"]) if "b_simple" in r]
-    if not records:
+    measured = [r for r in _train_records(records, row["name"]) if "b_simple" in r]
+    if not measured:
       continue
     curves += 1
     per_epoch = row["updates"] / row["epochs"] if row["epochs"] else 1
-    steps = np.array([r["step"] for r in records], float)
+    steps = np.array([r["step"] for r in measured], float)
     b_simple = np.array([r["b_simple"] if isinstance(r["b_simple"], float) else np.nan
-                         for r in records])
+                         for r in measured])
     ax.plot(steps / per_epoch, b_simple, lw=0.8, label=row["name"])
-    quartiles = [_value_at(records, int(steps[-1] * f), "b_simple") for f in (0.25, 0.5, 1.0)]
+    quartiles = [_value_at(measured, int(steps[-1] * f), "b_simple") for f in (0.25, 0.5, 1.0)]
     sentence = (f"- **{row['name']}** (B={row['batch_size']}): B_simple after a quarter, half "
                 "and all of training: " + ", ".join(
                     f"{v:.3g}" if v is not None else "—" for v in quartiles))
     reached = row["updates_to_target"]
     fit = fits.get(row["optimizer"])
     if reached is not None:
-      at_target = _value_at(records, reached, "b_simple")
+      at_target = _value_at(measured, reached, "b_simple")
       ax.plot([reached / per_epoch], [at_target], "k*", ms=8)
       sentence += (f"; at update {reached}, where it reached the target, B_simple = "
                    f"{at_target:.3g}")
@@ -220,9 +219,9 @@ def section_noise_scale(workdir: str, rows: Sequence[dict], fits: Dict[str, Fit]
           f"{image}\n\n" + "\n".join(text) + "\n")
 
 
-def section_schedules(workdir: str, rows: Sequence[dict], report_dir: str) -> str:
+def section_schedules(records: Dict[str, List[dict]], rows: Sequence[dict],
+                      report_dir: str) -> str:
   """Constant batch vs `steps` vs `noise_scale` at equal examples."""
-  from lbt import metrics
   runs = [r for r in rows if r["variant"].startswith(SCHEDULE_PREFIX)]
   if not runs:
     return ("## 8. Batch-size schedules\n\nNo schedule points (`-batch-<schedule>`) in "
@@ -233,14 +232,13 @@ def section_schedules(workdir: str, rows: Sequence[dict], report_dir: str) -> st
            "|---|---|---|---|---|---|"]
   finished = []
   for row in runs:
-    point_dir = os.path.join(workdir, row["name"])
-    records = metrics.read_jsonl(point_dir)
-    train = [r for r in records if r["kind"] == "train"]
-    summary = next((r for r in reversed(records) if r["kind"] == "summary"), {})
+    point = records[row["name"]]
+    train = [r for r in point if r["kind"] == "train"]
+    summary = next((r for r in reversed(point) if r["kind"] == "summary"), {})
     batches = [r.get("batch_size", row["batch_size"]) for r in train]
     examples = np.cumsum(batches)
     ax_b.plot(examples, batches, lw=1, label=row["name"])
-    evals = [r for r in records if r["kind"] == "eval"]
+    evals = [r for r in point if r["kind"] == "eval"]
     by_step = dict(zip([r["step"] for r in train], examples))
     ax_a.plot([by_step.get(r["step"], np.nan) for r in evals],
               [100 * r["accuracy"] for r in evals], "o-", ms=2, label=row["name"])

@@ -3,7 +3,7 @@
 Parses flags and hands the config to `lbt.train`. Bad input of any kind (flags,
 config files, overrides, fields, the workdir) ends with one line naming the
 field, the value and what is allowed, and exit status 2, before any compute;
-the other exit statuses are `lbt.cli.EXIT_RULES`.
+the other exit statuses are bound to the exception classes in `lbt.errors`.
 """
 
 import os
@@ -14,7 +14,7 @@ from absl import flags, logging
 import ml_collections
 
 from lbt import cli
-from lbt import workdir as workdir_lib
+from lbt import files
 from lbt.errors import ConfigError
 
 FLAGS = flags.FlagValues()
@@ -50,8 +50,8 @@ def parse(argv: List[str]) -> ml_collections.ConfigDict:
   cli.apply_overrides(config, overrides)
   if not FLAGS.workdir:
     raise ConfigError("--workdir", FLAGS.workdir, "a directory for the run")
-  if workdir_lib.is_remote(FLAGS.workdir):  # gs://BUCKET/DIR: no file can be in its way.
-    workdir_lib.check_location(FLAGS.workdir, "--workdir")
+  if files.is_remote(FLAGS.workdir):  # gs://BUCKET/DIR: no file can be in its way.
+    files.check_location(FLAGS.workdir, "--workdir")
   else:
     existing = os.path.abspath(FLAGS.workdir)
     while not os.path.exists(existing):  # Its first existing ancestor.

@@ -5,7 +5,7 @@ Train metrics are produced on device every update and fetched in blocks of
 gets its own line in metrics.jsonl. Only process 0 writes.
 
 Every file is written from the calling thread, so a failed write (disk full,
-read-only workdir) surfaces at once as one `lbt.workdir.WriteError` naming the
+read-only workdir) surfaces at once as one `lbt.errors.WriteError` naming the
 file; what was written before stays. That is why TensorBoard events are framed here
 from tensorboardX's protos rather than written by its `SummaryWriter`, whose
 writer thread dies on such an error while the trainer blocks on its full queue.
@@ -30,7 +30,7 @@ from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 import tqdm
 
-from lbt import remote, workdir as workdir_lib
+from lbt import files, remote
 
 JSONL = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
@@ -39,6 +39,8 @@ REMOTE_EVENTS_BYTES = 8 << 20
 
 
 def _plain(value):
+  if isinstance(value, str):
+    return value
   value = np.asarray(value)
   if value.dtype == np.bool_:
     return bool(value)
@@ -54,8 +56,8 @@ class _EventFile:
 
   def __init__(self, directory: str):
     self._directory, self._part = directory, 0
-    self._remote = workdir_lib.is_remote(directory)
-    workdir_lib.path(directory).mkdir(parents=True, exist_ok=True)
+    self._remote = files.is_remote(directory)
+    files.path(directory).mkdir(parents=True, exist_ok=True)
     self._open()
 
   def _open(self) -> None:
@@ -98,7 +100,7 @@ class _EventFile:
 class MetricsWriter:
   """Appends metrics to metrics.jsonl and TensorBoard events in the workdir.
 
-  Raises `lbt.workdir.WriteError` (path and cause) from any method whose
+  Raises `lbt.errors.WriteError` (path and cause) from any method whose
   write fails.
   """
 
@@ -108,24 +110,24 @@ class MetricsWriter:
     self.enabled = enabled
     self._file = self._tb = None
     if enabled:
-      workdir_lib.makedirs(workdir)
+      files.makedirs(workdir)
       self.path = os.path.join(workdir, JSONL)
       kept = None
-      if workdir_lib.exists(self.path):
+      if files.exists(self.path):
         kept = "".join(json.dumps(r) + "\n" for r in read_jsonl(workdir)
                        if r["step"] <= resume_step)
-      with workdir_lib.writing(self.path):
-        if workdir_lib.is_remote(workdir):
+      with files.writing(self.path):
+        if files.is_remote(workdir):
           self._file = remote.WholeObject(self.path, interval=TB_FLUSH_SECONDS)
           if kept is not None:  # Rewritten at once, even when nothing is kept.
             self._file.write(kept)
             self._file.flush()
         else:
           if kept is not None:
-            workdir_lib.write_text_atomic(self.path, kept)
+            files.write_text_atomic(self.path, kept)
           self._file = open(self.path, "a", buffering=1)
       tb_dir = os.path.join(workdir, TENSORBOARD)
-      with workdir_lib.writing(tb_dir, "the TensorBoard events"):
+      with files.writing(tb_dir, "the TensorBoard events"):
         self._tb = _EventFile(tb_dir)
 
   def write(self, step: int, kind: str, metrics: Dict[str, float]) -> None:
@@ -134,19 +136,19 @@ class MetricsWriter:
       return
     record = {"step": int(step), "kind": kind,
               **{k: _plain(v) for k, v in metrics.items()}}
-    with workdir_lib.writing(self.path):
+    with files.writing(self.path):
       self._file.write(json.dumps(record) + "\n")
     scalars = {f"{kind}/{k}": v for k, v in record.items()
                if k not in ("step", "kind") and isinstance(v, (int, float))}
     if scalars:
-      with workdir_lib.writing(self._tb.path, "the TensorBoard events"):
+      with files.writing(self._tb.path, "the TensorBoard events"):
         self._tb.add(int(step), scalars)
 
   def flush(self) -> None:
     if self.enabled:
-      with workdir_lib.writing(self.path):
+      with files.writing(self.path):
         self._file.flush()
-      with workdir_lib.writing(self._tb.path, "the TensorBoard events"):
+      with files.writing(self._tb.path, "the TensorBoard events"):
         self._tb.flush()
 
   def close(self) -> None:
@@ -156,16 +158,16 @@ class MetricsWriter:
       return
     file, tb, self._file, self._tb = self._file, self._tb, None, None
     try:
-      with workdir_lib.writing(self.path):
+      with files.writing(self.path):
         file.close()
     finally:
-      with workdir_lib.writing(tb.path, "the TensorBoard events"):
+      with files.writing(tb.path, "the TensorBoard events"):
         tb.close()
 
 
 def read_jsonl(workdir: str, kind: Optional[str] = None) -> list:
   """The records of a workdir's metrics.jsonl (of one kind if given)."""
-  text = workdir_lib.read_text(os.path.join(workdir, JSONL))
+  text = files.read_text(os.path.join(workdir, JSONL))
   records = []
   for line in (text or "").splitlines():
     try:

@@ -4,7 +4,7 @@ PNGs written through epath (a report directory may be gs://)."""
 import io
 import os
 
-from lbt import workdir as workdir_lib
+from lbt import files
 
 
 def pyplot():
@@ -21,12 +21,13 @@ def legend(ax, **kwargs) -> None:
 
 
 def save(fig, report_dir: str, name: str) -> str:
-  """Writes the figure as REPORT_DIR/NAME and returns its markdown image link."""
+  """Writes the figure as REPORT_DIR/NAME, whole or not at all (a full disk:
+  WriteError, the previous PNG kept), and returns its markdown image link."""
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=90)
-  workdir_lib.path(os.path.join(report_dir, name)).write_bytes(png.getvalue())
   pyplot().close(fig)
+  files.write_bytes_atomic(os.path.join(report_dir, name), png.getvalue(), "a plot")
   return f"![{name}]({name})"
 
 

@@ -1,16 +1,33 @@
 """How a run stops for a signal: SIGTERM (a preempted Cloud TPU VM) saves at
 the next update, on every process alike; Ctrl-C stops at the end of an update.
-Outside the training loop `lbt.cli.exit_on_signals` applies."""
+Outside the training loop `exit_on_signals` applies: leave at once with one line."""
 
+import os
 import signal
-
-import jax
-
-from lbt import cli
+import sys
 
 
-class Preempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint was written at the next update boundary."""
+EXIT_INTERRUPTED, EXIT_PREEMPTED = 130, 143
+
+
+def exit_now(signum, frame) -> None:
+  """Outside the training loop there is nothing to save: leave at once, before
+  a KeyboardInterrupt can land inside JAX's or orbax's start-up or shut-down."""
+  del frame
+  name = "interrupted" if signum == signal.SIGINT else "SIGTERM"
+  print(f"lbt: {name} outside the training loop; nothing was lost: rerun the same "
+        "command to resume from the last checkpoint.", file=sys.stderr, flush=True)
+  os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED)
+
+
+def exit_on_signals() -> None:
+  """SIGINT and SIGTERM end the process at once with 130 / 143 and one line.
+
+  The command line installs this first thing; the training loop takes the
+  signals over while it can save (`PreemptionNotice`).
+  """
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, exit_now)
 
 
 class PreemptionNotice:
@@ -25,13 +42,14 @@ class PreemptionNotice:
   of the update (the last checkpoint stays), never from inside a library (an
   orbax save cancelled half-way could swallow it); a second Ctrl-C leaves at
   once. Outside the loop the command line's handlers apply
-  (`cli.exit_on_signals`).
+  (`exit_on_signals`).
   """
 
   def __init__(self):
     self.requested = False
     self.interrupted = False
     self._previous = {}
+    import jax  # pylint: disable=import-outside-toplevel
     self._multihost = jax.process_count() > 1
 
   def __enter__(self):
@@ -51,7 +69,7 @@ class PreemptionNotice:
 
   def _interrupt(self, signum, frame):
     if self.interrupted:  # The second Ctrl-C: no waiting for the update.
-      cli.exit_now(signum, frame)
+      exit_now(signum, frame)
     self.interrupted = True
 
   def reached(self, done: int) -> bool:

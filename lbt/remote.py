@@ -1,7 +1,7 @@
 """What a remote workdir (gs://BUCKET/DIR) needs that a local one does not.
 
-A separate module because an object store lacks three things lbt.workdir builds
-on: appending to a file, an atomic rename, and O_EXCL creation. In their place
+Imports nothing of lbt: lbt.files, lbt.lease and lbt.logs build on it. An
+object store lacks three things a local workdir builds on: appending to a file, an atomic rename, and O_EXCL creation. In their place
 it has whole-object writes (an object is replaced whole or not at all) and, on
 GCS, preconditions on an object's generation, a true compare-and-swap.
 Everything else of a workdir (config.json, study.json, report/) goes through
@@ -15,7 +15,7 @@ Everything else of a workdir (config.json, study.json, report/) goes through
   preconditions: its generation is a digest of the content, and each write is
   read back to detect a writer that came between. That is best effort: two
   writers that both read before either writes can both succeed.
-- `RemoteLease`: lbt.workdir's lease (same fields, heartbeat, timeout and
+- `lbt.lease.RemoteLease` puts the lease (same fields, heartbeat, timeout and
   messages) over a store: acquire = create; heartbeat = replace at the
   generation it read (a mismatch: the lease was lost); take over a stale lease
   = replace at the stale generation, in one step (no rename). With
@@ -23,7 +23,7 @@ Everything else of a workdir (config.json, study.json, report/) goes through
   the winner's token and stops it.
 - `WholeObject`: a file that grows (metrics.jsonl, TensorBoard events) kept
   whole in memory and rewritten at most every `interval` seconds and on
-  flush; `CopiedLog`: the log, written to a local file and copied up.
+  flush (`lbt.logs.CopiedLog` copies the log up the same way).
 - `update_object`: an optimistic read-modify-write of a whole object (the
   study's results.sqlite, which SQLite cannot open on GCS).
 """
@@ -32,20 +32,14 @@ import abc
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import random
-import sys
 import tempfile
 import time
 from typing import Callable, Iterator, NamedTuple, Optional
 
 from etils import epath
 
-from lbt import workdir as workdir_lib
-
-# How often the log of a remote workdir is copied up while records arrive.
-LOG_COPY_SECONDS = 30.0
 
 
 class Object(NamedTuple):
@@ -87,7 +81,7 @@ def _code(error: BaseException) -> Optional[int]:
 
 
 def _os_error(error: BaseException, path: str) -> OSError:
-  """A client error as the OSError lbt.workdir.writing turns into one line."""
+  """A client error as the OSError lbt.files.writing turns into one line."""
   text = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
   if _code(error) in (401, 403):
     return PermissionError(13, text, path)
@@ -205,59 +199,6 @@ def store_for(path: str) -> ObjectStore:
   return EpathStore()
 
 
-# ---- the lease ----
-
-class RemoteLease(workdir_lib.Lease):
-  """lbt.workdir.Lease on an object: the identity of a read is its generation."""
-
-  def __init__(self, directory: str, purpose: str, timeout_s: float,
-               heartbeat_s: float, field: str, store: Optional[ObjectStore] = None):
-    super().__init__(directory, purpose, timeout_s, heartbeat_s, field)
-    self._store = store
-
-  @property
-  def store(self) -> ObjectStore:
-    if self._store is None:  # First used inside acquire's `writing`.
-      self._store = store_for(self.path)
-    return self._store
-
-  def _read(self):
-    found = self.store.read(self.path)
-    if found is None:
-      return None
-    try:
-      fields = json.loads(found.data)
-      fields = fields if isinstance(fields, dict) else {}
-    except ValueError:
-      fields = {}
-    fields.setdefault("heartbeat", found.updated)
-    return fields, found.generation
-
-  def _ours(self) -> bool:
-    """Whether the lease holds our token (a write that reported failure may
-    still have landed: a client's retry of a request that succeeded)."""
-    held = self._read()
-    return held is not None and held[0].get("token") == self.token
-
-  def _create(self) -> bool:
-    return self.store.create(self.path, self._content()) is not None or self._ours()
-
-  def _swap(self, generation) -> bool:
-    """Writes our lease over the one at `generation`, in one step."""
-    return (self.store.replace(self.path, self._content(), generation) is not None
-            or self._ours())
-
-  def _take_over(self, identity) -> bool:
-    return self._swap(identity)  # acquire's next _create then finds it ours.
-
-  def _rewrite(self, identity) -> bool:
-    # Else replaced or deleted since we read it: decide again.
-    return self._swap(identity) or self.beat()
-
-  def _remove(self, identity) -> None:
-    self.store.delete(self.path, identity)
-
-
 # ---- files that grow ----
 
 class WholeObject:
@@ -291,47 +232,6 @@ class WholeObject:
 
   def close(self) -> None:
     self.flush()
-
-
-class CopiedLog(workdir_lib._LogFile):  # pylint: disable=protected-access
-  """The log of a remote workdir: appended to a local temporary file that
-  continues the workdir's log, and copied whole to `path` at most every
-  LOG_COPY_SECONDS as records arrive, and at close. If the last copy fails,
-  the local file stays and its path is printed."""
-
-  def __init__(self, path: str):
-    self.remote_path = path
-    earlier = epath.Path(path).read_bytes() if epath.Path(path).exists() else b""
-    fd, local = tempfile.mkstemp(prefix="lbt-", suffix=".log")
-    with os.fdopen(fd, "wb") as f:
-      f.write(earlier)
-    super().__init__(local)
-    self._copied, self._done = time.time(), False
-
-  def _copy(self) -> None:
-    self._copied = time.time()
-    self.flush()
-    with open(self.baseFilename, "rb") as f:
-      epath.Path(self.remote_path).write_bytes(f.read())
-
-  def emit(self, record) -> None:
-    super().emit(record)
-    if time.time() - self._copied >= LOG_COPY_SECONDS:
-      with contextlib.suppress(Exception):  # Like a full disk: the record stays local.
-        self._copy()
-
-  def close(self) -> None:
-    super().close()
-    if self._done:  # logging.shutdown closes it again at exit.
-      return
-    self._done = True
-    try:
-      self._copy()
-    except Exception as e:  # pylint: disable=broad-except
-      print(f"lbt: the log stays in {self.baseFilename}: could not copy it to "
-            f"{self.remote_path}: {workdir_lib.reason(e)}", file=sys.stderr, flush=True)
-      return
-    os.remove(self.baseFilename)
 
 
 # ---- whole-object transactions ----

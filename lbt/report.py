@@ -3,14 +3,14 @@
   python -m lbt.report DIR        # rebuild DIR/results.sqlite and DIR/report/
 
 `build_report` first rebuilds results.sqlite from the workdirs
-(`lbt.study.rebuild_database`), then writes eight sections, one function each
+(`lbt.results.rebuild_database`), then writes eight sections, one function each
 (those on the critical batch size in `lbt.critical_batch`); each draws its PNG
 with matplotlib (Agg, no display, `lbt.plots`) and writes its sentences
 from the measured numbers only, so a result that contradicts the paper is
 stated as such. The report never trains.
 
 Point names follow the study files' convention `<optimizer>-b<batch>[-<variant>]
-[-lr<base lr>]` (`lbt.study.grid_of`, `variant_of`): the batch sweep has no
+[-lr<base lr>]` (`lbt.results.grid_of`, `variant_of`): the batch sweep has no
 variant (or `tuned`), the recipe ladder is `-recipe<k>`, Hoffer et al.'s test is
 `-sqrt`, `-sqrt-gbn` and `-regime` at one large batch.
 
@@ -28,10 +28,12 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from lbt import critical_batch, diagnostics, plots, study
-from lbt import workdir as workdir_lib
+from lbt import cli, critical_batch, diagnostics, plots, results
+from lbt import config as config_lib
+from lbt.errors import ConfigError
+from lbt import files
 
-REPORT_DIR = "report"
+REPORT_DIR = results.REPORT_DIR
 HOFFER_VARIANTS = ("sqrt", "sqrt-gbn", "regime")
 MIN_FIT_UPDATES = 8  # Fewer updates than this make a two-parameter fit meaningless.
 # Bookkeeping fields, not ingredients of a recipe step.
@@ -107,10 +109,8 @@ def accuracy_table(chosen: Dict[str, dict]) -> str:
   return "\n".join(out)
 
 
-def _curves(workdir: str, name: str) -> Dict[str, list]:
-  from lbt import metrics
-  records = metrics.read_jsonl(os.path.join(workdir, name))
-  return {kind: [r for r in records if r["kind"] == kind] for kind in ("train", "eval")}
+def _curves(records: Dict[str, list], name: str) -> Dict[str, list]:
+  return {kind: [r for r in records[name] if r["kind"] == kind] for kind in ("train", "eval")}
 
 
 def section_accuracy(chosen, report_dir: str) -> str:
@@ -156,7 +156,7 @@ def section_accuracy(chosen, report_dir: str) -> str:
           f"of their config from the reference batch, untuned:\n\n{tuned_text}\n")
 
 
-def section_curves(workdir: str, chosen, report_dir: str) -> str:
+def section_curves(records, chosen, report_dir: str) -> str:
   plt = plots.pyplot()
   groups = dict(sweep(chosen))
   # Schedule points are drawn against examples, in critical_batch's section.
@@ -168,7 +168,7 @@ def section_curves(workdir: str, chosen, report_dir: str) -> str:
   for index, (label, rows) in enumerate(groups.items()):
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:
-      curves = _curves(workdir, row["name"])
+      curves = _curves(records, row["name"])
       per_epoch = row["updates"] / row["epochs"] if row["epochs"] else 1
       train = [r for r in curves["train"] if isinstance(r["loss"], float)]
       ax_l.plot([r["step"] / per_epoch for r in train], [r["loss"] for r in train],
@@ -184,7 +184,6 @@ def section_curves(workdir: str, chosen, report_dir: str) -> str:
 
 
 def _changes(before: dict, after: dict) -> str:
-  from lbt import config as config_lib
   old, new = json.loads(before["config_json"]), json.loads(after["config_json"])
   fields = [f for f in config_lib.changed_fields(old, new) if not f.startswith(BOOKKEEPING)]
 
@@ -282,7 +281,7 @@ def section_hoffer(chosen, report_dir: str) -> str:
           + "\n".join(lines) + f"\n\n{image}\n\n{closing}\n")
 
 
-def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
+def section_diffusion(records, chosen, report_dir: str) -> str:
   found = hoffer_rows(chosen)
   optimizer = found[""]["optimizer"] if "" in found else "momentum"
   rows = [r for label, line in sweep(chosen).items() if label == optimizer for r in line]
@@ -293,7 +292,7 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
   fits = []
   for row in rows:
-    train = [r for r in _curves(workdir, row["name"])["train"]
+    train = [r for r in _curves(records, row["name"])["train"]
              if isinstance(r.get("distance_from_init"), float) and r["distance_from_init"] > 0]
     if row["status"] != "finished" or len(train) < MIN_FIT_UPDATES:
       continue
@@ -337,53 +336,54 @@ def section_diffusion(workdir: str, chosen, report_dir: str) -> str:
           f"\n\n" + "\n".join(table) + f"\n\n{image}\n\n**Verdict.** {verdict_text}\n")
 
 
-def write(workdir: str, rows: Sequence[dict]) -> str:
-  """Writes report.md and its PNGs from the database rows; returns its path."""
+def write(workdir: str, rows: Sequence[dict], records: Dict[str, list]) -> str:
+  """Writes report.md and its PNGs from the rows and each point's records
+  (name -> metrics.jsonl records); returns its path."""
   report_dir = os.path.join(workdir, REPORT_DIR)
-  workdir_lib.makedirs(report_dir)
+  files.makedirs(report_dir)
   chosen = choose_learning_rates(rows)
   counts = {s: sum(r["status"] == s for r in rows) for s in
             ("finished", "diverged", "failed", "running")}
   wall = sum(r["wall_time_s"] or 0 for r in rows)
   models = sorted({json.loads(r["config_json"])["model"]["name"] for r in rows})
-  header = (f"# Batch-size study: `{workdir_lib.path(workdir)}`\n\n{len(rows)} points ("
+  header = (f"# Batch-size study: `{files.path(workdir)}`\n\n{len(rows)} points ("
             + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
             f"), model {', '.join(models) or '—'}, {wall / 60:.1f} min of training in total. "
             "Every number below is read from the point workdirs (results.sqlite is "
             "derived from them).\n")
   target, fits = critical_batch.section_target(sweep(chosen), report_dir)
   sections = [header, section_accuracy(chosen, report_dir), target,
-              section_curves(workdir, chosen, report_dir),
+              section_curves(records, chosen, report_dir),
               section_ladder(chosen, report_dir), section_hoffer(chosen, report_dir),
-              section_diffusion(workdir, chosen, report_dir),
-              critical_batch.section_noise_scale(workdir, rows, fits, report_dir),
-              critical_batch.section_schedules(workdir, rows, report_dir)]
+              section_diffusion(records, chosen, report_dir),
+              critical_batch.section_noise_scale(records, rows, fits, report_dir),
+              critical_batch.section_schedules(records, rows, report_dir)]
   path = os.path.join(report_dir, "report.md")
-  workdir_lib.write_text_atomic(path, "\n".join(sections))
+  files.write_text_atomic(path, "\n".join(sections))
   return path
 
 
 def build_report(workdir: str) -> str:
   """Rebuilds results.sqlite from the point workdirs, then writes
-  workdir/report/report.md and its PNGs; returns the report's path."""
-  return write(workdir, study.rebuild_database(workdir))
+  workdir/report/report.md and its PNGs; returns the report's path. Each
+  point's records are read once."""
+  rows, points = results.rebuild_database(workdir)
+  return write(workdir, rows, {name: p.records for name, p in points.items()})
 
 
 def main_table(workdir: str) -> str:
   """The accuracy-vs-batch table in markdown (from results.sqlite), for the console."""
-  rows = study.read_database(os.path.join(workdir, study.DATABASE))
-  return accuracy_table(choose_learning_rates(rows))
+  return accuracy_table(choose_learning_rates(results.read_database(workdir)))
 
 
 def main(argv: Sequence[str]) -> int:
-  from lbt import cli
-  from lbt.errors import ConfigError
+  cli.exit_on_signals()
 
   def command():
     if len(argv) != 2 or argv[1].startswith("-"):
       raise ConfigError("arguments", argv[1:], "one study directory: python -m lbt.report DIR")
-    workdir_lib.check_location(argv[1], "DIR")
-    if not workdir_lib.path(argv[1]).is_dir():
+    files.check_location(argv[1], "DIR")
+    if not files.path(argv[1]).is_dir():
       raise ConfigError("DIR", argv[1], "an existing study directory")
     print(f"lbt.report: {build_report(argv[1])}\n\n{main_table(argv[1])}")
 

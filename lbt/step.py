@@ -26,7 +26,6 @@ import optax
 
 from lbt import adversarial as conadv
 from lbt import optim
-from lbt.optim.clars import mean_per_example_grad_norm
 
 Metrics = Dict[str, jax.Array]
 
@@ -111,6 +110,28 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
 
 def tree_norm(tree) -> jax.Array:
   return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def mean_per_example_grad_norm(example_loss: Callable[..., jax.Array], params,
+                               *batch: jax.Array):
+  """The extra argument CLARS (lbt.optim.clars) needs, for one (micro)batch: a tree like params.
+
+  Leaf = (1/B) sum_i ||grad_tensor example_loss(params, *example_i)||, with
+  `example_loss` the loss of ONE example (batch arrays without their leading
+  axis) and B the leading size of `batch`. jax.vmap materialises the B
+  per-example gradients, so memory is B times the parameters: call it per
+  microbatch and average the microbatches' results (equal sizes). A model with
+  BatchNorm couples the examples; with it `example_loss` must use fixed
+  statistics (per-example gradients are otherwise undefined).
+  """
+  grads = jax.vmap(jax.grad(example_loss), in_axes=(None,) + (0,) * len(batch))(
+      params, *batch)
+
+  def mean_norm(g):
+    g = g.reshape(g.shape[0], -1).astype(jnp.promote_types(g.dtype, jnp.float32))
+    return jnp.mean(jnp.sqrt(jnp.sum(g * g, axis=1)))
+
+  return jax.tree.map(mean_norm, grads)
 
 
 def start_update(state: TrainState, needs: Sequence[str] = ()) -> GradientSum:
@@ -243,16 +264,16 @@ def add_microbatch(state: TrainState, sums: GradientSum,
 
 
 def finish_update(state: TrainState, sums: GradientSum, params_init,
-                  lr_position=None, *, tx: optax.GradientTransformation,
+                  lr_position, *, tx: optax.GradientTransformation,
                   schedule: optax.Schedule, num_microbatches: int = 1
                   ) -> Tuple[TrainState, Metrics]:
   """Turns the summed gradient into one optimizer update and its metrics.
 
   `num_microbatches` (static) is what optimizers of the GSNR family check.
-  `lr_position`, when given, is where on `schedule` this update's learning rate
-  is taken, and `tx` is `optim.create_with_learning_rate_input`'s (a run whose
-  batch changes follows its schedule in epochs, not in updates); else the LR is
-  `schedule(state.step)` inside `tx`.
+  `lr_position` is where on `schedule` this update's learning rate is taken
+  (the update count, or for a run whose batch changes the epochs trained in
+  updates of its first batch: `BatchPlan.schedule_position`); `tx` is
+  `optim.create_with_learning_rate_input`'s, which takes it from its state.
 
   A non-finite loss, gradient or parameter is reported in `metrics['finite']`;
   the loop stops at its next look, before any save or evaluation, so such a
@@ -270,12 +291,8 @@ def finish_update(state: TrainState, sums: GradientSum, params_init,
   if sums.per_example_grad_norm is not None:
     extra["per_example_grad_norm"] = jax.tree.map(lambda s: s / examples,
                                                   sums.per_example_grad_norm)
-  opt_state = state.opt_state
-  if lr_position is None:
-    learning_rate = schedule(state.step)
-  else:
-    learning_rate = schedule(lr_position)
-    opt_state = optim.set_learning_rate(opt_state, learning_rate)
+  learning_rate = schedule(lr_position)
+  opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = tx.update(grads, opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
@@ -302,7 +319,7 @@ def finish_update(state: TrainState, sums: GradientSum, params_init,
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
-               lr_position=None, *, apply_fn: Callable, tx: optax.GradientTransformation,
+               lr_position, *, apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: optax.Schedule, label_smoothing: float,
                needs: Sequence[str] = (),
                adversarial: Optional[Mapping[str, Any]] = None
@@ -316,7 +333,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
     lr_position: see `finish_update`.
     apply_fn: the model's `apply`.
     tx: the optimizer.
-    schedule: the learning-rate schedule inside `tx`, for logging.
+    schedule: the learning-rate schedule (see `finish_update`).
     label_smoothing: of the cross-entropy targets.
     needs: statistics the optimizer needs besides the gradient.
     adversarial: the `loss.adversarial` section when ConAdv is on, else None.

@@ -1,228 +1,89 @@
-"""The training loop: config -> data -> model -> optimizer -> sharded step.
+"""The training loop of one run: set-up, the loop, and the summary, in that order.
 
-`train_and_evaluate` is the only place that does I/O: it reads batches, runs
-the jitted step, writes metrics and checkpoints, and evaluates. Everything it
-calls is a pure function of the config and of the stage before it.
+`train_and_evaluate` validates the config (lbt.config: the `RunFacts` every
+stage reads), holds the workdir (lbt.workdir), then `set_up` builds the data
+pipeline, the model, the optimizer, the jitted programs (lbt.programs) and
+the state, resuming from the last checkpoint; `train_loop` runs the updates,
+writes metrics, evaluates and checkpoints; `finish` evaluates on the test set
+and writes the summary. The step itself is pure (lbt.step); the I/O is here.
+
+A run may stop before its last update at a target on held-out data
+(`stop_at_target`: the first evaluated update whose validation accuracy or
+loss reaches the value; the test set never stops a run), or at a cap in
+updates the caller passes (`max_updates`: a tuning trial that can no longer
+beat the best one).
 """
 
-import collections
-import contextlib
+import dataclasses
 import functools
-import json
-import os
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from lbt import batch_schedule, checkpoint, data, diagnostics
-from lbt import metrics as metrics_lib, models, optim, parallel, step
-from lbt.preemption import PreemptionNotice, Preempted
 from lbt import config as config_lib
+from lbt import metrics as metrics_lib, optim, parallel, programs, step
 from lbt import workdir as workdir_lib
-from lbt.errors import ConfigError
-
-CONFIG_JSON = "config.json"
-# Microbatches (and updates) the host may dispatch ahead of the device: enough
-# to overlap the next transfer with the compute, few enough that host and
-# device memory stay those of a few microbatches, whatever the batch.
-IN_FLIGHT = 2
+from lbt.errors import ConfigError, Diverged, Preempted
+from lbt.preemption import PreemptionNotice
 
 
-class Diverged(RuntimeError):
-  """A non-finite loss, gradient or parameter appeared; the run stopped."""
+@dataclasses.dataclass
+class Run:
+  """What the loop needs of a run once it is set up (see `set_up`)."""
+  config: Any
+  facts: config_lib.RunFacts
+  workdir: str
+  lease: Any
+  mesh: Any
+  pipeline: data.Pipeline
+  plan: batch_schedule.BatchPlan
+  stream: Any
+  update_fn: Any
+  eval_fn: Any
+  params_init: Any
+  manager: Any
+  writer: metrics_lib.MetricsWriter
+  progress: metrics_lib.Progress
+  start_step: int
+  start_examples: int
+  max_updates: int
+  target_every: int  # updates between validation evaluations of stop_at_target
+  stopped: Optional[str]  # why the resumed run had stopped at its checkpoint, if it had
 
-  def __init__(self, update: int, loss: float, grad_norm: float,
-               learning_rate: float, last_checkpoint):
-    self.update, self.loss, self.learning_rate = update, loss, learning_rate
-    self.grad_norm, self.last_checkpoint = grad_norm, last_checkpoint
-    super().__init__(
-        f"training diverged at update {update}: loss={loss:.6g}, "
-        f"grad_norm={grad_norm:.6g}, learning_rate={learning_rate:.6g}; "
-        "the state before it is not saved; the last good checkpoint is "
-        f"{'update ' + str(last_checkpoint) if last_checkpoint is not None else 'none'}")
+  @property
+  def is_main(self) -> bool:
+    return jax.process_index() == 0
 
-
-def check_workdir_location(workdir: str) -> None:
-  """Refuses a workdir lbt cannot write, before anything is created: a local or
-  shared-filesystem directory, or gs://BUCKET/DIR (lbt.workdir.check_location)."""
-  workdir_lib.check_location(workdir, "--workdir")
-
-
-def check_workdir_config(config, workdir: str, allow_changes: Sequence[str]) -> None:
-  """Refuses to resume a workdir written by another config, unless allowed."""
-  try:
-    text = workdir_lib.read_text(os.path.join(workdir, CONFIG_JSON))
-    if text is None:
-      return
-    old = json.loads(text)
-  except (OSError, ValueError) as e:
-    raise ConfigError("--workdir", workdir, f"a workdir whose {CONFIG_JSON} "
-                      f"reads as JSON ({e}); fix or remove that file") from None
-  new = json.loads(config.to_json())
-  # A field added to lbt after the workdir was written, set to what its
-  # absence meant, is no change: older runs and studies still resume.
-  for key, value in config_lib.DATASET_DEFAULTS.items():
-    old.setdefault("dataset", {}).setdefault(key, value)
-  for key, value in config_lib.OPTIONAL_FIELDS.items():
-    if key in new:
-      old.setdefault(key, value)
-  if "adversarial" not in old.get("loss", {}) and adversarial_section(config) is None:
-    old.setdefault("loss", {})["adversarial"] = new["loss"].get("adversarial")
-  changed = config_lib.changed_fields(old, new)
-  refused = [f for f in changed if f not in allow_changes]
-  if refused:
-    raise ConfigError("--workdir", workdir,
-                      f"it holds a run of another config (changed: {', '.join(refused)}); "
-                      "use a new workdir, or resume with "
-                      f"--allow_config_change={','.join(refused)}")
-
-
-def write_config(config, workdir: str) -> None:
-  if jax.process_index() == 0:
-    workdir_lib.makedirs(workdir)
-    workdir_lib.write_text_atomic(os.path.join(workdir, CONFIG_JSON),
-                                  config.to_json(indent=2, sort_keys=True))
-
-
-@contextlib.contextmanager
-def hold_workdir(workdir: str):
-  """One trainer per workdir, library tracebacks to its log file.
-
-  Process 0 holds the workdir's lease (lbt.workdir.lock) for the whole run;
-  the processes agree before anything is written, so a second trainer is
-  refused with one line naming the holder. Python logging (orbax's tracebacks
-  among it) goes to `lbt.log` in the workdir, not to the console. Yields the
-  lease (None on other processes).
-  """
-  is_main = jax.process_index() == 0
-  with contextlib.ExitStack() as stack:
-    lease, failure = None, None
-    if is_main:
+  def close(self, quietly: bool = False) -> None:
+    """Closes the progress bar, the metrics files and the checkpoint manager;
+    `quietly` when another error is in flight (that one is the one to report)."""
+    for close in (self.progress.close, self.writer.close, self.manager.close):
       try:
-        lease = stack.enter_context(workdir_lib.lock(workdir, "train"))
-      except (workdir_lib.WorkdirBusy, workdir_lib.WriteError) as e:
-        failure = e
-    if parallel.any_process(failure is not None):
-      raise failure or workdir_lib.WorkdirBusy(
-          "--workdir", workdir, "a workdir that process 0 could lock (see its error)")
-    stack.enter_context(workdir_lib.capture_logs(
-        workdir, name="lbt.log" if is_main else f"lbt.process_{jax.process_index()}.log"))
-    yield lease
+        close()
+      except Exception:  # pylint: disable=broad-except
+        if not quietly:
+          raise
 
 
-def check_lease(lease) -> None:
-  """Stops (on every process) when another trainer took the workdir over."""
-  if parallel.any_process(lease is not None and lease.lost is not None):
-    if lease is not None:
-      lease.check()
-    raise workdir_lib.WorkdirBusy("--workdir", None, "a workdir this run still holds "
-                                  "(process 0 lost its lock)")
+def train_and_evaluate(config, workdir: str, allow_config_change: Sequence[str] = (),
+                       facts: Optional[config_lib.RunFacts] = None,
+                       max_updates: int = 0) -> Dict[str, Any]:
+  """Trains one config to its end, resuming from the workdir if it can.
 
-
-def build_model(config, num_classes: int):
-  return models.create(config.model.name, num_classes=num_classes,
-                       ghost_size=config.bn.ghost_size,
-                       dtype=jnp.dtype(config.model.dtype),
-                       **config_lib.model_options(config))
-
-
-def dispatch_ahead(mesh) -> int:
-  """How many programs the host may run ahead of the device (IN_FLIGHT; none
-  on emulated CPU devices, whose collectives starve when many are queued)."""
-  return 0 if parallel.emulated_devices(mesh) else IN_FLIGHT
-
-
-def compile_update(model, tx, schedule, mesh, num_microbatches: int,
-                   label_smoothing: float, needs: Sequence[str] = (),
-                   adversarial: Optional[Dict[str, Any]] = None) -> Callable:
-  """The jitted update: `update(state, microbatches, params_init, lr_position=None,
-  num_microbatches=<this>) -> (state, metrics)` (`lr_position`: see
-  `step.finish_update`).
-
-  `microbatches` yields the update's global microbatches. One microbatch is a
-  single fused step. Several are streamed through a host loop of jitted calls
-  (start, add each microbatch into a donated float32 sum, finish): only one
-  microbatch is ever on the device, the host never waits on a device value
-  inside an update, and the compiled programs are the one-shot step's own
-  (a `lax.scan` body got slower convolution layouts on XLA:CPU; see
-  benchmarks/accumulation.py). A run whose batch changes passes each update's
-  `num_microbatches`: the programs compile once per microbatch shape, and the
-  finish once per count only for optimizers that read the count (GSNR).
-  """
-  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  add = functools.partial(step.add_microbatch, apply_fn=model.apply,
-                          label_smoothing=label_smoothing, adversarial=adversarial)
-  fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
-                                    schedule=schedule, label_smoothing=label_smoothing,
-                                    needs=needs, adversarial=adversarial),
-                  in_shardings=(replicated, sharded, replicated, replicated),
-                  out_shardings=(replicated, replicated), donate_argnums=(0,))
-  start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
-                     out_shardings=replicated)
-  # `add` also returns its microbatch count, a scalar the host can wait on
-  # (the sums themselves are donated to the next call).
-  add_fn = jax.jit(lambda state, sums, microbatch: (lambda s: (s, s.microbatches))(
-      add(state, sums, microbatch)), in_shardings=(replicated, replicated, sharded),
-                   out_shardings=replicated, donate_argnums=(1,))
-  def finish_update(state, sums, params_init, lr_position, num_microbatches):
-    return step.finish_update(state, sums, params_init, lr_position, tx=tx,
-                              schedule=schedule, num_microbatches=num_microbatches)
-
-  finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 4,
-                      out_shardings=(replicated, replicated), static_argnums=(4,),
-                      donate_argnums=(0,))
-  counts_matter = "microbatch_grad_sq" in needs
-  ahead = dispatch_ahead(mesh)
-  default_count = num_microbatches
-
-  def update(state, microbatches, params_init, lr_position=None,
-             num_microbatches=default_count):
-    if num_microbatches == 1:
-      return fused(state, next(iter(microbatches)), params_init, lr_position)
-    sums, dispatched = start_fn(state), collections.deque()
-    for microbatch in microbatches:
-      sums, done = add_fn(state, sums, microbatch)
-      dispatched.append(done)
-      if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
-        jax.block_until_ready(dispatched.popleft())
-    # Static, so passed only where read: other optimizers compile one finish.
-    return finish_fn(state, sums, params_init, lr_position,
-                     num_microbatches if counts_matter else 1)
-
-  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn, "fused": fused}
-  return update
-
-
-def adversarial_section(config) -> Optional[Dict[str, Any]]:
-  """The `loss.adversarial` section as plain values when ConAdv is on, else None."""
-  section = config.loss.get("adversarial")
-  if section is None or not section.get("enabled", False):
-    return None
-  return section.to_dict()
-
-
-def evaluate(eval_fn, state, batches, mesh) -> Dict[str, float]:
-  """Loss and accuracy over every example of `batches`, each counted once."""
-  totals = None
-  for local in batches:
-    sums = eval_fn(state, parallel.to_global(local, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {"loss": float(totals["loss_sum"]) / count,
-          "accuracy": float(totals["correct"]) / count, "count": int(count)}
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: Sequence[str] = ()) -> Dict[str, Any]:
-  """Trains one config to its last update, resuming from the workdir if it can.
+  Args:
+    config: the run's config.
+    workdir: where everything of the run is written.
+    allow_config_change: fields that may differ from the workdir's config.json.
+    facts: `config.validate`'s result, when the caller validated already.
+    max_updates: > 0: stop after this many updates even if the config runs
+      longer (the summary says so); not part of the config.
 
   Returns:
-    The final eval metrics, update count and wall time.
+    The summary: final test metrics, updates, examples, wall time, target.
 
   Raises:
     ConfigError: bad config or workdir (before any compute).
@@ -230,217 +91,335 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Preempted: SIGTERM arrived (a checkpoint was written first).
   """
   start_time = time.time()
-  config_lib.validate(config, num_devices=jax.device_count(),
-                      num_processes=jax.process_count())
-  check_workdir_location(workdir)
-  check_workdir_config(config, workdir, allow_config_change)  # reads only
-  with hold_workdir(workdir) as lease:
-    return _train(config, workdir, lease, start_time)
+  if facts is None:
+    facts = config_lib.validate(config, num_devices=jax.device_count())
+  workdir_lib.check_location(workdir)
+  workdir_lib.check_config(config, workdir, allow_config_change)  # reads only
+  with workdir_lib.hold(workdir) as lease:
+    run, state = set_up(config, facts, workdir, lease, max_updates)
+    try:
+      state, final, stop = train_loop(run, state)
+      summary = finish(run, state, final, stop, start_time)
+    except BaseException:
+      run.close(quietly=True)
+      raise
+    run.close()
+  if run.is_main:
+    print(f"lbt: test accuracy {summary['eval_accuracy']:.4f} on {summary['eval_count']} "
+          f"examples after {summary['num_train_steps']} updates "
+          f"({summary['wall_time_s']:.0f} s)", flush=True)
+  return summary
 
 
-def _train(config, workdir: str, lease, start_time: float) -> Dict[str, Any]:
-  """The run itself, with the workdir held (see train_and_evaluate)."""
-  is_main = jax.process_index() == 0
+# ---- set-up ----
+
+def set_up(config, facts, workdir: str, lease, max_updates: int):
+  """Data, model, optimizer, programs and state, resumed when the workdir has
+  a checkpoint; returns (Run, state)."""
   mesh = parallel.create_mesh()
-  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-
-  # Data: process 0 builds offline datasets before the others look.
-  if jax.process_count() > 1:
-    if is_main:
-      data.prepare(config)
-    parallel.barrier("lbt: data prepared")
-  pipeline = data.create_pipeline(config, jax.process_index(), jax.process_count(),
-                                  jax.device_count())
-  steps_per_epoch = pipeline.steps_per_epoch
-  num_steps = config_lib.num_train_steps(config, steps_per_epoch)
-  # The batch of each update and where its examples start (lbt/batch_schedule.py).
-  plan = batch_schedule.create_plan(
-      config, pool_size=len(pipeline.train_batches.pool),
-      microbatch=config_lib.microbatch_size(config), constant_updates=num_steps)
-  changing = plan.name != "constant"
-
-  # Model and optimizer.
-  spec = pipeline.spec
-  model = build_model(config, spec.num_classes)
-  peak_lr = optim.effective_learning_rate(config.optimizer, config.batch_size)
-  schedule = optim.create_schedule(config.schedule, peak_lr, steps_per_epoch, num_steps)
-  # A changing batch takes its LR from the schedule at the epochs trained.
-  tx = (optim.create_with_learning_rate_input(config.optimizer) if changing
-        else optim.create(config.optimizer, schedule))
-
-  def lr_position(slot) -> Optional[float]:
-    return slot.epochs_done * steps_per_epoch if changing else None
-
-  # State, created already replicated over the mesh.
-  adversarial = adversarial_section(config)
-  init_fn = jax.jit(functools.partial(
-      step.create_train_state, model=model, tx=tx,
-      input_shape=(pipeline.image_size, pipeline.image_size, spec.image_shape[2]),
-      keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
-                    out_shardings=replicated)
-  rng = jax.random.PRNGKey(config.seed)
-  state = init_fn(rng)
+  pipeline = create_pipeline(config, facts)
+  plan = batch_schedule.create_plan(config, pool_size=len(pipeline.train_batches.pool),
+                                    microbatch=facts.microbatch_size,
+                                    constant_updates=facts.num_train_steps)
+  model = programs.build_model(config, facts.num_classes)
+  schedule = optim.create_schedule(config.schedule, facts.peak_learning_rate,
+                                   facts.steps_per_epoch, facts.num_train_steps)
+  # One route for the learning rate: the step sets it from the schedule.
+  tx = optim.create_with_learning_rate_input(config.optimizer)
+  state = _initial_state(config, facts, pipeline, mesh, model, tx)
   params_init = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
-
-  # Resume.
-  write_config(config, workdir)
+  workdir_lib.write_config(config, workdir)
   manager = checkpoint.create_manager(workdir, config.checkpoint_keep)
   stream = pipeline.train_stream(plan)
+  state, start_step = _resume(workdir, manager, state, stream, plan)
+  update_fn = programs.compile_update(
+      model, tx, schedule, mesh, 1, config.loss.label_smoothing,
+      needs=optim.needs(config.optimizer), adversarial=facts.adversarial)
+  stopped = _stopped_at(workdir, start_step, max_updates)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0,
+                                     resume_step=start_step)
+  planned = start_step + batch_schedule.planned_updates(plan)  # noise_scale: a guess
+  run = Run(config, facts, workdir, lease, mesh, pipeline, plan, stream, update_fn,
+            programs.compile_eval(model, mesh), params_init, manager, writer,
+            metrics_lib.Progress(planned, start_step, enabled=jax.process_index() == 0),
+            start_step, plan.examples(), max_updates, _target_every(config, facts),
+            stopped)
+  _announce(run, planned)
+  return run, state
+
+
+def create_pipeline(config, facts) -> data.Pipeline:
+  """The data pipeline of this process; process 0 builds offline datasets
+  before the others look."""
+  spec = data.DATASETS.get(config.dataset.name)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      data.prepare(spec, config.dataset.data_dir)
+    parallel.barrier("lbt: data prepared")
+  return data.Pipeline(
+      spec, data_dir=config.dataset.data_dir, cache=config.dataset.cache, seed=config.seed,
+      batch_size=facts.batch_size, microbatch_size=facts.microbatch_size,
+      validation_examples=facts.validation_examples,
+      image_size=config_lib.dataset_field(config, "image_size"),
+      eval_batch_size=config.eval_batch_size, num_devices=jax.device_count(),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      noise_scale_split=facts.noise_scale_split)
+
+
+def _initial_state(config, facts, pipeline, mesh, model, tx):
+  """The train state at initialization, created already replicated over the mesh."""
+  image_shape = pipeline.spec.image_shape
+  adversarial = facts.adversarial
+  init_fn = jax.jit(functools.partial(
+      step.create_train_state, model=model, tx=tx,
+      input_shape=(pipeline.image_size, pipeline.image_size, image_shape[2]),
+      keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
+                    out_shardings=parallel.replicated(mesh))
+  return init_fn(jax.random.PRNGKey(config.seed))
+
+
+def _resume(workdir: str, manager, state, stream, plan):
+  """(state, first update) from the newest checkpoint that restores, else as given."""
   try:
     restored = checkpoint.restore(manager, checkpoint.abstract(state), stream)
   except checkpoint.CheckpointRestoreError as e:
-    raise ConfigError("--workdir", workdir, f"a workdir of this config: {e}") from None
-  start_step = 0
-  if restored is not None:
-    state, start_step = restored
-    if plan.update != start_step:
-      raise ConfigError("--workdir", workdir, f"a workdir whose checkpoint of update "
-                        f"{start_step} holds that update's data position (it holds "
-                        f"{plan.update})")
-    if is_main:
-      print(f"lbt: resumed from the checkpoint of update {start_step}", flush=True)
-  note = optim.warmup_note(config.schedule, steps_per_epoch, num_steps)
-  if note and is_main:
-    print(note, flush=True)
+    raise ConfigError("--workdir", workdir, f"a workdir of this config: {e} (checkpoints "
+                      "written before the optimizer state held the learning rate, "
+                      "lbt of 2026-12, cannot be restored: resume them with the lbt "
+                      "that wrote them)") from None
+  if restored is None:
+    return state, 0
+  state, start_step = restored
+  if plan.update != start_step:
+    raise ConfigError("--workdir", workdir, f"a workdir whose checkpoint of update "
+                      f"{start_step} holds that update's data position (it holds "
+                      f"{plan.update})")
+  if jax.process_index() == 0:
+    print(f"lbt: resumed from the checkpoint of update {start_step}", flush=True)
+  return state, start_step
 
-  ahead = dispatch_ahead(mesh)
-  # One set of programs for every batch: each compiles once per microbatch shape.
-  update_fn = compile_update(model, tx, schedule, mesh, 1, config.loss.label_smoothing,
-                             needs=optim.needs(config.optimizer), adversarial=adversarial)
-  eval_fn = jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
-                    in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
+def _stopped_at(workdir: str, start_step: int, max_updates: int) -> Optional[str]:
+  """Whether the run had stopped at its checkpoint before its end: at its
+  target, or at a cap this call does not raise (every process agrees)."""
+  stopped = None
+  if jax.process_index() == 0 and start_step:
+    last = next(iter(metrics_lib.read_jsonl(workdir, "summary")[-1:]), {})
+    if last.get("step") == start_step and last.get("stopped_by") == "target":
+      stopped = "target"
+    elif (last.get("step") == start_step and last.get("stopped_by") == "max_updates"
+          and 0 < max_updates <= start_step):
+      stopped = "max_updates"
+  code = parallel.any_process(stopped == "target") * 2 + parallel.any_process(
+      stopped == "max_updates")
+  return {2: "target", 1: "max_updates"}.get(code)
+
+
+def _target_every(config, facts) -> int:
+  """Updates between the validation evaluations that look for the target:
+  the section's `every`, or about 200 evaluations over the run (every update
+  when the run has at most 200)."""
+  target = config_lib.stop_at_target(config)
+  if target is None:
+    return 0
+  return target["every"] or max(1, -(-facts.num_train_steps // 200))
+
+
+def _announce(run: Run, planned: int) -> None:
+  """The console lines of a starting run and its `run` record."""
+  config, facts = run.config, run.facts
+  notes = [facts.length_note(config.num_epochs),
+           optim.warmup_note(config.schedule, facts.steps_per_epoch, facts.num_train_steps)]
+  for note in filter(None, notes):
+    if run.is_main:
+      print(note, flush=True)
   layout = {"num_devices": jax.device_count(), "num_processes": jax.process_count()}
-  earlier = metrics_lib.read_jsonl(workdir, "run") if is_main and start_step else []
-  moved = {k: earlier[-1].get(k) for k in layout if earlier and earlier[-1].get(k) != layout[k]}
-  if moved:
+  earlier = (metrics_lib.read_jsonl(run.workdir, "run") if run.is_main and run.start_step
+             else [])
+  moved = {k: earlier[-1].get(k) for k in layout
+           if earlier and earlier[-1].get(k) != layout[k]}
+  if moved and run.is_main:
     # Results stay valid, but reduction order changes: not bit-identical to an
     # uninterrupted run on the old layout (README, "Guarantees").
     print("lbt: resuming on " + ", ".join(f"{layout[k]} {k[4:]} (was {v})"
                                           for k, v in moved.items()), flush=True)
-  planned = start_step + batch_schedule.planned_updates(plan)  # noise_scale: a guess
-  writer.write(start_step, "run", {
-      "effective_learning_rate": peak_lr, "steps_per_epoch": steps_per_epoch,
-      "num_train_steps": planned,
-      "num_microbatches": pipeline.train_batches.layout(plan.peek().batch)[0],
-      "batch_size": plan.peek().batch, **layout,
+  batch = run.plan.peek().batch
+  run.writer.write(run.start_step, "run", {
+      "effective_learning_rate": facts.peak_learning_rate,
+      "steps_per_epoch": facts.steps_per_epoch, "num_train_steps": planned,
+      "num_microbatches": run.pipeline.train_batches.layout(batch)[0],
+      "batch_size": batch, "target_eval_every": run.target_every,
+      "max_updates": run.max_updates, **layout,
       **{f"previous_{k}": v for k, v in moved.items()}})
-  progress = metrics_lib.Progress(planned, start_step, enabled=is_main)
-  pending = []  # (metrics, batch, microbatches) of the updates not yet fetched.
 
-  def flush_train_metrics(done: int) -> None:
-    """Writes the buffered per-update metrics and stops on a non-finite one."""
+
+# ---- the loop ----
+
+class TrainMetrics:
+  """The per-update metrics not yet fetched from the device, written in
+  batches (fetching every update would make the host wait on the device)."""
+
+  def __init__(self, run: Run):
+    self.run, self.pending = run, []  # (metrics, batch, microbatches) per update
+
+  def add(self, metrics, batch: int, count: int) -> None:
+    self.pending.append((metrics, batch, count))
+
+  def wait_for(self, ahead: int) -> None:
+    """Waits for the update `ahead` before the last: host memory stays small."""
+    if len(self.pending) > ahead:
+      jax.block_until_ready(self.pending[-1 - ahead][0])
+
+  def flush(self, done: int) -> None:
+    """Writes the buffered updates' metrics; Diverged at a non-finite one."""
+    run, pending = self.run, self.pending
     rows = metrics_lib.stack_steps([m for m, _, _ in pending])
     batches = np.array([b for _, b, _ in pending])
     counts = np.array([n for _, _, n in pending])
     first = done - len(pending)
-    pending.clear()
+    self.pending = []
     if not rows:
       return
-    small_sq_norm = rows.pop("microbatch_grad_sq_norm")
-    # The gradient noise scale comes free with accumulation (>= 2 microbatches);
-    # its moving averages are the plan's, saved with each checkpoint.
-    measured = np.flatnonzero(counts > 1)
-    noise = {}
-    if measured.size:
-      grad_sq, trace = zip(*(diagnostics.gradient_noise_scale(
-          small_sq_norm[i], rows["grad_norm"][i] ** 2, batches[i] / counts[i], batches[i])
-                             for i in measured))
-      b_simple = plan.add_noise_estimates(grad_sq, trace)
-      noise = {i: {"noise_grad_sq": grad_sq[j], "noise_trace": trace[j],
-                   "b_simple": b_simple[j]} for j, i in enumerate(measured)}
+    noise = self._noise_scale(rows, batches, counts)
     for i in range(len(rows["loss"])):
       record = {k: v[i] for k, v in rows.items()}
-      if changing:
+      if run.plan.name != "constant":
         record["batch_size"] = batches[i]
-      writer.write(first + i + 1, "train", {**record, **noise.get(i, {})})
+      run.writer.write(first + i + 1, "train", {**record, **noise.get(i, {})})
     bad = np.flatnonzero(~rows["finite"])
     if bad.size:
-      i = int(bad[0])
-      error = Diverged(first + i + 1, float(rows["loss"][i]),
-                       float(rows["grad_norm"][i]), float(rows["learning_rate"][i]),
-                       manager.latest_step())
-      writer.write(error.update, "diverged", {
-          "loss": error.loss, "grad_norm": error.grad_norm,
-          "learning_rate": error.learning_rate,
-          "last_checkpoint": -1 if error.last_checkpoint is None else error.last_checkpoint})
-      writer.flush()
-      raise error
-    progress.update(len(rows["loss"]), loss=float(rows["loss"][-1]),
-                    lr=float(rows["learning_rate"][-1]))
+      self._diverged(first + int(bad[0]) + 1, rows, int(bad[0]))
+    run.progress.update(len(rows["loss"]), loss=float(rows["loss"][-1]),
+                        lr=float(rows["learning_rate"][-1]))
 
-  def evaluate_all(done: int) -> Dict[str, float]:
-    """Test (and validation) metrics, written to metrics.jsonl; returns test's."""
-    if len(pipeline.validation_indices):
-      validation = evaluate(eval_fn, state, pipeline.validation_batches(), mesh)
-      writer.write(done, "validation", validation)
-      scores["validation_accuracy"] = validation["accuracy"]
-      scores["validation_loss"] = validation["loss"]
-    result = evaluate(eval_fn, state, pipeline.eval_batches(), mesh)
-    writer.write(done, "eval", result)
-    return result
+  def _noise_scale(self, rows, batches, counts) -> Dict[int, Dict[str, float]]:
+    """The gradient noise scale, free with accumulation (>= 2 microbatches);
+    its moving averages are the plan's, saved with each checkpoint."""
+    small_sq_norm = rows.pop("microbatch_grad_sq_norm")
+    measured = np.flatnonzero(counts > 1)
+    if not measured.size:
+      return {}
+    grad_sq, trace = zip(*(diagnostics.gradient_noise_scale(
+        small_sq_norm[i], rows["grad_norm"][i] ** 2, batches[i] / counts[i], batches[i])
+                           for i in measured))
+    b_simple = self.run.plan.add_noise_estimates(grad_sq, trace)
+    return {i: {"noise_grad_sq": grad_sq[j], "noise_trace": trace[j],
+                "b_simple": b_simple[j]} for j, i in enumerate(measured)}
 
-  def every(n: int, done: int) -> bool:
-    return n > 0 and done % n == 0
+  def _diverged(self, update: int, rows, i: int) -> None:
+    run = self.run
+    error = Diverged(update, float(rows["loss"][i]), float(rows["grad_norm"][i]),
+                     float(rows["learning_rate"][i]), run.manager.latest_step())
+    run.writer.write(error.update, "diverged", {
+        "loss": error.loss, "grad_norm": error.grad_norm,
+        "learning_rate": error.learning_rate,
+        "last_checkpoint": -1 if error.last_checkpoint is None else error.last_checkpoint})
+    run.writer.flush()
+    raise error
 
-  final, scores, start_examples = None, {}, plan.examples()
-  try:
-    with PreemptionNotice() as preemption:
-      while not plan.finished():
-        slot = stream.next_update()
-        done, count = slot.update + 1, stream.num_microbatches(slot)
-        microbatches = parallel.prefetch_to_mesh(stream, mesh, count)
-        state, step_metrics = update_fn(state, microbatches, params_init,
-                                        lr_position(slot), num_microbatches=count)
-        pending.append((step_metrics, slot.batch, count))
-        if len(pending) > ahead:  # Host memory stays that of a few batches.
-          jax.block_until_ready(pending[-1 - ahead][0])
-        if plan.is_decision_point():
-          # The next batch, and so whether the run ends here, follows every
-          # estimate so far.
-          flush_train_metrics(done)
-          progress.set_total(done + batch_schedule.planned_updates(plan))
-        is_last = plan.finished()
-        evaluate_now = every(config.eval_every_steps, done) or is_last
-        save_now = every(config.checkpoint_every_steps, done) or is_last
-        host_sync = every(config.log_every_steps, done) or evaluate_now or save_now
-        if host_sync:
-          flush_train_metrics(done)
-        if evaluate_now:
-          final = evaluate_all(done)
-        if save_now:
-          check_lease(lease)
-          writer.flush()  # A resume rewrites no line up to its checkpoint.
-          checkpoint.save(manager, done, state, stream)
-        if preemption.reached(done) and not is_last:
-          flush_train_metrics(done)
-          writer.flush()
-          checkpoint.save(manager, done, state, stream)
-          raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
-    num_steps = plan.update
-    progress.set_total(num_steps)
-    if final is None:  # Resumed from the checkpoint of the last update.
-      final = evaluate_all(num_steps)
-    wall_time = time.time() - start_time
-    summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
-               "eval_count": final["count"], **scores, "num_train_steps": num_steps,
-               "effective_learning_rate": peak_lr, "wall_time_s": wall_time,
-               "examples_per_second": (plan.examples() - start_examples) / wall_time,
-               "examples": plan.examples()}
-    writer.write(num_steps, "summary", summary)
-  except BaseException:
-    # The error in flight is the one to report, not one of closing the files.
-    with contextlib.suppress(Exception):
-      progress.close()
-      writer.close()
-    with contextlib.suppress(Exception):
-      manager.close()
-    raise
-  progress.close()
-  writer.close()
-  manager.close()
-  if is_main:
-    print(f"lbt: test accuracy {final['accuracy']:.4f} on {final['count']} examples "
-          f"after {num_steps} updates ({summary['wall_time_s']:.0f} s)", flush=True)
+
+def _every(n: int, done: int) -> bool:
+  return n > 0 and done % n == 0
+
+
+def train_loop(run: Run, state):
+  """Runs the updates from the resumed one to the end, a target or a cap.
+
+  Returns:
+    (state, the test metrics of the last evaluation or None, why it stopped:
+    "end", "target" or "max_updates").
+  """
+  config, plan = run.config, run.plan
+  ahead = programs.dispatch_ahead(run.mesh)
+  buffer, final, stop = TrainMetrics(run), None, run.stopped
+  with PreemptionNotice() as preemption:
+    while stop is None and not plan.finished():
+      slot = run.stream.next_update()
+      done, count = slot.update + 1, run.stream.num_microbatches(slot)
+      microbatches = parallel.prefetch_to_mesh(run.stream, run.mesh, count)
+      state, step_metrics = run.update_fn(
+          state, microbatches, run.params_init,
+          plan.schedule_position(slot, run.facts.steps_per_epoch), num_microbatches=count)
+      buffer.add(step_metrics, slot.batch, count)
+      buffer.wait_for(ahead)
+      if plan.is_decision_point():
+        # The next batch, and so whether the run ends here, follows every estimate.
+        buffer.flush(done)
+        run.progress.set_total(done + batch_schedule.planned_updates(plan))
+      stop = "end" if plan.finished() else None
+      look_for_target = _every(run.target_every, done) or (stop and run.target_every)
+      evaluate_now = _every(config.eval_every_steps, done) or stop
+      if _every(config.log_every_steps, done) or evaluate_now or look_for_target:
+        buffer.flush(done)
+      if look_for_target and _reached_target(run, state, done):
+        stop = "target"
+      elif run.max_updates and done >= run.max_updates and not stop:
+        stop = "max_updates"
+      if evaluate_now or stop:
+        final = evaluate_all(run, state, done)
+      if _every(config.checkpoint_every_steps, done) or stop:
+        workdir_lib.check_lease(run.lease)
+        run.writer.flush()  # A resume rewrites no line up to its checkpoint.
+        checkpoint.save(run.manager, done, state, run.stream)
+      if preemption.reached(done) and not stop:
+        buffer.flush(done)
+        run.writer.flush()
+        checkpoint.save(run.manager, done, state, run.stream)
+        raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
+  return state, final, stop or "end"
+
+
+def _reached_target(run: Run, state, done: int) -> bool:
+  """Evaluates the validation split; True (and a `target` record) at the
+  first evaluated update whose metric reaches stop_at_target's value."""
+  target = config_lib.stop_at_target(run.config)
+  result = programs.evaluate(run.eval_fn, state, run.pipeline.validation_batches(),
+                             run.mesh)
+  run.writer.write(done, "validation", result)
+  value = result[target["metric"].split("_", 1)[1]]
+  reached = value >= target["value"] if target["metric"].endswith("accuracy") \
+      else value <= target["value"]
+  if reached:
+    run.writer.write(done, "target", {"metric": target["metric"], "value": value,
+                                      "target": target["value"],
+                                      "examples": run.plan.examples(),
+                                      "every": run.target_every})
+  return bool(reached)
+
+
+def evaluate_all(run: Run, state, done: int) -> Dict[str, float]:
+  """Test (and validation) metrics, written to metrics.jsonl; returns test's
+  with the validation split's as validation_accuracy / validation_loss."""
+  extra = {}
+  if len(run.pipeline.validation_indices):
+    validation = programs.evaluate(run.eval_fn, state, run.pipeline.validation_batches(),
+                                   run.mesh)
+    run.writer.write(done, "validation", validation)
+    extra = {"validation_accuracy": validation["accuracy"],
+             "validation_loss": validation["loss"]}
+  result = programs.evaluate(run.eval_fn, state, run.pipeline.eval_batches(), run.mesh)
+  run.writer.write(done, "eval", result)
+  return {**result, **extra}
+
+
+# ---- the summary ----
+
+def finish(run: Run, state, final: Optional[Dict[str, float]], stop: str,
+           start_time: float) -> Dict[str, Any]:
+  """The last evaluation (if the loop made none: resumed at its end) and the
+  summary record, which marks the run finished."""
+  num_steps = run.plan.update
+  run.progress.set_total(num_steps)
+  if final is None:
+    final = evaluate_all(run, state, num_steps)
+  wall_time = time.time() - start_time
+  trained = run.plan.examples() - run.start_examples
+  summary = {"eval_accuracy": final["accuracy"], "eval_loss": final["loss"],
+             "eval_count": final["count"],
+             **{k: v for k, v in final.items() if k.startswith("validation_")},
+             "num_train_steps": num_steps, "stopped_by": stop,
+             "effective_learning_rate": run.facts.peak_learning_rate,
+             "wall_time_s": wall_time, "examples_per_second": trained / wall_time,
+             "examples": run.plan.examples()}
+  run.writer.write(num_steps, "summary", summary)
   return summary

@@ -38,8 +38,8 @@ def lbt_run(monkeypatch, capsys):
       raise ComputeStarted(f"compute started: {what} was called")
     return fail
 
-  monkeypatch.setattr(lbt.data, "create_pipeline", guard("data.create_pipeline"))
-  monkeypatch.setattr(lbt.train, "write_config", guard("train.write_config"))
+  monkeypatch.setattr(lbt.train, "create_pipeline", guard("train.create_pipeline"))
+  monkeypatch.setattr(lbt.workdir, "write_config", guard("workdir.write_config"))
   monkeypatch.setattr(lbt.checkpoint, "create_manager",
                       guard("checkpoint.create_manager"))
   monkeypatch.chdir(REPO)

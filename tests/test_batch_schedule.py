@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lbt import batch_schedule, checkpoint, config as config_lib, metrics, train
+from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,10 +329,10 @@ def test_a_workdir_written_before_these_fields_still_resumes(make_config, tmp_pa
   older = config.to_dict()
   del older["noise_scale_split"]
   (tmp_path / "config.json").write_text(ml_collections.ConfigDict(older).to_json())
-  train.check_workdir_config(config, str(tmp_path), ())  # no change to refuse
+  workdir_lib.check_config(config, str(tmp_path), ())  # no change to refuse
   config.noise_scale_split = True
   with pytest.raises(ConfigError, match="noise_scale_split"):
-    train.check_workdir_config(config, str(tmp_path), ())
+    workdir_lib.check_config(config, str(tmp_path), ())
 
 
 def test_two_processes_take_the_same_noise_scale_batches(data_dir, tmp_path):

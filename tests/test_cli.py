@@ -101,7 +101,7 @@ def _raise(error):
 
 
 def test_run_maps_each_outcome_to_its_exit_status(capsys):
-  from lbt import checkpoint, preemption, train, workdir  # pylint: disable=g-import-not-at-top
+  from lbt import checkpoint, errors, train  # pylint: disable=g-import-not-at-top
   cases = [
       (lambda: None, 0, ""),
       (_raise(ConfigError("batch_size", 3, "a multiple of 8")), 2,
@@ -112,10 +112,10 @@ def test_run_maps_each_outcome_to_its_exit_status(capsys):
                                              4)), 4,
        "lbt: error: could not write the checkpoint of update 6 (/w/checkpoints): No space "
        "left on device; the last complete checkpoint is update 4\n"),
-      (_raise(workdir.WriteError("/w/metrics.jsonl", "Read-only file system (EROFS)")), 4,
+      (_raise(errors.WriteError("/w/metrics.jsonl", "Read-only file system (EROFS)")), 4,
        "lbt: error: could not write /w/metrics.jsonl"),
       (_raise(KeyboardInterrupt()), 130, "lbt: interrupted; rerun the same command"),
-      (_raise(preemption.Preempted("SIGTERM: saved update 5")), 143,
+      (_raise(errors.Preempted("SIGTERM: saved update 5")), 143,
        "lbt: SIGTERM: saved update 5; rerun the same command to resume.\n"),
   ]
   for command, status, line in cases:

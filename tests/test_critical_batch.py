@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lbt import critical_batch, report, study
+from lbt import critical_batch, report, results
 from test_report import finish_study, write_point
 
 TARGET = 0.85
@@ -64,7 +64,7 @@ def test_schedules_are_compared_at_equal_examples(synthetic):
   assert "| momentum-b250-batch-noise | noise | 250–1000 | 45 | 30000 | 86.00 |" in section
   assert "75 updates (0.62× the constant batch's 120), -0.50 points" in section
   assert "45 updates (0.38× the constant batch's 120), -2.00 points" in section
-  rows = {r["name"]: r for r in study.read_database(os.path.join(workdir, study.DATABASE))}
+  rows = {r["name"]: r for r in results.read_database(workdir)}
   # Update 37 of the steps run is still at 250: 37 x 250 examples to the target.
   assert rows["momentum-b250-batch-steps"]["examples_to_target"] == 37 * 250
   # The noise run reached it at update 22: 20 x 250 + 2 x 1000.

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lbt import checkpoint, train, workdir
+from lbt import checkpoint, errors, logs, train
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_disk_full_at_save_is_one_line_with_the_cause_whole(tmp_path, capfd):
   try:
     data = iter(grain.MapDataset.range(10).to_iter_dataset())
     next(data)
-    with workdir.capture_logs(str(tmp_path)) as log:
+    with logs.capture_logs(str(tmp_path)) as log:
       manager = checkpoint.create_manager(str(mount), keep=3)
       checkpoint.save(manager, 1, {"w": jnp.ones((10,))}, data)
       big = {"w": jax.random.normal(jax.random.PRNGKey(0), (100_000,))}  # 400 kB
@@ -119,7 +119,7 @@ def test_disk_full_at_save_is_one_line_with_the_cause_whole(tmp_path, capfd):
         checkpoint.save(manager, 2, big, data)
       manager.close()
     message = str(info.value)
-    assert isinstance(info.value, workdir.WriteError)
+    assert isinstance(info.value, errors.WriteError)
     assert "\n" not in message
     assert "checkpoint of update 2" in message
     assert "No space left on device (ENOSPC)" in message

@@ -5,7 +5,7 @@ import pytest
 
 from configs.studies import fashion_mnist_optimizers as study_file
 from lbt import config as config_lib
-from lbt import optim, study
+from lbt import optim, results, study
 from lbt.errors import ConfigError
 
 
@@ -19,8 +19,8 @@ def test_every_optimizer_at_three_batches_with_a_validated_lr_grid():
   for name, config in points.items():
     assert study.NAME.match(name), name
     config_lib.validate(config, num_devices=8)
-    grids.setdefault(study.grid_of(name), []).append(config)
-    assert study.variant_of(name) == "tuned"
+    grids.setdefault(results.grid_of(name), []).append(config)
+    assert results.variant_of(name) == "tuned"
     assert name.startswith(f"{config.optimizer.name}-b{config.batch_size}-tuned-lr")
     assert config.dataset.validation_examples == 10000
     # The default study's model and budget.

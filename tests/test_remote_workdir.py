@@ -15,8 +15,10 @@ import time
 import pytest
 
 import fake_gcs
-from lbt import checkpoint, metrics, preemption, remote, study, train
+from lbt import checkpoint, metrics, preemption, remote, results, study, train
 from lbt import workdir as workdir_lib
+from lbt import errors, files, logs
+from lbt import lease as lease_lib
 from lbt.errors import ConfigError
 
 
@@ -51,7 +53,7 @@ def test_guard_refuses_local_calls_on_gs_paths(gcs):
   with pytest.raises(fake_gcs.LocalCall):
     os.path.abspath("gs://bucket/x")
   with pytest.raises(OSError, match="appended"):
-    workdir_lib.path("gs://bucket/x").open("a")
+    files.path("gs://bucket/x").open("a")
   gcs.violations.clear()
 
 
@@ -68,7 +70,7 @@ def test_run_into_gs_workdir_preempted_and_rerun(make_config, gcs, monkeypatch, 
   config = small(make_config, checkpoint_keep=2)
   with monkeypatch.context() as patch:  # SIGTERM arrives during update 6.
     patch.setattr(preemption.PreemptionNotice, "reached", lambda self, done: done == 6)
-    with pytest.raises(preemption.Preempted, match="update 6"):
+    with pytest.raises(errors.Preempted, match="update 6"):
       train.train_and_evaluate(config, workdir)
   local = gcs.local(workdir)
   assert sorted(os.listdir(os.path.join(local, "checkpoints"))) == ["4", "6"]
@@ -89,22 +91,22 @@ def test_run_into_gs_workdir_preempted_and_rerun(make_config, gcs, monkeypatch, 
   # Orbax deleted update 4 (checkpoint_keep=2) through google.cloud.storage.
   assert sorted(os.listdir(os.path.join(local, "checkpoints"))) == ["6", "8"]
   assert os.path.exists(os.path.join(local, "lbt.log"))
-  assert not os.path.exists(os.path.join(local, workdir_lib.LOCK_FILE))  # Released.
+  assert not os.path.exists(os.path.join(local, lease_lib.LOCK_FILE))  # Released.
   assert int(checkpoint.load_state(workdir)["step"]) == 8
 
 
 def test_gs_workdirs_are_accepted_and_other_schemes_refused(gcs, monkeypatch):
   from lbt import main
-  train.check_workdir_location("gs://bucket/run")
+  workdir_lib.check_location("gs://bucket/run")
   config_file = os.path.join(fake_gcs.REPO, "configs", "fashion_mnist.py")
   main.parse(["lbt.main", f"--config={config_file}", "--workdir=gs://bucket/run"])
   for bad in ("s3://bucket/run", "gs:///run", "hf://org/model"):
     with pytest.raises(ConfigError, match="--workdir.*gs://BUCKET/DIR"):
-      train.check_workdir_location(bad)
+      workdir_lib.check_location(bad)
   monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # Not installed.
   monkeypatch.delattr(sys.modules["google.cloud"], "storage")
   with pytest.raises(ConfigError, match=r"--workdir=.*pip install 'lbt\[gcs\]'"):
-    train.check_workdir_location("gs://bucket/run")
+    workdir_lib.check_location("gs://bucket/run")
 
 
 # ---- the lease ----
@@ -122,15 +124,15 @@ def test_lease_refuses_a_second_holder_and_takes_over_a_stale_one(gcs, store):
   make = {"gcs": lambda: remote.store_for("gs://bucket/x"), "epath": remote.EpathStore}[store]
   assert isinstance(make(), remote.GcsStore if store == "gcs" else remote.EpathStore)
   directory = "gs://bucket/held"
-  path = f"{directory}/{workdir_lib.LOCK_FILE}"
+  path = f"{directory}/{lease_lib.LOCK_FILE}"
 
   def lease(timeout_s=60.0):  # Heartbeats by hand only (EpathStore is best effort).
-    return remote.RemoteLease(directory, "train", timeout_s, 60.0, "--workdir", store=make())
+    return lease_lib.RemoteLease(directory, "train", timeout_s, 60.0, "--workdir", store=make())
 
   first = lease()
   first.acquire()
   try:
-    with pytest.raises(workdir_lib.WorkdirBusy, match=r"--workdir=.*pid \d+ on host"):
+    with pytest.raises(errors.WorkdirBusy, match=r"--workdir=.*pid \d+ on host"):
       lease().acquire()
     before = make().read(path)
     assert first.beat() and make().read(path).generation != before.generation
@@ -139,7 +141,7 @@ def test_lease_refuses_a_second_holder_and_takes_over_a_stale_one(gcs, store):
     taker.acquire()
     assert "heartbeat" in taker.took_over
     assert not first.beat() and first.lost["token"] == taker.token
-    with pytest.raises(workdir_lib.WorkdirBusy, match="lost the lock"):
+    with pytest.raises(errors.WorkdirBusy, match="lost the lock"):
       first.check()
     taker.release()
   finally:
@@ -148,7 +150,7 @@ def test_lease_refuses_a_second_holder_and_takes_over_a_stale_one(gcs, store):
 
   # A dead holder's lease on another host expires with its heartbeat.
   make().create(path, foreign_lease(time.time()))
-  with pytest.raises(workdir_lib.WorkdirBusy, match="pid 4242 on host elsewhere"):
+  with pytest.raises(errors.WorkdirBusy, match="pid 4242 on host elsewhere"):
     lease().acquire()
   stale = make().read(path)
   assert make().replace(path, foreign_lease(time.time() - 120), stale.generation)
@@ -171,9 +173,9 @@ def test_gcs_preconditions_make_one_of_two_racers_win(gcs):
 
 def test_lock_of_a_gs_workdir_is_reentrant_and_released(gcs):
   del gcs
-  with workdir_lib.lock("gs://bucket/run", heartbeat_s=0.05) as lease:
-    with workdir_lib.lock("gs://bucket/run/") as inner:
-      assert inner is lease and isinstance(lease, remote.RemoteLease)
+  with lease_lib.lock("gs://bucket/run", heartbeat_s=0.05) as lease:
+    with lease_lib.lock("gs://bucket/run/") as inner:
+      assert inner is lease and isinstance(lease, lease_lib.RemoteLease)
     first = json.loads(lease.store.read(lease.path).data)["heartbeat"]
     time.sleep(0.3)
     assert json.loads(lease.store.read(lease.path).data)["heartbeat"] > first
@@ -202,7 +204,7 @@ def test_metrics_of_a_gs_workdir_are_rewritten_whole(gcs, monkeypatch):
 
 def test_log_of_a_gs_workdir_is_copied_up_and_continued(gcs):
   for text in ("first run", "second run"):
-    with workdir_lib.capture_logs("gs://bucket/logged") as path:
+    with logs.capture_logs("gs://bucket/logged") as path:
       assert path == "gs://bucket/logged/lbt.log"
       logging.getLogger("orbax").warning(text)
   with open(gcs.local("gs://bucket/logged/lbt.log")) as f:
@@ -212,18 +214,18 @@ def test_log_of_a_gs_workdir_is_copied_up_and_continued(gcs):
 
 def test_study_database_rows_of_two_writers_both_land(gcs, monkeypatch):
   del gcs
-  path = "gs://bucket/db/results.sqlite"
-  row = lambda name: {c: None for c in study.COLUMN_NAMES} | {"name": name, "position": 0}
-  real_insert, raced = study._insert, []  # pylint: disable=protected-access
+  workdir = "gs://bucket/db"
+  row = lambda name: {c: None for c in results.COLUMN_NAMES} | {"name": name, "position": 0}
+  real_write, raced = results._write_whole, []  # pylint: disable=protected-access
 
-  def insert_after_another_shard(local, values):
+  def write_after_another_shard(local, rows):
     if not raced:  # Another shard writes its row between our read and our write.
       raced.append(True)
-      study.write_row(path, row("theirs"))
-    real_insert(local, values)
-  monkeypatch.setattr(study, "_insert", insert_after_another_shard)
-  study.write_row(path, row("ours"))  # Its first write fails its precondition.
-  assert sorted(r["name"] for r in study.read_database(path)) == ["ours", "theirs"]
+      results.write_row(workdir, row("theirs"))
+    real_write(local, rows)
+  monkeypatch.setattr(results, "_write_whole", write_after_another_shard)
+  results.write_row(workdir, row("ours"))  # Its first write fails its precondition.
+  assert sorted(r["name"] for r in results.read_database(workdir)) == ["ours", "theirs"]
 
 
 def test_study_into_a_gs_workdir(make_config, gcs, capsys):
@@ -240,7 +242,7 @@ def test_study_into_a_gs_workdir(make_config, gcs, capsys):
   assert study.run_study(points, workdir) == {n: "finished" for n in points}
   local = gcs.local(workdir)
   assert {"results.sqlite", "study.json", "report", *points} <= set(os.listdir(local))
-  rows = study.read_database(f"{workdir}/{study.DATABASE}")
+  rows = results.read_database(workdir)
   assert [r["name"] for r in rows] == list(points)
   assert all(r["status"] == "finished" and r["final_accuracy"] > 0 for r in rows)
   files = os.listdir(os.path.join(local, "report"))

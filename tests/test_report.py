@@ -10,7 +10,7 @@ import re
 import pytest
 
 from configs import fashion_mnist
-from lbt import report, study
+from lbt import report, results
 
 TARGET = 0.85
 
@@ -107,7 +107,7 @@ def test_report_has_eight_sections_and_non_empty_pngs(synthetic):
 
 def test_database_is_rebuilt_from_the_workdirs(synthetic):
   workdir, _ = synthetic
-  rows = {r["name"]: r for r in study.read_database(os.path.join(workdir, study.DATABASE))}
+  rows = {r["name"]: r for r in results.read_database(workdir)}
   assert len(rows) == 14
   assert rows["momentum-b8192"]["status"] == "diverged"
   assert rows["momentum-b8192"]["diverged_update"] == 2

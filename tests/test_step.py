@@ -10,7 +10,14 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from lbt import models, optim, parallel, step, train
+from lbt import batch_schedule, models, optim, parallel, programs, step
+
+
+def lr_input(tx):
+  """`tx` as the step takes every optimizer: its learning rate in its state
+  (optax.inject_hyperparams), which the step sets from the schedule. The
+  transformations here keep their own fixed rate and ignore it."""
+  return optax.inject_hyperparams(lambda learning_rate: tx)(learning_rate=0.0)
 
 
 class Linear(nn.Module):
@@ -40,19 +47,20 @@ def run_steps(model, tx, batches, *, num_microbatches=1, devices=None, schedule=
   """Runs the real jitted update over a mesh of `devices`; returns state and metrics."""
   mesh = Mesh(np.asarray(devices or jax.devices()), (parallel.DATA_AXIS,))
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  tx = lr_input(tx)
   init = jax.jit(functools.partial(
       step.create_train_state, model=model, tx=tx, input_shape=(28, 28, 1),
       keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
                  out_shardings=replicated)
   state = init(jax.random.PRNGKey(0))
   params_init = init(jax.random.PRNGKey(0)).params
-  update = train.compile_update(model, tx, schedule or (lambda c: 1.0), mesh,
-                                num_microbatches, label_smoothing=0.0,
-                                adversarial=adversarial)
+  update = programs.compile_update(model, tx, schedule or (lambda c: 1.0), mesh,
+                                   num_microbatches, label_smoothing=0.0,
+                                   adversarial=adversarial)
   history = []
-  for batch in batches:
+  for position, batch in enumerate(batches):
     microbatches = (jax.device_put(m, sharded) for m in strided(batch, num_microbatches))
-    state, metrics = update(state, microbatches, params_init)
+    state, metrics = update(state, microbatches, params_init, float(position))
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
 
@@ -139,15 +147,15 @@ def test_mean_squared_microbatch_gradient_norm_is_reported():
 def test_gradient_program_memory_does_not_depend_on_the_batch():
   """Only a microbatch ever reaches the compiled gradient function."""
   model = models.create("lenet5", num_classes=10)
-  tx = optim.create_by_name("momentum", 0.1)
+  tx = lr_input(optim.create_by_name("momentum", 0.1))
   mesh = Mesh(np.asarray(jax.devices()), (parallel.DATA_AXIS,))
   init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
                                    input_shape=(28, 28, 1)))
   state = init(jax.random.PRNGKey(0))
   sizes = {}
   for batch_size in (256, 4096, 60000 // 64 * 64):
-    update = train.compile_update(model, tx, lambda c: 0.1, mesh,
-                                  batch_size // 64, label_smoothing=0.0)
+    update = programs.compile_update(model, tx, lambda c: 0.1, mesh,
+                                     batch_size // 64, label_smoothing=0.0)
     microbatch = jax.device_put(random_batch(64), parallel.batch_sharding(mesh))
     add = update.programs["add"].lower(state, step.start_update(state), microbatch)
     memory = add.compile().memory_analysis()
@@ -168,7 +176,7 @@ def spy(needs):
     return jax.tree.map(jnp.zeros_like, updates), kept
 
   tx = optax.GradientTransformationExtraArgs(init, update)
-  return tx, needs
+  return lr_input(tx), needs
 
 
 @pytest.mark.parametrize("num_microbatches", [1, 4])
@@ -183,13 +191,13 @@ def test_the_step_passes_what_the_optimizer_needs(num_microbatches):
                                    input_shape=(28, 28, 1)))
   state = init(jax.random.PRNGKey(0))
   params = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
-  update = train.compile_update(model, tx, lambda c: 0.0, mesh, num_microbatches,
-                                label_smoothing=0.0, needs=needs)
+  update = programs.compile_update(model, tx, lambda c: 0.0, mesh, num_microbatches,
+                                   label_smoothing=0.0, needs=needs)
   sharded = parallel.batch_sharding(mesh)
   new_state, _ = update(
       state, (jax.device_put(m, sharded) for m in strided(batch, num_microbatches)),
-      params)
-  got = jax.device_get(new_state.opt_state)
+      params, 0.0)
+  got = jax.device_get(new_state.opt_state.inner_state)
 
   def mean_loss(p, images, labels):
     logits = model.apply({"params": p}, images, train=True)
@@ -238,9 +246,8 @@ def test_conadv_update_matches_hand_written_adversarial_training(parameters,
 def padded(batch, num_microbatches, num_devices):
   """Strided microbatches, each padded with masked examples to a multiple of
   the devices (what lbt.data yields for a batch that does not divide)."""
-  from lbt import config as config_lib
   n = len(batch["label"])
-  _, size = config_lib.microbatch_layout(n, -(-n // num_microbatches), num_devices)
+  _, size = batch_schedule.microbatch_layout(n, -(-n // num_microbatches), num_devices)
   parts = []
   for part in strided(batch, num_microbatches):
     real = len(part["label"])
@@ -263,18 +270,18 @@ def test_a_padded_batch_has_the_gradient_of_its_real_examples(model_name,
   reference, ref_metrics = run_steps(model, optax.sgd(1.0), [batch],
                                      devices=jax.devices()[:1])
   mesh = Mesh(np.asarray(jax.devices()[:8]), (parallel.DATA_AXIS,))
-  tx = optax.sgd(1.0)
+  tx = lr_input(optax.sgd(1.0))
   init = jax.jit(functools.partial(step.create_train_state, model=model, tx=tx,
                                    input_shape=(28, 28, 1)))
   state = init(jax.random.PRNGKey(0))
-  update = train.compile_update(model, tx, lambda c: 1.0, mesh, num_microbatches,
-                                label_smoothing=0.0)
+  update = programs.compile_update(model, tx, lambda c: 1.0, mesh, num_microbatches,
+                                   label_smoothing=0.0)
   sharded = parallel.batch_sharding(mesh)
   parts = padded(batch, num_microbatches, 8)
   assert all(len(p["label"]) % 8 == 0 for p in parts)
   assert sum(int(p["mask"].sum()) for p in parts) == 1001
   state, metrics = update(state, (jax.device_put(p, sharded) for p in parts),
-                          jax.tree.map(jnp.copy, state.params))
+                          jax.tree.map(jnp.copy, state.params), 0.0)
   assert_trees_close(jax.device_get(state.params), reference.params, atol=1e-5)
   assert_trees_close(jax.device_get(state.batch_stats), reference.batch_stats, atol=1e-5)
   np.testing.assert_allclose(metrics["loss"], ref_metrics[0]["loss"], rtol=1e-5)

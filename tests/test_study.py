@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lbt import cli, metrics, study
+from lbt import cli, metrics, results, study
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def uninterrupted(study_file, tmp_path_factory):
 
 
 def rows_without_timing(workdir):
-  rows = study.read_database(os.path.join(workdir, study.DATABASE))
+  rows = results.read_database(workdir)
   return {r["name"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
 
 
@@ -87,7 +87,7 @@ def test_a_diverging_point_is_recorded_and_the_next_one_runs(uninterrupted):
 
 def test_rows_equal_each_points_metrics(uninterrupted):
   workdir, _ = uninterrupted
-  rows = study.read_database(os.path.join(workdir, study.DATABASE))
+  rows = results.read_database(workdir)
   assert [r["name"] for r in rows] == list(uninterrupted[1])  # The study's order.
   for row in rows:
     records = metrics.read_jsonl(os.path.join(workdir, row["name"]))
@@ -123,8 +123,8 @@ def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_pa
     time.sleep(0.01)
   process.send_signal(signal.SIGKILL)
   process.communicate()
-  assert study.point_status(victim) == "running"  # Killed mid-way, not finished.
-  assert study.point_status(os.path.join(workdir, "momentum-b12000")) == "finished"
+  assert results.point_status(victim) == "running"  # Killed mid-way, not finished.
+  assert results.point_status(os.path.join(workdir, "momentum-b12000")) == "finished"
 
   rerun = start(study_file, workdir)
   out, _ = rerun.communicate(timeout=300)
@@ -167,7 +167,7 @@ def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
   from lbt import train
   calls = []
 
-  def broken(config, workdir, allow_config_change=()):
+  def broken(config, workdir, allow_config_change=(), facts=None, max_updates=0):
     calls.append(os.path.basename(workdir))
     raise RuntimeError("disk on fire")
 

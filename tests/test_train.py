@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lbt import checkpoint, metrics, train
+from lbt import workdir as workdir_lib
 
 
 def params_of(workdir):
@@ -116,19 +117,19 @@ def test_a_workdir_from_before_a_new_field_still_resumes(make_config, tmp_path):
   del old["dataset"]["validation_examples"], old["dataset"]["image_size"]
   old["loss"].pop("adversarial", None)
   (tmp_path / "config.json").write_text(json.dumps(old))
-  train.check_workdir_config(config, str(tmp_path), ())
+  workdir_lib.check_config(config, str(tmp_path), ())
   if "adversarial" in config.loss:
     config.loss.adversarial.enabled = True
     with pytest.raises(train.ConfigError, match="loss.adversarial"):
-      train.check_workdir_config(config, str(tmp_path), ())
+      workdir_lib.check_config(config, str(tmp_path), ())
 
 
 def test_object_store_workdirs_lbt_cannot_write_are_refused_not_made_local(monkeypatch):
   # gs:// itself is written through epath: tests/test_remote_workdir.py.
   with pytest.raises(train.ConfigError, match="--workdir='s3://bucket/run'.*gs://BUCKET/DIR"):
-    train.check_workdir_location("s3://bucket/run")
+    workdir_lib.check_location("s3://bucket/run")
   monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # gs:// packages missing
   if "google.cloud" in sys.modules:
     monkeypatch.delattr(sys.modules["google.cloud"], "storage", raising=False)
   with pytest.raises(train.ConfigError, match=r"pip install 'lbt\[gcs\]'"):
-    train.check_workdir_location("gs://bucket/run")
+    workdir_lib.check_location("gs://bucket/run")

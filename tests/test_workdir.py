@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from lbt import metrics, workdir
+from lbt import errors, files, logs, metrics
+from lbt import lease as lease_lib
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,17 +28,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # holds until stdin closes while checking the lease, and reports a lost lease.
 HOLDER = """
 import os, sys, time
-from lbt import workdir
+from lbt import errors, lease as lease_lib
 path, timeout, beat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 while not os.path.exists(os.path.join(os.path.dirname(path), "GO")):
   time.sleep(0.005)
 try:
-  with workdir.lock(path, "train", timeout_s=timeout, heartbeat_s=beat) as lease:
+  with lease_lib.lock(path, "train", timeout_s=timeout, heartbeat_s=beat) as lease:
     print("held", os.getpid(), flush=True)
     import select
     while not select.select([sys.stdin], [], [], 0.02)[0]:
       lease.check()
-except workdir.WorkdirBusy as e:
+except errors.WorkdirBusy as e:
   print("busy", e, flush=True)
   sys.exit(2)
 """
@@ -59,8 +60,8 @@ def test_second_locker_is_refused_with_the_holder_named_and_gets_it_after_releas
   first = holder(path)
   go(tmp_path)
   assert first.stdout.readline().split() == ["held", str(first.pid)]
-  with pytest.raises(workdir.WorkdirBusy) as info:
-    with workdir.lock(str(path)):
+  with pytest.raises(errors.WorkdirBusy) as info:
+    with lease_lib.lock(str(path)):
       pass
   message = str(info.value)
   assert isinstance(info.value, ConfigError) and "\n" not in message
@@ -68,12 +69,12 @@ def test_second_locker_is_refused_with_the_holder_named_and_gets_it_after_releas
   assert "since 20" in message and "another workdir" in message
   assert info.value.holder["pid"] == first.pid
   # Refused before touching anything: the holder's lease is as it was.
-  assert json.loads((path / workdir.LOCK_FILE).read_text())["pid"] == first.pid
+  assert json.loads((path / lease_lib.LOCK_FILE).read_text())["pid"] == first.pid
 
   first.stdin.close()
   assert first.wait(timeout=30) == 0
-  assert not (path / workdir.LOCK_FILE).exists()
-  with workdir.lock(str(path)) as lease:
+  assert not (path / lease_lib.LOCK_FILE).exists()
+  with lease_lib.lock(str(path)) as lease:
     assert lease.took_over is None
 
 
@@ -101,11 +102,11 @@ def test_lease_of_a_killed_holder_is_taken_over_at_once(tmp_path):
   assert killed.stdout.readline().startswith("held")
   killed.send_signal(signal.SIGKILL)
   killed.wait()
-  assert (path / workdir.LOCK_FILE).exists()
-  with workdir.lock(str(path)) as lease:
+  assert (path / lease_lib.LOCK_FILE).exists()
+  with lease_lib.lock(str(path)) as lease:
     assert f"pid {killed.pid}" in lease.took_over and "is gone" in lease.took_over
-    assert json.loads((path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
-  assert not (path / workdir.LOCK_FILE).exists()
+    assert json.loads((path / lease_lib.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert not (path / lease_lib.LOCK_FILE).exists()
 
 
 def test_stalled_holder_loses_the_lease_and_stops(tmp_path):
@@ -115,11 +116,11 @@ def test_stalled_holder_loses_the_lease_and_stops(tmp_path):
   assert stalled.stdout.readline().startswith("held")
   stalled.send_signal(signal.SIGSTOP)
   try:
-    with pytest.raises(workdir.WorkdirBusy):  # Alive: its heartbeat is fresh.
-      with workdir.lock(str(path), timeout_s=1.0):
+    with pytest.raises(errors.WorkdirBusy):  # Alive: its heartbeat is fresh.
+      with lease_lib.lock(str(path), timeout_s=1.0):
         pass
     time.sleep(1.5)
-    with workdir.lock(str(path), timeout_s=1.0, heartbeat_s=0.1) as lease:
+    with lease_lib.lock(str(path), timeout_s=1.0, heartbeat_s=0.1) as lease:
       assert "last heartbeat was" in lease.took_over
       stalled.send_signal(signal.SIGCONT)
       out = stalled.stdout.readline()  # Its next heartbeat finds the lease lost.
@@ -127,7 +128,7 @@ def test_stalled_holder_loses_the_lease_and_stops(tmp_path):
       assert "lost the lock to" in out and f"pid {os.getpid()}" in out
       # The stalled holder did not overwrite or remove our lease.
       lease.check()
-      assert json.loads((path / workdir.LOCK_FILE).read_text())["token"] == lease.token
+      assert json.loads((path / lease_lib.LOCK_FILE).read_text())["token"] == lease.token
   finally:
     stalled.send_signal(signal.SIGCONT)
 
@@ -137,36 +138,36 @@ def write_lease(path, **fields):
   lease = {"host": "elsewhere", "pid": 4242, "purpose": "train", "since": time.time() - 500,
            "heartbeat": time.time(), "token": "theirs", "boot_id": "b", "pid_namespace": "n"}
   lease.update(fields)
-  (path / workdir.LOCK_FILE).write_text(json.dumps(lease))
+  (path / lease_lib.LOCK_FILE).write_text(json.dumps(lease))
 
 
 def test_another_hosts_lease_lives_by_its_heartbeat(tmp_path):
   write_lease(tmp_path)  # Fresh: its pid means nothing here, the heartbeat counts.
-  with pytest.raises(workdir.WorkdirBusy, match="pid 4242 on host elsewhere"):
-    with workdir.lock(str(tmp_path)):
+  with pytest.raises(errors.WorkdirBusy, match="pid 4242 on host elsewhere"):
+    with lease_lib.lock(str(tmp_path)):
       pass
   write_lease(tmp_path, heartbeat=time.time() - 120)
-  with workdir.lock(str(tmp_path)) as lease:
+  with lease_lib.lock(str(tmp_path)) as lease:
     assert "host elsewhere" in lease.took_over and "120 s ago" in lease.took_over
 
 
 def test_a_taker_gives_back_a_fresh_lease_that_replaced_the_stale_one(tmp_path):
   write_lease(tmp_path, heartbeat=time.time() - 120)
-  lock_path = tmp_path / workdir.LOCK_FILE
-  _, stale_identity = workdir._read_lease(str(lock_path))  # pylint: disable=protected-access
+  lock_path = tmp_path / lease_lib.LOCK_FILE
+  _, stale_identity = lease_lib._read_lease(str(lock_path))  # pylint: disable=protected-access
   time.sleep(0.01)
   write_lease(tmp_path, token="fresh")  # Another taker acquired in between.
-  taker = workdir.Lease(str(tmp_path), "train", 60.0, 5.0, "--workdir")
+  taker = lease_lib.Lease(str(tmp_path), "train", 60.0, 5.0, "--workdir")
   assert not taker._take_over(stale_identity)  # pylint: disable=protected-access
   assert json.loads(lock_path.read_text())["token"] == "fresh"
-  assert os.listdir(tmp_path) == [workdir.LOCK_FILE]
+  assert os.listdir(tmp_path) == [lease_lib.LOCK_FILE]
 
 
 def test_released_on_exception_reentrant_and_heartbeating(tmp_path):
-  lock_path = tmp_path / workdir.LOCK_FILE
+  lock_path = tmp_path / lease_lib.LOCK_FILE
   with pytest.raises(KeyError):
-    with workdir.lock(str(tmp_path), heartbeat_s=0.05) as lease:
-      with workdir.lock(str(tmp_path)) as inner:  # The study runner, then the trainer.
+    with lease_lib.lock(str(tmp_path), heartbeat_s=0.05) as lease:
+      with lease_lib.lock(str(tmp_path)) as inner:  # The study runner, then the trainer.
         assert inner is lease
       assert lock_path.exists()
       first = json.loads(lock_path.read_text())["heartbeat"]
@@ -198,9 +199,9 @@ def test_write_text_atomic_on_a_full_disk_keeps_the_previous_file(tmp_path):
   mount = mount_tmpfs(tmp_path / "small", "64k")
   try:
     target = mount / "config.json"
-    workdir.write_text_atomic(str(target), "old")
-    with pytest.raises(workdir.WriteError) as info:
-      workdir.write_text_atomic(str(target), "x" * 200_000)
+    files.write_text_atomic(str(target), "old")
+    with pytest.raises(errors.WriteError) as info:
+      files.write_text_atomic(str(target), "x" * 200_000)
     assert str(info.value) == f"could not write {target}: No space left on device (ENOSPC)"
     assert target.read_text() == "old" and os.listdir(mount) == ["config.json"]
   finally:
@@ -214,12 +215,12 @@ def test_read_only_workdir_is_one_line_for_the_lock_config_and_metrics(tmp_path)
   mount = mount_tmpfs(tmp_path / "ro", "64k", read_only_after=fill)
   try:
     failures = {
-        "lock": lambda: workdir.lock(str(mount)).__enter__(),
-        "config": lambda: workdir.write_text_atomic(str(mount / "config.json"), "{}"),
+        "lock": lambda: lease_lib.lock(str(mount)).__enter__(),
+        "config": lambda: files.write_text_atomic(str(mount / "config.json"), "{}"),
         "metrics": lambda: metrics.MetricsWriter(str(mount), resume_step=0),
-        "log": lambda: workdir.capture_logs(str(mount)).__enter__()}
+        "log": lambda: logs.capture_logs(str(mount)).__enter__()}
     for fail in failures.values():
-      with pytest.raises(workdir.WriteError, match=r"Read-only file system \(EROFS\)"):
+      with pytest.raises(errors.WriteError, match=r"Read-only file system \(EROFS\)"):
         fail()
     assert metrics.read_jsonl(str(mount)) == [{"step": 1, "kind": "train"}]
   finally:
@@ -230,12 +231,12 @@ def test_metrics_on_a_disk_that_fills_stop_with_one_line_and_keep_the_lines(tmp_
   mount = mount_tmpfs(tmp_path / "small", "64k")
   try:
     writer = metrics.MetricsWriter(str(mount))
-    with pytest.raises(workdir.WriteError) as info:
+    with pytest.raises(errors.WriteError) as info:
       for step in range(1, 100_000):
         writer.write(step, "train", {"loss": 0.5, "accuracy": 0.25})
     assert "No space left on device (ENOSPC)" in str(info.value)
     assert str(mount) in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(workdir.WriteError):
+    with pytest.raises(errors.WriteError):
       writer.close()
     steps = [r["step"] for r in metrics.read_jsonl(str(mount), "train")]
     assert steps and steps == list(range(1, len(steps) + 1))
@@ -245,10 +246,10 @@ def test_metrics_on_a_disk_that_fills_stop_with_one_line_and_keep_the_lines(tmp_
 
 def test_a_file_where_a_directory_belongs_and_dev_full(tmp_path):
   (tmp_path / "file").write_text("")
-  with pytest.raises(workdir.WriteError, match=r"Not a directory \(ENOTDIR\)"):
+  with pytest.raises(errors.WriteError, match=r"Not a directory \(ENOTDIR\)"):
     metrics.MetricsWriter(str(tmp_path / "file" / "run"))
-  with pytest.raises(workdir.WriteError, match=r"/dev/full: No space left on device"):
-    with workdir.writing("/dev/full"):
+  with pytest.raises(errors.WriteError, match=r"/dev/full: No space left on device"):
+    with files.writing("/dev/full"):
       with open("/dev/full", "w") as f:
         f.write("x")
 
@@ -260,8 +261,8 @@ def test_permission_denied_for_an_unprivileged_user(tmp_path):
   try:
     if os.access(read_only, os.W_OK):
       pytest.skip("running as root: chmod does not stop writes (see the tmpfs tests)")
-    with pytest.raises(workdir.WriteError, match=r"Permission denied \(EACCES\)"):
-      workdir.write_text_atomic(str(read_only / "config.json"), "{}")
+    with pytest.raises(errors.WriteError, match=r"Permission denied \(EACCES\)"):
+      files.write_text_atomic(str(read_only / "config.json"), "{}")
   finally:
     os.chmod(read_only, 0o755)
 
@@ -270,18 +271,18 @@ def test_reason_keeps_the_os_text_whole():
   buried = ValueError("RESOURCE_EXHAUSTED: Error writing \"w/0\" in OCDBT database at "
                       "local file \"/x\": Failed to write 238830 bytes to file 7: No space "
                       "left on device [os_error_code='28']")
-  assert workdir.reason(buried) == "No space left on device (ENOSPC)"
+  assert files.reason(buried) == "No space left on device (ENOSPC)"
   try:
     try:
       raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     except OSError as e:
       raise RuntimeError("wrapped") from e
   except RuntimeError as e:
-    assert workdir.reason(e) == "Read-only file system (EROFS)"
-  assert workdir.reason(RuntimeError("a\nb")) == "RuntimeError: a b"
-  error = workdir.WriteError("/w/metrics.jsonl", "No space left on device (ENOSPC)")
+    assert files.reason(e) == "Read-only file system (EROFS)"
+  assert files.reason(RuntimeError("a\nb")) == "RuntimeError: a b"
+  error = errors.WriteError("/w/metrics.jsonl", "No space left on device (ENOSPC)")
   assert str(pickle.loads(pickle.dumps(error))) == str(error)
-  busy = workdir.busy("/w", {"pid": 1, "host": "h", "heartbeat": time.time()}, "--workdir", 60)
+  busy = lease_lib.busy("/w", {"pid": 1, "host": "h", "heartbeat": time.time()}, "--workdir", 60)
   assert str(pickle.loads(pickle.dumps(busy))) == str(busy)
 
 
@@ -290,7 +291,7 @@ def test_library_tracebacks_go_to_the_log_file_not_the_console(tmp_path, capfd):
   root = logging.getLogger()
   root.addHandler(console)
   try:
-    with workdir.capture_logs(str(tmp_path)) as path:
+    with logs.capture_logs(str(tmp_path)) as path:
       try:
         raise ValueError("tensorstore says no")
       except ValueError:
@@ -315,7 +316,7 @@ def test_library_tracebacks_go_to_the_log_file_not_the_console(tmp_path, capfd):
   assert "a library failed" in log and "Traceback" in log and "tensorstore says no" in log
   assert "in thread worker" in log and "ZeroDivisionError" in log
   assert "RuntimeError: Event loop is closed" in log
-  assert path == str(tmp_path / workdir.LOG_FILE)
+  assert path == str(tmp_path / logs.LOG_FILE)
 
 
 def crc32c(data: bytes) -> int:

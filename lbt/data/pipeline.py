@@ -30,8 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lbt import batch_schedule
-from lbt import config as config_lib
-from lbt import workdir as workdir_lib
+from lbt import errors, files
 from lbt.data import augment
 from lbt.data.catalog import DatasetSpec, default_data_dir
 from lbt.errors import ConfigError
@@ -169,12 +168,12 @@ def _decoded_copy(records: RecordSource, path: str) -> ArraySource:
   if path.startswith("gs://"):
     return ArraySource(images, labels)
   try:  # A read-only data dir still trains, decoding on every start.
-    with workdir_lib.writing(path, "the decoded cache"):
+    with files.writing(path, "the decoded cache"):
       os.makedirs(os.path.dirname(path), exist_ok=True)
       tmp = f"{path}.{os.getpid()}.tmp.npz"
       np.savez(tmp, image=images, label=labels)
       os.replace(tmp, path)
-  except workdir_lib.WriteError as e:
+  except errors.WriteError as e:
     logging.warning("Decoded copy not kept: %s", e)
   return ArraySource(images, labels)
 
@@ -210,7 +209,7 @@ class TrainBatches:
   contiguous part of it, so that a microbatch is the same set in the same order
   for any number of processes and devices. A batch that does not divide into
   equal microbatches of a multiple of the device count is padded
-  (`config.microbatch_layout`); the padded places carry a 'mask' of 0, which
+  (`batch_schedule.microbatch_layout`); the padded places carry a 'mask' of 0, which
   the step gives no loss and BatchNorm no weight.
 
   Called with an element e of a constant batch's stream, it returns microbatch
@@ -232,7 +231,7 @@ class TrainBatches:
 
   def layout(self, batch: int):
     """(microbatches, padded microbatch, whether padded) of a batch."""
-    n, size = config_lib.microbatch_layout(batch, self.microbatch_size, self.num_devices,
+    n, size = batch_schedule.microbatch_layout(batch, self.microbatch_size, self.num_devices,
                                            self.split)
     return n, size, n * size > batch
 
@@ -417,23 +416,7 @@ class Pipeline:
     return self._batches(self.train_batches.source, self.validation_indices)
 
 
-def prepare(config) -> None:
+def prepare(spec: DatasetSpec, data_dir: str) -> None:
   """Builds an offline dataset in the data dir if it is not there yet."""
-  from lbt.data.catalog import DATASETS
-  spec = DATASETS.get(config.dataset.name, "dataset.name")
   for split in (spec.train_split, spec.eval_split):
-    load_source(spec, config.dataset.data_dir, split, cache=False)
-
-
-def create_pipeline(config, process_index: int = 0, process_count: int = 1,
-                    num_devices: int = 1) -> Pipeline:
-  from lbt.data.catalog import DATASETS
-  return Pipeline(DATASETS.get(config.dataset.name, "dataset.name"),
-                  data_dir=config.dataset.data_dir, cache=config.dataset.cache,
-                  seed=config.seed, batch_size=config.batch_size,
-                  microbatch_size=config.microbatch_size,
-                  validation_examples=config_lib.dataset_field(config, "validation_examples"),
-                  image_size=config_lib.dataset_field(config, "image_size"),
-                  eval_batch_size=config.eval_batch_size, num_devices=num_devices,
-                  process_index=process_index, process_count=process_count,
-                  noise_scale_split=config_lib.noise_scale_split(config))
+    load_source(spec, data_dir, split, cache=False)

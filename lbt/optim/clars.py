@@ -12,11 +12,9 @@ The paper's text could not be retrieved here (only its abstract: arXiv
 The per-example norms are not a function of the averaged gradient: the train
 step computes them (jax.vmap over the examples of each microbatch, one extra
 per-example backward pass whose memory grows with the microbatch times the
-largest layer; `mean_per_example_grad_norm` below) and passes them as the
+largest layer; `lbt.step.mean_per_example_grad_norm`) and passes them as the
 extra argument `per_example_grad_norm`.
 """
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,28 +26,6 @@ from lbt.optim.factory import OPTIMIZERS
 from lbt.optim.lars import trust_scaled_direction
 
 NEEDS = ("per_example_grad_norm",)
-
-
-def mean_per_example_grad_norm(example_loss: Callable[..., jax.Array], params,
-                               *batch: jax.Array):
-  """The extra argument CLARS needs, for one (micro)batch: a tree like params.
-
-  Leaf = (1/B) sum_i ||grad_tensor example_loss(params, *example_i)||, with
-  `example_loss` the loss of ONE example (batch arrays without their leading
-  axis) and B the leading size of `batch`. jax.vmap materialises the B
-  per-example gradients, so memory is B times the parameters: call it per
-  microbatch and average the microbatches' results (equal sizes). A model with
-  BatchNorm couples the examples; with it `example_loss` must use fixed
-  statistics (per-example gradients are otherwise undefined).
-  """
-  grads = jax.vmap(jax.grad(example_loss), in_axes=(None,) + (0,) * len(batch))(
-      params, *batch)
-
-  def mean_norm(g):
-    g = g.reshape(g.shape[0], -1).astype(jnp.promote_types(g.dtype, jnp.float32))
-    return jnp.mean(jnp.sqrt(jnp.sum(g * g, axis=1)))
-
-  return jax.tree.map(mean_norm, grads)
 
 
 def scale_by_clars_trust_ratio(
