@@ -43,7 +43,7 @@ OPTIONAL_FIELDS = {"batch_schedule": batch_schedule.DEFAULT, "noise_scale_split"
                    "stop_at_target": None}
 # stop_at_target: stop at the first evaluated update whose held-out metric
 # reaches `value`, evaluating the validation split every `every` updates (0:
-# about 200 evaluations over the run). Never the test set.
+# about 500 evaluations over the run). Never the test set.
 TARGET_METRICS = ("validation_accuracy", "validation_loss")
 TARGET_DEFAULTS = {"metric": "validation_accuracy", "every": 0}
 SECTION_FIELDS = {

@@ -87,12 +87,20 @@ class Trial:
 
 
 def best_trial(trials: Sequence[Trial]) -> Optional[Trial]:
-  """The reached trial with the fewest updates to target (ties: the smaller
-  learning rate, the more stable choice); None if none reached."""
+  """The reached trial with the fewest updates to target; None if none reached.
+
+  Ties (updates are counted at the evaluation interval, so neighbours often
+  tie) go to the middle learning rate of the tied ones (the lower middle of
+  an even count): a plateau of equally fast rates brackets its best, and the
+  grid does not walk off along it.
+  """
   reached = [t for t in trials if t.status == REACHED]
   if not reached:
     return None
-  return min(reached, key=lambda t: (t.updates_to_target, t.learning_rate))
+  fewest = min(t.updates_to_target for t in reached)
+  tied = sorted((t for t in reached if t.updates_to_target == fewest),
+                key=lambda t: t.learning_rate)
+  return tied[(len(tied) - 1) // 2]
 
 
 def _grid_neighbour(lr: float, guess: float, direction: int) -> float:

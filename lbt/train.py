@@ -217,12 +217,12 @@ def _stopped_at(workdir: str, start_step: int, max_updates: int) -> Optional[str
 
 def _target_every(config, facts) -> int:
   """Updates between the validation evaluations that look for the target:
-  the section's `every`, or about 200 evaluations over the run (every update
-  when the run has at most 200)."""
+  the section's `every`, or about 500 evaluations over the run (every update
+  when the run has at most 500)."""
   target = config_lib.stop_at_target(config)
   if target is None:
     return 0
-  return target["every"] or max(1, -(-facts.num_train_steps // 200))
+  return target["every"] or max(1, -(-facts.num_train_steps // 500))
 
 
 def _announce(run: Run, planned: int) -> None:

@@ -78,7 +78,10 @@ def test_trial_checks_its_fields():
 def test_best_trial():
   trials = [reached(0.2, 300), Trial(0.4, DIVERGED), reached(0.1, 120), reached(0.05, 120),
             Trial(0.025, NOT_REACHED)]
-  assert search.best_trial(trials) == reached(0.05, 120)  # tie: the smaller LR
+  assert search.best_trial(trials) == reached(0.05, 120)  # tie of two: the lower
+  plateau = [reached(0.025, 120), reached(0.05, 120), reached(0.1, 120)]
+  assert search.best_trial(plateau) == reached(0.05, 120)  # tie of three: the middle
+  assert search.next_learning_rates(plateau, 0.05) == []  # a plateau brackets
   assert search.best_trial([Trial(0.1, DIVERGED), Trial(0.05, NOT_REACHED)]) is None
   assert search.best_trial([]) is None
 

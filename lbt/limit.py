@@ -1,0 +1,520 @@
+"""Where is my limit? The critical batch of one config, measured by steps to target.
+
+  python -m lbt.limit --config=configs/fashion_mnist.py:momentum,model=mlp \\
+      --workdir=DIR [--config.a.b=value ...] [--target_accuracy=X] \\
+      [--budget_epochs=E] [--budget_updates=U] [--shard=I/N]
+
+The protocol of Shallue et al. 2019 read with McCandlish et al. 2018's model:
+
+1. Each trial trains the config at one batch and one learning rate until the
+   validation accuracy (held out from the training set; the test set never
+   stops or chooses) first reaches the target, within a budget of
+   max(E epochs, U updates) at a constant learning rate after the config's
+   warmup; the updates and examples at the crossing are its result, "not
+   reached" and "diverged" (a non-finite loss, or a final validation accuracy
+   back at chance) are results too.
+2. At each batch the learning rates form a grid in powers of two around the
+   config's scaling rule's guess (applied to the best learning rate of the
+   previous batch; at the first batch, to the config's), extended while the
+   best trial lies at an edge (`lbt.search.next_learning_rates`); S(B) is the
+   best trial's updates. A trial that can no longer beat the best finished trial of its
+   batch stops at that trial's count (`max_updates`) and says so.
+3. Batches double from the config's batch until two successive doublings
+   each cut S(B) by less than 10 % or the training set is reached
+   (`lbt.search.next_batch`).
+4. S(B) = S_min (1 + B_noise/B) is fitted to the measured batches only, with
+   a profile-likelihood interval for B_crit (`lbt.search.fit_limit`).
+5. Every trial runs its one-microbatch batches as two halves
+   (noise_scale_split), so B_simple is measured at the best learning rate of
+   every batch and compared with B_crit (`critical_batch.agreement`).
+
+DIR is a study directory (lbt.study's machinery: one workdir per trial,
+results.sqlite, resumable, `--shard` splits each wave of trials across hosts,
+who wait for each other's trials); it gets `limit.json` and `report/limit.md`
+with the plots. Rerunning the command resumes and rewrites the same files.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from lbt import cli, critical_batch, files, optim, plots, results, search, study
+from lbt import config as config_lib
+from lbt.errors import ConfigError, TrialFailed
+
+LIMIT_FILE = "limit.json"
+# A final validation accuracy below this multiple of chance counts as diverged.
+CHANCE_FACTOR = 1.5
+DEFAULT_BUDGET_EPOCHS, DEFAULT_BUDGET_UPDATES = 10.0, 300
+DEFAULT_VALIDATION_EXAMPLES = 10000
+WAIT_SECONDS = 10.0  # how often a shard looks for the others' trials
+
+
+# ---- the protocol ----
+
+class Protocol:
+  """The trials of one config: their configs and names, from its base config."""
+
+  def __init__(self, base: ml_collections.ConfigDict, target: float,
+               budget_epochs: float, budget_updates: int):
+    self.base, self.target = base, target
+    self.budget_epochs, self.budget_updates = budget_epochs, budget_updates
+    facts = config_lib.validate(base, num_devices=jax.device_count())
+    self.start_batch, self.max_batch = base.batch_size, facts.train_examples
+    self.num_classes, self.train_examples = facts.num_classes, facts.train_examples
+    self.optimizer = base.optimizer.name
+
+  def guess(self, batch: int, anchor: Optional[Tuple[int, float]] = None) -> float:
+    """The config's scaling rule's learning rate at `batch`: from the best
+    learning rate measured at the previous batch (`anchor`: batch, LR) when
+    there is one, else from the config's own base LR. Anchored, the grid
+    follows where the optimum went instead of where the rule alone would put
+    it (the linear rule overshoots by orders of magnitude at large batches)."""
+    optimizer = ml_collections.ConfigDict(self.base.optimizer.to_dict())
+    if anchor is not None:
+      optimizer.base_batch_size, optimizer.learning_rate = anchor
+    return optim.effective_learning_rate(optimizer, batch)
+
+  def name(self, batch: int, learning_rate: float) -> str:
+    return f"{self.optimizer}-b{batch}-target-lr{learning_rate:.6g}"
+
+  def trial(self, batch: int, learning_rate: float) -> ml_collections.ConfigDict:
+    """The base config at `batch` and peak learning rate `learning_rate`
+    (scaling none), a constant schedule after its warmup, stopping at the target."""
+    config = ml_collections.ConfigDict(self.base.to_dict())
+    config.batch_size = batch
+    if config.microbatch_size >= batch:
+      config.microbatch_size = 0
+    config.optimizer.learning_rate, config.optimizer.scaling = learning_rate, "none"
+    config.schedule = ml_collections.ConfigDict(
+        {"name": "constant", "warmup_epochs": self.base.schedule.get("warmup_epochs", 0.0)})
+    steps_per_epoch = self.train_examples // batch
+    config.num_epochs = self.budget_epochs
+    config.num_train_steps = max(int(round(self.budget_epochs * steps_per_epoch)),
+                                 self.budget_updates)
+    config.eval_every_steps = 0
+    config.noise_scale_split = True
+    config.stop_at_target = ml_collections.ConfigDict(
+        {"metric": "validation_accuracy", "value": self.target, "every": 0})
+    return config
+
+
+def trial_of(point: results.Point, num_classes: int) -> Optional[search.Trial]:
+  """A finished trial's result from its workdir; None while it runs."""
+  lr = point.config["optimizer"]["learning_rate"]
+  target = point.last("target")
+  if target:
+    return search.Trial(lr, search.REACHED, target["step"], target["examples"])
+  if point.last("diverged") or point.status == results.DIVERGED:
+    return search.Trial(lr, search.DIVERGED)
+  summary = point.last("summary")
+  if not summary:
+    return None
+  final = summary.get("validation_accuracy")
+  if summary.get("stopped_by") == "end" and final is not None and (
+      final < CHANCE_FACTOR / num_classes):
+    return search.Trial(lr, search.DIVERGED)
+  return search.Trial(lr, search.NOT_REACHED)
+
+
+def measured(protocol: Protocol, workdir: str) -> Dict[int, Dict[str, object]]:
+  """batch -> trial name -> its result (its learning rate as `_Unfinished`
+  while it runs, or when it was killed before its end), for every trial with
+  a workdir in the directory."""
+  by_batch: Dict[int, Dict[str, object]] = {}
+  for name in results.point_names(workdir):
+    if not name.startswith(f"{protocol.optimizer}-b") or "-target-lr" not in name:
+      continue
+    point = results.load_point(workdir, name)
+    trial = trial_of(point, protocol.num_classes)
+    by_batch.setdefault(point.config["batch_size"], {})[name] = trial or _Unfinished(
+        point.config["optimizer"]["learning_rate"])
+  return by_batch
+
+
+class _Unfinished(float):
+  """The learning rate of a trial that has a workdir but no result yet."""
+
+
+def _finished(trials) -> List[search.Trial]:
+  return [t for t in trials.values() if isinstance(t, search.Trial)]
+
+
+def next_wave(protocol: Protocol, by_batch) -> List[Tuple[str, int, float]]:
+  """The trials to run next, (name, batch, learning rate), guess first; []
+  when the protocol is done."""
+  best, anchor = {}, None
+  batch = protocol.start_batch
+  while batch is not None:
+    started = by_batch.get(batch, {})
+    unfinished = sorted((n, float(t)) for n, t in started.items()
+                        if isinstance(t, _Unfinished))
+    if unfinished:  # Resumed first: the search goes on as if never interrupted.
+      return [(n, batch, lr) for n, lr in unfinished]
+    trials = _finished(started)
+    guess = protocol.guess(batch, anchor)
+    wanted = search.next_learning_rates(trials, guess)
+    if wanted:
+      wanted.sort(key=lambda lr: abs(math.log(lr / guess)))
+      return [(protocol.name(batch, lr), batch, lr) for lr in wanted]
+    winner = search.best_trial(trials)
+    best[batch] = None if winner is None else winner.updates_to_target
+    anchor = anchor if winner is None else (batch, winner.learning_rate)
+    batch = search.next_batch(best, start=protocol.start_batch, max_batch=protocol.max_batch)
+  return []
+
+
+# ---- running the waves ----
+
+def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
+              study_id: Optional[str] = None) -> dict:
+  """Runs the protocol to its end in `workdir` (resuming); returns limit.json."""
+  files.check_location(workdir, "--workdir")
+  is_main = jax.process_index() == 0
+  while True:
+    wave = next_wave(protocol, measured(protocol, workdir))
+    if not wave:
+      break
+    points = {name: protocol.trial(batch, lr) for name, batch, lr in wave}
+    facts = study.validate_points(points, workdir)
+    if is_main:
+      study.claim_directory(workdir, study_id, list(points), protocol.target, None)
+    for name in study.select_points(list(points), (), shard):
+      _run_trial(protocol, workdir, name, points[name], facts[name], is_main)
+    _wait_for(workdir, list(points))
+    failed = [n for n in points if results.point_status(os.path.join(workdir, n)) ==
+              results.FAILED]
+    if failed:
+      raise TrialFailed(f"trial {failed[0]} failed: "
+                        f"{results.read_outcome(os.path.join(workdir, failed[0])).get('error')}"
+                        "; fix the cause and rerun the same command")
+  summary = summarize(protocol, workdir)
+  if is_main:
+    files.write_text_atomic(os.path.join(workdir, LIMIT_FILE),
+                            json.dumps(summary, indent=2, sort_keys=True))
+    write_report(summary, workdir)
+  return summary
+
+
+def _run_trial(protocol: Protocol, workdir: str, name: str, config, facts,
+               is_main: bool) -> None:
+  """One trial, capped at the best finished trial of its batch."""
+  point_dir = os.path.join(workdir, name)
+  if study.agreed_status(point_dir) in (results.FINISHED, results.DIVERGED):
+    return
+  best = search.best_trial(_finished(measured(protocol, workdir).get(config.batch_size, {})))
+  cap = best.updates_to_target if best is not None else 0
+  if is_main:
+    print(f"lbt.limit: {name} (batch {config.batch_size}, learning rate "
+          f"{config.optimizer.learning_rate:.4g}"
+          f"{f'; stops at update {cap}, the best trial of its batch' if cap else ''})",
+          flush=True)
+  start = time.time()
+  status, outcome = study.run_point(name, config, facts, point_dir, is_main,
+                                    max_updates=cap)
+  if status != results.RUNNING and is_main:
+    study.record_point(workdir, name, config, status,
+                       {"wall_time_s": time.time() - start, **outcome})
+
+
+def _wait_for(workdir: str, names: Sequence[str]) -> None:
+  """Until every trial of the wave has ended (other shards run theirs)."""
+  while True:
+    pending = [n for n in names if study.agreed_status(os.path.join(workdir, n)) not in (
+        results.FINISHED, results.DIVERGED, results.FAILED)]
+    if not pending:
+      return
+    if jax.process_index() == 0:
+      print(f"lbt.limit: waiting for {len(pending)} trial(s) of other shards: "
+            f"{', '.join(pending)}", flush=True)
+    time.sleep(WAIT_SECONDS)
+
+
+# ---- the result ----
+
+def summarize(protocol: Protocol, workdir: str) -> dict:
+  """limit.json: the measured S(B), the fit with its interval, the regimes
+  and the noise scale at the best learning rate of each batch."""
+  by_batch = measured(protocol, workdir)
+  rows = []
+  for batch in sorted(by_batch):
+    trials = _finished(by_batch[batch])
+    best = search.best_trial(trials)
+    rows.append({"batch": batch, "reached": best is not None,
+                 "best_learning_rate": best.learning_rate if best else None,
+                 "updates_to_target": best.updates_to_target if best else None,
+                 "examples_to_target": best.examples_to_target if best else None,
+                 "trials": len(trials), "b_simple": _b_simple(protocol, workdir, batch, best),
+                 "evaluated_every": _evaluated_every(protocol, workdir, batch, best),
+                 "learning_rates": {f"{t.learning_rate:.6g}": t.status if t.status !=
+                                    search.REACHED else t.updates_to_target
+                                    for t in sorted(trials, key=lambda t: t.learning_rate)}})
+  reached = [r for r in rows if r["reached"]]
+  summary = {"config": protocol.optimizer, "target": protocol.target,
+             "budget_epochs": protocol.budget_epochs,
+             "budget_updates": protocol.budget_updates, "batches": rows,
+             "doubling_stops_at": search.doubling_stops_at(
+                 {r["batch"]: r["updates_to_target"] for r in rows})}
+  fit = None
+  if len(reached) >= 3:
+    fit = search.fit_limit([r["batch"] for r in reached],
+                           [r["updates_to_target"] for r in reached])
+  summary.update(_fit_fields(fit, rows))
+  return summary
+
+
+def _fit_fields(fit: Optional[search.LimitFit], rows: Sequence[dict]) -> dict:
+  if fit is None:
+    return {"b_crit": None, "b_crit_low": None, "b_crit_high": None, "s_min": None,
+            "e_min": None, "fit": "fewer than 3 batches reached the target: no fit"}
+  finite = lambda v: v if math.isfinite(v) else None  # JSON has no infinity.
+  noise = [r["b_simple"] for r in rows if r["b_simple"] is not None]
+  b_simple = float(np.median(noise)) if len(noise) >= 3 else None
+  low, high = search.regimes(fit.b_crit) if math.isfinite(fit.b_crit) else (None, None)
+  return {"b_crit": finite(fit.b_crit), "b_crit_low": finite(fit.b_crit_low),
+          "b_crit_high": finite(fit.b_crit_high), "s_min": fit.s_min, "e_min": fit.e_min,
+          "level": fit.level, "method": fit.method, "inside_measured_range": fit.inside,
+          "measured_range": [fit.measured_low, fit.measured_high],
+          "regimes": {"perfect_scaling_below": low, "maximal_parallelism_above": high},
+          "b_simple_median": b_simple,
+          "b_simple_vs_b_crit": (critical_batch.agreement(b_simple, fit.b_crit)
+                                 if b_simple is not None and math.isfinite(fit.b_crit)
+                                 else "fewer than 3 batches measured B_simple")}
+
+
+def _b_simple(protocol: Protocol, workdir: str, batch: int,
+              best: Optional[search.Trial]) -> Optional[float]:
+  """B_simple of the best trial of a batch at the update it reached the target."""
+  if best is None:
+    return None
+  point = results.load_point(workdir, protocol.name(batch, best.learning_rate))
+  values = [(r["step"], r["b_simple"]) for r in point.of_kind("train")
+            if isinstance(r.get("b_simple"), float) and math.isfinite(r["b_simple"])
+            and r["step"] <= best.updates_to_target]
+  return values[-1][1] if values else None
+
+
+def _evaluated_every(protocol: Protocol, workdir: str, batch: int,
+                     best: Optional[search.Trial]) -> Optional[int]:
+  """The validation interval of the best trial: its count is exact to this."""
+  if best is None:
+    return None
+  point = results.load_point(workdir, protocol.name(batch, best.learning_rate))
+  return point.last("target").get("every")
+
+
+def write_report(summary: dict, workdir: str) -> str:
+  """report/limit.md with Shallue's and McCandlish's figures; returns its path."""
+  report_dir = os.path.join(workdir, results.REPORT_DIR)
+  files.makedirs(report_dir)
+  rows = [r for r in summary["batches"] if r["reached"]]
+  images = _plots(summary, rows, report_dir) if rows else ""
+  lines = ["| batch | best LR | updates to target (± evaluation interval) | "
+           "examples to target | trials | B_simple | learning rates tried (updates, or "
+           "outcome) |", "|---|---|---|---|---|---|---|"]
+  for r in summary["batches"]:
+    tried = ", ".join(f"{lr}: {v}" for lr, v in r["learning_rates"].items())
+    lines.append(f"| {r['batch']} | {_g(r['best_learning_rate'])} | "
+                 f"{r['updates_to_target'] or 'not reached'}"
+                 f"{_interval(r)} | "
+                 f"{r['examples_to_target'] or '—'} | {r['trials']} | "
+                 f"{_g(r['b_simple'])} | {tried} |")
+  text = (f"# Where is the limit? `{summary['config']}`\n\n{headline(summary)}\n\n"
+          "Steps to a validation accuracy of "
+          f"{summary['target']:g} (Shallue et al. 2019), the learning rate tuned per batch "
+          "on a power-of-two grid bracketing its best; trials stopped at the best count "
+          "of their batch are 'not_reached'.\n\n" + "\n".join(lines) + f"\n\n{images}\n")
+  path = os.path.join(report_dir, "limit.md")
+  files.write_text_atomic(path, text)
+  return path
+
+
+def _interval(row: dict) -> str:
+  return f" (±{row['evaluated_every']})" if row.get("evaluated_every") else ""
+
+
+def _g(value) -> str:
+  return "—" if value is None else f"{value:.4g}"
+
+
+def headline(summary: dict) -> str:
+  """The answer in a few sentences, from the measured numbers only."""
+  if summary["b_crit"] is None and summary["s_min"] is None:
+    return f"No critical batch: {summary['fit']}."
+  where = ("inside" if summary["inside_measured_range"] else "outside") + (
+      " the measured range {}–{}".format(*summary["measured_range"]))
+  text = (f"B_crit = {_g(summary['b_crit'])} ({summary['level']:.0%} interval "
+          f"{_g(summary['b_crit_low'])}–{_g(summary['b_crit_high'])}, {summary['method']}), "
+          f"{where}; S_min = {_g(summary['s_min'])} updates, E_min = "
+          f"{_g(summary['e_min'])} examples.")
+  stops = summary["doubling_stops_at"]
+  text += (f" Doubling the batch stops paying (two doublings each < 10 % fewer updates) "
+           f"from B = {stops}." if stops else " Doubling still paid at the largest batch "
+           "measured.")
+  if summary.get("b_simple_median") is not None:
+    text += (f" B_simple at the target, median over the batches: "
+             f"{_g(summary['b_simple_median'])}; with B_crit they "
+             f"{summary['b_simple_vs_b_crit']}.")
+  return text
+
+
+def _plots(summary: dict, rows: Sequence[dict], report_dir: str) -> str:
+  plt = plots.pyplot()
+  batch = np.array([r["batch"] for r in rows], float)
+  steps = np.array([r["updates_to_target"] for r in rows], float)
+  fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
+  ax_s.plot(batch, steps, "o", label="measured (best LR)")
+  ax_e.plot(batch, batch * steps, "o", label="measured (best LR)")
+  curve = None
+  if summary["s_min"] is not None and summary["s_min"] > 0 and summary["e_min"] > 0:
+    b = np.geomspace(batch.min() / 2, batch.max() * 2, 100)
+    curve = summary["s_min"] + summary["e_min"] / b
+    ax_s.plot(b, curve, "-", label="S_min(1 + B_noise/B)")
+    ax_e.plot(b, b * curve, "-", label="E_min(1 + B/B_noise)")
+    if summary["b_crit"]:
+      for ax in (ax_s, ax_e):
+        ax.axvline(summary["b_crit"], color="k", ls="--", lw=0.8, label="B_crit")
+  for ax, label in ((ax_s, "updates to target"), (ax_e, "examples to target")):
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=label)
+    plots.legend(ax, fontsize=7)
+  shallue = plots.save(fig, report_dir, "limit_steps_examples.png")
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  ax.plot(steps, batch * steps, "o-", label="measured")
+  if curve is not None:
+    ax.plot(curve, b * curve, "-", label="(S/S_min − 1)(E/E_min − 1) = 1")
+  ax.set(xscale="log", yscale="log", xlabel="updates to target S",
+         ylabel="examples to target E", title="The S–E trade-off (McCandlish et al.)")
+  plots.legend(ax, fontsize=7)
+  return shallue + "\n\n" + plots.save(fig, report_dir, "limit_tradeoff.png")
+
+
+# ---- the command line ----
+
+def _flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  flags.DEFINE_string("config", None, "A config file with its argument, e.g. "
+                      "configs/fashion_mnist.py:momentum,model=mlp.", flag_values=values)
+  flags.DEFINE_string("study", None, "Instead of --config: a file whose OPTIMIZERS each "
+                      "get_config(optimizer) describes, e.g. "
+                      "configs/studies/fashion_mnist_critical.py.", flag_values=values)
+  flags.DEFINE_string("workdir", None, "The directory of the trials, limit.json and "
+                      "report/. Rerun to resume.", flag_values=values)
+  flags.DEFINE_float("target_accuracy", None, "Validation accuracy each trial trains to "
+                     "(default: the file's TARGET_ACCURACY, else the benchmark's).",
+                     flag_values=values)
+  flags.DEFINE_float("budget_epochs", None, "A trial's budget in epochs; its budget is the "
+                     "larger of this and --budget_updates (default: the file's "
+                     f"BUDGET_EPOCHS, else {DEFAULT_BUDGET_EPOCHS:g}).", flag_values=values)
+  flags.DEFINE_integer("budget_updates", None, "A trial's budget in updates, for the large "
+                       "batches (default: the file's BUDGET_UPDATES, else "
+                       f"{DEFAULT_BUDGET_UPDATES}).", flag_values=values)
+  flags.DEFINE_string("shard", "0/1", "I/N: this host runs every N-th trial of each wave.",
+                      flag_values=values)
+  return values
+
+
+SETTINGS = ("TARGET_ACCURACY", "BUDGET_EPOCHS", "BUDGET_UPDATES")
+
+
+def protocol_from_file(values, spec: str, overrides: Sequence[str]) -> Protocol:
+  """The protocol of one config file (and its argument), the flags over the
+  file's constants over the defaults; checked before any compute."""
+  config, constants = cli.load_python_file(spec, flag="--config", constants=SETTINGS)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError("--config", spec, "a file whose get_config returns a ConfigDict")
+  cli.apply_overrides(config, overrides)
+  if not config.dataset.get("validation_examples", 0):
+    config.dataset.validation_examples = DEFAULT_VALIDATION_EXAMPLES
+  pick = lambda *choices: next((v for v in choices if v is not None), None)
+  target = pick(values.target_accuracy, constants["TARGET_ACCURACY"],
+                results.DEFAULT_TARGETS.get(config.dataset.name))
+  epochs = pick(values.budget_epochs, constants["BUDGET_EPOCHS"], DEFAULT_BUDGET_EPOCHS)
+  updates = pick(values.budget_updates, constants["BUDGET_UPDATES"], DEFAULT_BUDGET_UPDATES)
+  if target is None or isinstance(target, bool) or not 0 < target <= 1:
+    raise ConfigError("--target_accuracy", target, "a validation accuracy in (0, 1]")
+  if not (isinstance(epochs, (int, float)) and epochs > 0 and math.isfinite(epochs)):
+    raise ConfigError("--budget_epochs", epochs, "a positive number")
+  if not isinstance(updates, int) or updates < 0:
+    raise ConfigError("--budget_updates", updates, "an integer >= 0")
+  return Protocol(config, float(target), float(epochs), updates)
+
+
+def protocols_from_flags(values, overrides: Sequence[str]) -> Dict[str, Protocol]:
+  """label -> protocol: one for --config, one per optimizer of --study."""
+  if not values.workdir:
+    raise ConfigError("--workdir", None, "required (see python -m lbt.limit --help)")
+  if bool(values.config) == bool(values.study):
+    raise ConfigError("--config", values.config, "exactly one of --config=FILE[:ARG] and "
+                      "--study=FILE")
+  if values.config:
+    return {"": protocol_from_file(values, values.config, overrides)}
+  _, constants = cli.load_python_file(values.study, flag="--study", function="get_config",
+                                      constants=("OPTIMIZERS",))
+  names = constants["OPTIMIZERS"]
+  if not names or not all(isinstance(n, str) for n in names):
+    raise ConfigError("--study", values.study, "a file with OPTIMIZERS, a tuple of "
+                      "optimizer names, and get_config(optimizer)")
+  return {name: protocol_from_file(values, f"{values.study}:{name}", overrides)
+          for name in names}
+
+
+def write_comparison(summaries: Dict[str, dict], workdir: str) -> str:
+  """DIR/critical.md and critical.json: each optimizer's answer side by side."""
+  lines = ["| optimizer | B_crit | interval | inside measured | S_min | E_min | "
+           "doubling stops at | B_simple (median) |", "|---|---|---|---|---|---|---|---|"]
+  for label, s in summaries.items():
+    lines.append(f"| {label} | {_g(s['b_crit'])} | {_g(s['b_crit_low'])}–"
+                 f"{_g(s['b_crit_high'])} | {s.get('inside_measured_range', '—')} | "
+                 f"{_g(s['s_min'])} | {_g(s['e_min'])} | {s['doubling_stops_at'] or '—'} | "
+                 f"{_g(s.get('b_simple_median'))} |")
+  text = ("# The critical batch, measured per optimizer\n\n" + "\n".join(lines) + "\n\n"
+          + "\n".join(f"- **{label}**: {headline(s)} (`{label}/report/limit.md`)"
+                      for label, s in summaries.items()) + "\n")
+  files.write_text_atomic(os.path.join(workdir, "critical.json"),
+                          json.dumps(summaries, indent=2, sort_keys=True))
+  path = os.path.join(workdir, "critical.md")
+  files.write_text_atomic(path, text)
+  return path
+
+
+def _print_summary(summary: dict, workdir: str) -> None:
+  print(f"lbt.limit: {headline(summary)}\nlbt.limit: {os.path.join(workdir, LIMIT_FILE)}")
+  for r in summary["batches"]:
+    print(f"  B={r['batch']:>6}  best LR {_g(r['best_learning_rate']):>8}  "
+          f"updates {r['updates_to_target'] or 'not reached':>12}  trials {r['trials']}",
+          flush=True)
+
+
+def main(argv: Sequence[str]) -> int:
+  values = _flags()
+
+  def command():
+    overrides = cli.parse_flags(values, argv, program="lbt.limit")
+    protocols = protocols_from_flags(values, overrides)
+    shard = study.parse_shard(values.shard)
+    summaries = {}
+    for label, protocol in protocols.items():
+      workdir = os.path.join(values.workdir, label) if label else values.workdir
+      spec = f"{values.study}:{label}" if label else values.config
+      summaries[label] = run_limit(protocol, workdir, shard=shard,
+                                   study_id="lbt.limit " + cli.file_id(spec))
+      if jax.process_index() == 0:
+        _print_summary(summaries[label], workdir)
+    if values.study and jax.process_index() == 0:
+      print(f"lbt.limit: {write_comparison(summaries, values.workdir)}")
+
+  cli.exit_on_signals()
+  return cli.run(command)
+
+
+if __name__ == "__main__":
+  cli.keep_freed_host_memory()
+  sys.exit(main(sys.argv))
