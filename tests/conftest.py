@@ -39,3 +39,21 @@ def make_config(data_dir):
       node[leaf] = value
     return config
   return make
+
+
+@pytest.fixture(scope="module")
+def study_file(data_dir, tmp_path_factory):
+  """tests/tiny_study.py's study file, written for this session's data dir."""
+  from tiny_study import STUDY_FILE
+  path = tmp_path_factory.mktemp("study") / "tiny_study.py"
+  path.write_text(STUDY_FILE.format(data_dir=data_dir))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(study_file, tmp_path_factory):
+  """The tiny study run once in-process, start to end: (workdir, statuses)."""
+  from lbt import study
+  from tiny_study import load
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return workdir, study.run_study(load(study_file), workdir)

@@ -1,0 +1,36 @@
+"""The tiny three-point study several tests run (fixtures in conftest.py)."""
+
+from lbt import cli
+
+# Timings differ between runs; every other column must be equal.
+TIMING = ("wall_time_s", "examples_per_second")
+
+# Three points of a tiny MLP at 10 updates per epoch: the second diverges (its
+# LR ramps up to 1e3), the third runs long enough to be killed mid-way.
+STUDY_FILE = """
+from configs import fashion_mnist
+
+def point(arg, steps, eval_every, checkpoint_every=100):
+  config = fashion_mnist.get_config(arg + ",model=mlp")
+  config.model.hidden_sizes = (16,)
+  config.num_train_steps = steps
+  config.schedule.warmup_epochs = 0.2
+  config.eval_every_steps = eval_every
+  config.checkpoint_every_steps = checkpoint_every
+  config.log_every_steps = 1
+  config.eval_batch_size = 5000
+  config.dataset.data_dir = {data_dir!r}
+  return config
+
+def get_study(arg=None):
+  points = {{"momentum-b12000": point("momentum,batch=12000", 4, 2),
+             "sgd-b6000": point("sgd,batch=6000", 12, 4),
+             "lars-b6000": point("lars,batch=6000", 30, 10, checkpoint_every=5)}}
+  points["sgd-b6000"].optimizer.learning_rate = 1e3
+  points["sgd-b6000"].schedule.warmup_epochs = 1.0
+  return points
+"""
+
+
+def load(study_file):
+  return cli.load_python_file(study_file, flag="--study", function="get_study")
