@@ -15,8 +15,8 @@ Hyperparameters, at the reference batch B0 = 128 of He et al. 2016:
   and 120 (He et al.'s 32k/48k of 64k iterations at B = 128, rounded), and a
   5-epoch warmup (Goyal et al.) so that large batches start stably.
 - lars, lamb: sqrt scaling, poly decay power 2, warmup growing with the batch
-  (LEGW, capped at 40% of the run). INFERENCE: CIFAR values of these are not in
-  paper.md; LARS uses the LARS paper's trust coefficient 0.001.
+  (LEGW, capped at 40% of the run). INFERENCE: the papers give no CIFAR values
+  of these; LARS uses the LARS paper's trust coefficient 0.001.
 - adam, adamw, adagrad, rmsprop: sqrt scaling and the momentum schedule.
 """
 

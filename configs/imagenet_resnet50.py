@@ -15,7 +15,7 @@ BatchNorm's statistics are taken over the microbatch, so the two runs differ
 there; `--config.bn.ghost_size=g` with g dividing both microbatches makes the
 statistics batch independent of the slice.
 
-Hyperparameters (../shared/paper.md §5):
+Hyperparameters (from the sources named with each):
 - lars: Google's MLPerf v0.7 ResNet-50 table (base LR, warmup, epochs, momentum
   and weight decay by batch range), poly power 2 to 1e-4, label smoothing 0.1,
   trust coefficient 0.001, no decay or trust ratio on biases and BN.
@@ -44,7 +44,7 @@ from lbt.errors import ConfigError
 NUM_TRAIN = 1_281_167   # ImageNet-1k train; the full batch.
 NUM_EVAL = 50_000
 REFERENCE_BATCH = 256   # B0 of the linear and sqrt scaling rules.
-# The batch-size points of the study (paper.md §2.3), 1K up to the full set.
+# The batch-size points of You et al. 2020, 1K up to the full set.
 BATCH_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 81920, 131072,
                262144, 524288, 819200, NUM_TRAIN)
 
@@ -73,7 +73,7 @@ class MicrobatchPlan(NamedTuple):
   """How a global batch is cut into accumulation steps on a given slice."""
   per_device: int         # examples per device in one microbatch
   microbatch: int         # global microbatch = per_device x devices
-  num_microbatches: int   # scan steps per update
+  num_microbatches: int   # accumulation steps per update
   padded: bool            # True when microbatch x num_microbatches > batch
 
   @property
@@ -123,7 +123,7 @@ def mlperf_lars(batch: int) -> dict:
   ends at 1e-4 with power 2.
 
   References:
-    MLPerf Training v0.7 results, Google, resnet_jax train.py (paper.md §5.3).
+    MLPerf Training v0.7 results, Google, resnet_jax train.py.
   """
   if batch < 16384:
     row = (10.0, 5.0, 56.0, 0.9, 2e-4)

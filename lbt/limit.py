@@ -45,7 +45,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lbt import cli, critical_batch, files, optim, plots, results, search, study
+from lbt import cli, critical_batch, files, limit_report, optim, results, search, study
 from lbt import config as config_lib
 from lbt.errors import ConfigError, TrialFailed
 
@@ -199,7 +199,7 @@ def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
   if is_main:
     files.write_text_atomic(os.path.join(workdir, LIMIT_FILE),
                             json.dumps(summary, indent=2, sort_keys=True))
-    write_report(summary, workdir)
+    limit_report.write_report(summary, workdir)
   return summary
 
 
@@ -310,91 +310,6 @@ def _evaluated_every(protocol: Protocol, workdir: str, batch: int,
   return point.last("target").get("every")
 
 
-def write_report(summary: dict, workdir: str) -> str:
-  """report/limit.md with Shallue's and McCandlish's figures; returns its path."""
-  report_dir = os.path.join(workdir, results.REPORT_DIR)
-  files.makedirs(report_dir)
-  rows = [r for r in summary["batches"] if r["reached"]]
-  images = _plots(summary, rows, report_dir) if rows else ""
-  lines = ["| batch | best LR | updates to target (± evaluation interval) | "
-           "examples to target | trials | B_simple | learning rates tried (updates, or "
-           "outcome) |", "|---|---|---|---|---|---|---|"]
-  for r in summary["batches"]:
-    tried = ", ".join(f"{lr}: {v}" for lr, v in r["learning_rates"].items())
-    lines.append(f"| {r['batch']} | {_g(r['best_learning_rate'])} | "
-                 f"{r['updates_to_target'] or 'not reached'}"
-                 f"{_interval(r)} | "
-                 f"{r['examples_to_target'] or '—'} | {r['trials']} | "
-                 f"{_g(r['b_simple'])} | {tried} |")
-  text = (f"# Where is the limit? `{summary['config']}`\n\n{headline(summary)}\n\n"
-          "Steps to a validation accuracy of "
-          f"{summary['target']:g} (Shallue et al. 2019), the learning rate tuned per batch "
-          "on a power-of-two grid bracketing its best; trials stopped at the best count "
-          "of their batch are 'not_reached'.\n\n" + "\n".join(lines) + f"\n\n{images}\n")
-  path = os.path.join(report_dir, "limit.md")
-  files.write_text_atomic(path, text)
-  return path
-
-
-def _interval(row: dict) -> str:
-  return f" (±{row['evaluated_every']})" if row.get("evaluated_every") else ""
-
-
-def _g(value) -> str:
-  return "—" if value is None else f"{value:.4g}"
-
-
-def headline(summary: dict) -> str:
-  """The answer in a few sentences, from the measured numbers only."""
-  if summary["b_crit"] is None and summary["s_min"] is None:
-    return f"No critical batch: {summary['fit']}."
-  where = ("inside" if summary["inside_measured_range"] else "outside") + (
-      " the measured range {}–{}".format(*summary["measured_range"]))
-  text = (f"B_crit = {_g(summary['b_crit'])} ({summary['level']:.0%} interval "
-          f"{_g(summary['b_crit_low'])}–{_g(summary['b_crit_high'])}, {summary['method']}), "
-          f"{where}; S_min = {_g(summary['s_min'])} updates, E_min = "
-          f"{_g(summary['e_min'])} examples.")
-  stops = summary["doubling_stops_at"]
-  text += (f" Doubling the batch stops paying (two doublings each < 10 % fewer updates) "
-           f"from B = {stops}." if stops else " Doubling still paid at the largest batch "
-           "measured.")
-  if summary.get("b_simple_median") is not None:
-    text += (f" B_simple at the target, median over the batches: "
-             f"{_g(summary['b_simple_median'])}; with B_crit they "
-             f"{summary['b_simple_vs_b_crit']}.")
-  return text
-
-
-def _plots(summary: dict, rows: Sequence[dict], report_dir: str) -> str:
-  plt = plots.pyplot()
-  batch = np.array([r["batch"] for r in rows], float)
-  steps = np.array([r["updates_to_target"] for r in rows], float)
-  fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-  ax_s.plot(batch, steps, "o", label="measured (best LR)")
-  ax_e.plot(batch, batch * steps, "o", label="measured (best LR)")
-  curve = None
-  if summary["s_min"] is not None and summary["s_min"] > 0 and summary["e_min"] > 0:
-    b = np.geomspace(batch.min() / 2, batch.max() * 2, 100)
-    curve = summary["s_min"] + summary["e_min"] / b
-    ax_s.plot(b, curve, "-", label="S_min(1 + B_noise/B)")
-    ax_e.plot(b, b * curve, "-", label="E_min(1 + B/B_noise)")
-    if summary["b_crit"]:
-      for ax in (ax_s, ax_e):
-        ax.axvline(summary["b_crit"], color="k", ls="--", lw=0.8, label="B_crit")
-  for ax, label in ((ax_s, "updates to target"), (ax_e, "examples to target")):
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=label)
-    plots.legend(ax, fontsize=7)
-  shallue = plots.save(fig, report_dir, "limit_steps_examples.png")
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  ax.plot(steps, batch * steps, "o-", label="measured")
-  if curve is not None:
-    ax.plot(curve, b * curve, "-", label="(S/S_min − 1)(E/E_min − 1) = 1")
-  ax.set(xscale="log", yscale="log", xlabel="updates to target S",
-         ylabel="examples to target E", title="The S–E trade-off (McCandlish et al.)")
-  plots.legend(ax, fontsize=7)
-  return shallue + "\n\n" + plots.save(fig, report_dir, "limit_tradeoff.png")
-
-
 # ---- the command line ----
 
 def _flags():
@@ -466,33 +381,6 @@ def protocols_from_flags(values, overrides: Sequence[str]) -> Dict[str, Protocol
           for name in names}
 
 
-def write_comparison(summaries: Dict[str, dict], workdir: str) -> str:
-  """DIR/critical.md and critical.json: each optimizer's answer side by side."""
-  lines = ["| optimizer | B_crit | interval | inside measured | S_min | E_min | "
-           "doubling stops at | B_simple (median) |", "|---|---|---|---|---|---|---|---|"]
-  for label, s in summaries.items():
-    lines.append(f"| {label} | {_g(s['b_crit'])} | {_g(s['b_crit_low'])}–"
-                 f"{_g(s['b_crit_high'])} | {s.get('inside_measured_range', '—')} | "
-                 f"{_g(s['s_min'])} | {_g(s['e_min'])} | {s['doubling_stops_at'] or '—'} | "
-                 f"{_g(s.get('b_simple_median'))} |")
-  text = ("# The critical batch, measured per optimizer\n\n" + "\n".join(lines) + "\n\n"
-          + "\n".join(f"- **{label}**: {headline(s)} (`{label}/report/limit.md`)"
-                      for label, s in summaries.items()) + "\n")
-  files.write_text_atomic(os.path.join(workdir, "critical.json"),
-                          json.dumps(summaries, indent=2, sort_keys=True))
-  path = os.path.join(workdir, "critical.md")
-  files.write_text_atomic(path, text)
-  return path
-
-
-def _print_summary(summary: dict, workdir: str) -> None:
-  print(f"lbt.limit: {headline(summary)}\nlbt.limit: {os.path.join(workdir, LIMIT_FILE)}")
-  for r in summary["batches"]:
-    print(f"  B={r['batch']:>6}  best LR {_g(r['best_learning_rate']):>8}  "
-          f"updates {r['updates_to_target'] or 'not reached':>12}  trials {r['trials']}",
-          flush=True)
-
-
 def main(argv: Sequence[str]) -> int:
   values = _flags()
 
@@ -507,9 +395,9 @@ def main(argv: Sequence[str]) -> int:
       summaries[label] = run_limit(protocol, workdir, shard=shard,
                                    study_id="lbt.limit " + cli.file_id(spec))
       if jax.process_index() == 0:
-        _print_summary(summaries[label], workdir)
+        limit_report.print_summary(summaries[label], workdir)
     if values.study and jax.process_index() == 0:
-      print(f"lbt.limit: {write_comparison(summaries, values.workdir)}")
+      print(f"lbt.limit: {limit_report.write_comparison(summaries, values.workdir)}")
 
   cli.exit_on_signals()
   return cli.run(command)

@@ -69,6 +69,18 @@ def choose_learning_rates(rows: Sequence[dict]) -> Dict[str, dict]:
   return chosen
 
 
+def _grid_edge(entry: dict) -> str:
+  """A warning when the chosen learning rate is the smallest or largest tried:
+  the grid did not bracket the optimum."""
+  rates = sorted(m["base_learning_rate"] for m in entry["members"])
+  chosen = entry["row"]["base_learning_rate"]
+  if len(rates) < 2 or rates[0] < chosen < rates[-1]:
+    return ""
+  side = "lowest" if chosen == rates[0] else "highest"
+  return (f" — **the {side} rate of its grid: the optimum was not bracketed and may lie "
+          f"{'below' if side == 'lowest' else 'above'} it**")
+
+
 def _outcome(row) -> str:
   """A row's accuracy, or what happened instead."""
   if row["status"] == "finished":
@@ -147,7 +159,7 @@ def section_accuracy(chosen, report_dir: str) -> str:
   tuned_text = "\n".join(
       f"- `{g}`: base LR {e['row']['base_learning_rate']:g} chosen by {e['criterion']} among "
       + ", ".join(f"{m['base_learning_rate']:g} ({plots.pct(m['validation_accuracy'])}% val)"
-                  for m in e["members"]) for g, e in tuned) or "- none"
+                  for m in e["members"]) + _grid_edge(e) for g, e in tuned) or "- none"
   return ("## 1. Test accuracy vs batch size\n\nEach point trains for the same number of "
           "epochs, so a larger batch takes fewer updates. Final test accuracy (%):\n\n"
           f"{accuracy_table(chosen)}\n\n{image}\n\n" + "\n".join(text) +

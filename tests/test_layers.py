@@ -14,7 +14,7 @@ LBT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 FLOORS = (
     ("lbt.limit",),                           # where is my limit (uses studies)
     ("lbt.study",),                           # runs a study file's points
-    ("lbt.report",),                          # report.md from the results
+    ("lbt.report", "lbt.limit_report"),       # report.md, limit.md from the results
     ("lbt.main",),                            # one run from the command line
     ("lbt.train",),                           # set-up, loop, summary
     ("lbt.programs", "lbt.workdir", "lbt.cli"),

@@ -71,3 +71,41 @@ def test_ten_kills_at_random_moments_lose_nothing(study_file, uninterrupted, tmp
   assert strip(results.read_database(workdir)) == strip(results.read_database(reference))
   assert report.main_table(workdir) == report.main_table(reference)
   assert sum(k for _, k in landed) >= 6, landed  # Most moments were hit.
+
+
+def signal_at(command, trigger, signum, delay=0.3):
+  """Runs the study; sends `signum` `delay` s after `trigger` appears in its
+  output; returns (exit status, output)."""
+  process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  output, sent = [], []
+  for line in process.stdout:
+    output.append(line)
+    if trigger in line and not sent:
+      sent.append(threading.Timer(delay, process.send_signal, (signum,)))
+      sent[0].start()
+  process.wait()
+  return process.returncode, "".join(output)
+
+
+def test_sigterm_and_ctrl_c_during_a_study_are_one_line_and_lose_nothing(
+    study_file, uninterrupted, tmp_path):
+  reference, _ = uninterrupted
+  workdir = str(tmp_path / "signals")
+  command = [sys.executable, "-m", "lbt.study", f"--study={study_file}",
+             f"--workdir={workdir}"]
+  # During the third point's training, then while the report is written.
+  for trigger, signum, status in (("[3/3] lars-b6000 (starting", signal.SIGTERM, 143),
+                                  ("[3/3] lars-b6000 (resuming", signal.SIGINT, 130),
+                                  ("[3/3] lars-b6000: finished, skipped", signal.SIGTERM, 143)):
+    code, out = signal_at(command, trigger, signum)
+    if code == 0:  # The run ended before the signal: nothing to check this time.
+      continue
+    lbt_lines = [l for l in out.splitlines() if l.startswith("lbt: ")
+                 and ("SIGTERM" in l or "interrupted" in l)]
+    assert code == status and len(lbt_lines) == 1, out[-2000:]
+    assert "Traceback" not in out
+  final = subprocess.run(command, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=600)
+  assert final.returncode == 0, final.stdout[-2000:]
+  assert strip(results.read_database(workdir)) == strip(results.read_database(reference))

@@ -94,7 +94,7 @@ def tuned_grid(optimizer: str, batch: int, factors=TUNED_FACTORS) -> Dict[str, m
   return grid
 
 
-# The recipe ladder (You et al. 2020 §3 as read in paper.md §3): each step
+# The recipe ladder (You et al. 2020, §3): each step
 # changes the previous step's config by one ingredient.
 def _lars(config):
   keep = {k: config.optimizer[k] for k in ("learning_rate", "scaling", "base_batch_size")}

@@ -5,9 +5,9 @@
 
 One point per (optimizer, batch), named like `lars-b819200`, each the config of
 `configs/imagenet_resnet50.py` for that point on the given slice. The argument
-picks the optimizers ("+"-separated first word; default the paper's comparison,
-paper.md §2.1), the batch sizes (`batches`, "+"-separated; default 1K to
-819,200 and the full 1,281,167, paper.md §2.3) and the machine (`tpu`, `chips`,
+picks the optimizers ("+"-separated first word; default the comparison of You
+et al. 2020), the batch sizes (`batches`, "+"-separated; default 1K to
+819,200 and the full 1,281,167, that paper's range) and the machine (`tpu`, `chips`,
 `mem_gib`), which changes only the microbatch of each point.
 """
 
@@ -20,7 +20,7 @@ from lbt.config import parse_point
 from lbt.errors import ConfigError
 
 # Momentum SGD (Goyal's baseline), Nesterov, the adaptive family with Goyal's
-# schedule added, and the layer-wise LARS and LAMB (paper.md §2.1, §2.4).
+# schedule added, and the layer-wise LARS and LAMB (You et al. 2020).
 OPTIMIZERS = ("momentum", "nesterov", "adam", "adamw", "adagrad", "lars", "lamb")
 
 

@@ -4,10 +4,10 @@
     --workdir=gs://BUCKET/imagenet_recipe
 
 The paper's recipe gains 18% top-1 over its baseline at the huge batch, but its
-steps are not retrieved (paper.md §3). This study is the INFERENCE of paper.md
-§3: step k adds ingredient k to step k-1, so the gain of each ingredient is the
+steps are not retrieved (You et al. 2020, §3). This study is an INFERENCE from
+that section: step k adds ingredient k to step k-1, so the gain of each ingredient is the
 difference of two neighbouring points. Points are named `<optimizer>-b<batch>-
-recipe<k>` (step 0 uses momentum, steps 1-8 LARS: paper.md §3 names LARS or
+recipe<k>` (step 0 uses momentum, steps 1-8 LARS: the paper names LARS or
 LAMB for step 1, and steps 4, 7 and 8 take MLPerf's LARS table). The argument
 picks `batch` and the machine (`tpu`, `chips`, `mem_gib`).
 

@@ -6,8 +6,9 @@ the former gives small layer-wise rates while the gradient variance is high and
 larger ones as it falls, which is the warmup CLARS claims to make unnecessary.
 
 The paper's text could not be retrieved here (only its abstract: arXiv
-2002.01576 / AAAI 2021), so the rule below is the reading recorded in
-/work/shared/paper.md section 5.6, not an equation checked against the paper.
+2002.01576 / AAAI 2021), so the rule below is a reading of that abstract
+(the ratio's denominator is the layer's mean per-example gradient norm), not
+an equation checked against the paper.
 
 The per-example norms are not a function of the averaged gradient: the train
 step computes them (jax.vmap over the examples of each microbatch, one extra
@@ -115,8 +116,8 @@ def clars(
     exclude: None (ndim <= 1) or regexes on 'Layer/param' paths; see masks.py.
 
   References:
-    Huo, Gu, Huang, AAAI 2021, arXiv 2002.01576 (rule as recorded in
-    /work/shared/paper.md 5.6; the paper's equations were not retrievable).
+    Huo, Gu, Huang, AAAI 2021, arXiv 2002.01576 (the rule read from its
+    abstract; the paper's equations were not retrievable).
   """
   return optax.chain(
       scale_by_clars_trust_ratio(weight_decay, trust_coefficient, eps, exclude),
