@@ -251,8 +251,8 @@ def summarize(protocol: Protocol, workdir: str) -> dict:
                  "best_learning_rate": best.learning_rate if best else None,
                  "updates_to_target": best.updates_to_target if best else None,
                  "examples_to_target": best.examples_to_target if best else None,
-                 "trials": len(trials), "b_simple": _b_simple(protocol, workdir, batch, best),
-                 "evaluated_every": _evaluated_every(protocol, workdir, batch, best),
+                 "trials": len(trials),
+                 **_at_target(protocol, workdir, batch, best),
                  "learning_rates": {f"{t.learning_rate:.6g}": t.status if t.status !=
                                     search.REACHED else t.updates_to_target
                                     for t in sorted(trials, key=lambda t: t.learning_rate)}})
@@ -289,25 +289,18 @@ def _fit_fields(fit: Optional[search.LimitFit], rows: Sequence[dict]) -> dict:
                                  else "fewer than 3 batches measured B_simple")}
 
 
-def _b_simple(protocol: Protocol, workdir: str, batch: int,
-              best: Optional[search.Trial]) -> Optional[float]:
-  """B_simple of the best trial of a batch at the update it reached the target."""
+def _at_target(protocol: Protocol, workdir: str, batch: int,
+               best: Optional[search.Trial]) -> dict:
+  """Of a batch's best trial (its workdir read once): B_simple at the update
+  it reached the target, and the validation interval its count is exact to."""
   if best is None:
-    return None
+    return {"b_simple": None, "evaluated_every": None}
   point = results.load_point(workdir, protocol.name(batch, best.learning_rate))
-  values = [(r["step"], r["b_simple"]) for r in point.of_kind("train")
+  values = [r["b_simple"] for r in point.of_kind("train")
             if isinstance(r.get("b_simple"), float) and math.isfinite(r["b_simple"])
             and r["step"] <= best.updates_to_target]
-  return values[-1][1] if values else None
-
-
-def _evaluated_every(protocol: Protocol, workdir: str, batch: int,
-                     best: Optional[search.Trial]) -> Optional[int]:
-  """The validation interval of the best trial: its count is exact to this."""
-  if best is None:
-    return None
-  point = results.load_point(workdir, protocol.name(batch, best.learning_rate))
-  return point.last("target").get("every")
+  return {"b_simple": values[-1] if values else None,
+          "evaluated_every": point.last("target").get("every")}
 
 
 # ---- the command line ----

@@ -351,12 +351,13 @@ def train_loop(run: Run, state):
       evaluate_now = _every(config.eval_every_steps, done) or stop
       if _every(config.log_every_steps, done) or evaluate_now or look_for_target:
         buffer.flush(done)
-      if look_for_target and _reached_target(run, state, done):
+      validation = _validate(run, state, done) if look_for_target else None
+      if validation is not None and _reached_target(run, validation, done):
         stop = "target"
       elif run.max_updates and done >= run.max_updates and not stop:
         stop = "max_updates"
       if evaluate_now or stop:
-        final = evaluate_all(run, state, done)
+        final = evaluate_all(run, state, done, validation)
       if _every(config.checkpoint_every_steps, done) or stop:
         workdir_lib.check_lease(run.lease)
         run.writer.flush()  # A resume rewrites no line up to its checkpoint.
@@ -369,14 +370,19 @@ def train_loop(run: Run, state):
   return state, final, stop or "end"
 
 
-def _reached_target(run: Run, state, done: int) -> bool:
-  """Evaluates the validation split; True (and a `target` record) at the
-  first evaluated update whose metric reaches stop_at_target's value."""
-  target = config_lib.stop_at_target(run.config)
+def _validate(run: Run, state, done: int) -> Dict[str, float]:
+  """The validation split's metrics at update `done`, written to metrics.jsonl."""
   result = programs.evaluate(run.eval_fn, state, run.pipeline.validation_batches(),
                              run.mesh)
   run.writer.write(done, "validation", result)
-  value = result[target["metric"].split("_", 1)[1]]
+  return result
+
+
+def _reached_target(run: Run, validation: Dict[str, float], done: int) -> bool:
+  """True (and a `target` record) when update `done`'s validation metric
+  reaches stop_at_target's value: called at each evaluated update, in order."""
+  target = config_lib.stop_at_target(run.config)
+  value = validation[target["metric"].split("_", 1)[1]]
   reached = value >= target["value"] if target["metric"].endswith("accuracy") \
       else value <= target["value"]
   if reached:
@@ -387,14 +393,15 @@ def _reached_target(run: Run, state, done: int) -> bool:
   return bool(reached)
 
 
-def evaluate_all(run: Run, state, done: int) -> Dict[str, float]:
+def evaluate_all(run: Run, state, done: int,
+                 validation: Optional[Dict[str, float]] = None) -> Dict[str, float]:
   """Test (and validation) metrics, written to metrics.jsonl; returns test's
-  with the validation split's as validation_accuracy / validation_loss."""
+  with the validation split's as validation_accuracy / validation_loss.
+  `validation`: already measured at this update (not evaluated again)."""
   extra = {}
   if len(run.pipeline.validation_indices):
-    validation = programs.evaluate(run.eval_fn, state, run.pipeline.validation_batches(),
-                                   run.mesh)
-    run.writer.write(done, "validation", validation)
+    if validation is None:
+      validation = _validate(run, state, done)
     extra = {"validation_accuracy": validation["accuracy"],
              "validation_loss": validation["loss"]}
   result = programs.evaluate(run.eval_fn, state, run.pipeline.eval_batches(), run.mesh)
