@@ -7,10 +7,13 @@ loop of start / add-each-microbatch / finish, with the accumulator donated.
 """
 
 import collections
+import contextlib
 import functools
-from typing import Any, Callable, Dict, Optional, Sequence
+import os
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 import jax.numpy as jnp
 
 from lbt import config as config_lib
@@ -39,8 +42,15 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    label_smoothing: float, needs: Sequence[str] = (),
                    adversarial: Optional[Dict[str, Any]] = None) -> Callable:
   """The jitted update: `update(state, microbatches, params_init, lr_position,
-  num_microbatches=<this>) -> (state, metrics)` (`lr_position`: where on the
-  schedule this update's learning rate is; see `step.finish_update`).
+  num_microbatches=<this>, full_diagnostics=True) -> (state, metrics)`
+  (`lr_position`: where on the schedule this update's learning rate is;
+  `full_diagnostics`: whether the metrics hold `step.FULL_DIAGNOSTICS`).
+
+  The schedule is a program of its own whose result the update takes as an
+  input, and `full_diagnostics` is a traced flag: the update's programs hold
+  no learning rate, warmup or decay length and no logging period, so the
+  points of a study that differ only in those compile them once (then load
+  them from the persistent compilation cache: `compilation_cache`).
 
   `microbatches` yields the update's global microbatches. One microbatch is a
   single fused step. Several are streamed through a host loop of jitted calls
@@ -53,35 +63,43 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   finish once per count only for optimizers that read the count (GSNR).
   """
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  def learning_rate_at(position):
+    return schedule(position)
+
+  learning_rate = jax.jit(learning_rate_at, out_shardings=replicated)
   add = functools.partial(step.add_microbatch, apply_fn=model.apply,
                           label_smoothing=label_smoothing, adversarial=adversarial)
   fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
-                                    schedule=schedule, label_smoothing=label_smoothing,
+                                    label_smoothing=label_smoothing,
                                     needs=needs, adversarial=adversarial),
-                  in_shardings=(replicated, sharded, replicated, replicated),
+                  in_shardings=(replicated, sharded, replicated, replicated, replicated),
                   out_shardings=(replicated, replicated), donate_argnums=(0,))
   start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
                      out_shardings=replicated)
   # `add` also returns its microbatch count, a scalar the host can wait on
   # (the sums themselves are donated to the next call).
-  add_fn = jax.jit(lambda state, sums, microbatch: (lambda s: (s, s.microbatches))(
-      add(state, sums, microbatch)), in_shardings=(replicated, replicated, sharded),
-                   out_shardings=replicated, donate_argnums=(1,))
-  def finish_update(state, sums, params_init, lr_position, num_microbatches):
-    return step.finish_update(state, sums, params_init, lr_position, tx=tx,
-                              schedule=schedule, num_microbatches=num_microbatches)
+  def add_microbatch(state, sums, microbatch):
+    sums = add(state, sums, microbatch)
+    return sums, sums.microbatches
 
-  finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 4,
-                      out_shardings=(replicated, replicated), static_argnums=(4,),
+  add_fn = jax.jit(add_microbatch, in_shardings=(replicated, replicated, sharded),
+                   out_shardings=replicated, donate_argnums=(1,))
+  def finish_update(state, sums, params_init, lr, full_diagnostics, num_microbatches):
+    return step.finish_update(state, sums, params_init, lr, full_diagnostics, tx=tx,
+                              num_microbatches=num_microbatches)
+
+  finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 5,
+                      out_shardings=(replicated, replicated), static_argnums=(5,),
                       donate_argnums=(0,))
   counts_matter = "microbatch_grad_sq" in needs
   ahead = dispatch_ahead(mesh)
   default_count = num_microbatches
 
   def update(state, microbatches, params_init, lr_position,
-             num_microbatches=default_count):
+             num_microbatches=default_count, full_diagnostics=True):
+    lr, full = learning_rate(lr_position), bool(full_diagnostics)
     if num_microbatches == 1:
-      return fused(state, next(iter(microbatches)), params_init, lr_position)
+      return fused(state, next(iter(microbatches)), params_init, lr, full)
     sums, dispatched = start_fn(state), collections.deque()
     for microbatch in microbatches:
       sums, done = add_fn(state, sums, microbatch)
@@ -89,10 +107,11 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
       if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
         jax.block_until_ready(dispatched.popleft())
     # Static, so passed only where read: other optimizers compile one finish.
-    return finish_fn(state, sums, params_init, lr_position,
+    return finish_fn(state, sums, params_init, lr, full,
                      num_microbatches if counts_matter else 1)
 
-  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn, "fused": fused}
+  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn, "fused": fused,
+                     "learning_rate": learning_rate}
   return update
 
 
@@ -113,3 +132,33 @@ def evaluate(eval_fn, state, batches, mesh) -> Dict[str, float]:
   count = float(totals["count"])
   return {"loss": float(totals["loss_sum"]) / count,
           "accuracy": float(totals["correct"]) / count, "count": int(count)}
+
+
+@contextlib.contextmanager
+def compilation_cache(path: Optional[str]) -> Iterator[Optional[str]]:
+  """JAX's persistent compilation cache in `path` for the programs compiled
+  inside; yields the directory used (None: no cache).
+
+  Points whose programs are the same (one model, batch and optimizer; the
+  learning rate and schedule are inputs) then compile them once, and a rerun,
+  another shard or the next study on the directory starts warm. Every program
+  is kept, however fast its compile (JAX's default keeps those over 1 s; a
+  small model's take 0.1 to 1 s, and a study compiles hundreds). A cache the
+  user configured (JAX_COMPILATION_CACHE_DIR) is used as it is. A damaged or
+  unwritable entry costs a compile, never the run (JAX only warns).
+  """
+  user = jax.config.jax_compilation_cache_dir
+  if user or not path:
+    yield user or None
+    return
+  os.makedirs(path, exist_ok=True)
+  minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax_cache.reset_cache()  # JAX opens its cache once per process, at first use.
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:
+    yield path
+  finally:
+    jax_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", minimum)

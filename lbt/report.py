@@ -213,7 +213,7 @@ def section_ladder(chosen, report_dir: str) -> str:
     return "## 4. The recipe ladder\n\nThis study has no `-recipe<k>` points.\n"
   lines = ["| step | point | what changed | epochs | test accuracy (%) | gain (points) |",
            "|---|---|---|---|---|---|"]
-  previous, accuracies = None, []
+  previous, previous_accuracy, accuracies = None, None, []
   for k, row in steps:
     accuracy = row["final_accuracy"] if row["status"] == "finished" else None
     gain = (f"{100 * (accuracy - (previous_accuracy or 0)):+.2f}"

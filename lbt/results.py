@@ -44,7 +44,10 @@ STUDY_FILE = "study.json"
 DATABASE = "results.sqlite"
 REPORT_DIR = "report"
 # Names in a study directory that belong to the study, not to a point.
-RESERVED = (STUDY_FILE, DATABASE, REPORT_DIR, "limit.json", "lbt.lock", "lbt.log")
+# JAX's persistent compilation cache of the study's points (lbt.programs).
+COMPILATION_CACHE = "compilation_cache"
+RESERVED = (STUDY_FILE, DATABASE, REPORT_DIR, "limit.json", "lbt.lock", "lbt.log",
+            COMPILATION_CACHE)
 # Statuses of a point, from its workdir (see `status_of`).
 FINISHED, DIVERGED, FAILED, RUNNING, PENDING = (
     "finished", "diverged", "failed", "running", "pending")
@@ -195,7 +198,8 @@ def point_row(point: Point, info: dict) -> Dict[str, object]:
       "final_accuracy": summary.get("eval_accuracy", evals[-1]["accuracy"] if evals else None),
       "best_accuracy": max((r["accuracy"] for r in evals), default=None),
       "final_train_loss": _finite(train[-1]["loss"]) if train else None,
-      "final_distance": _finite(train[-1].get("distance_from_init")) if train else None,
+      "final_distance": _finite(next((r["distance_from_init"] for r in reversed(train)
+                                      if "distance_from_init" in r), None)),
       "validation_accuracy": summary.get("validation_accuracy",
                                          point.last("validation").get("accuracy")),
       "target_accuracy": target, "updates_to_target": to_target,

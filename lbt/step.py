@@ -80,18 +80,34 @@ class GradientSum(flax.struct.PyTreeNode):
   per_example_grad_norm: Any = None
 
 
+def init_variables(rng: jax.Array, model, input_shape: Tuple[int, ...]):
+  """(params, batch_stats, state rng) at initialization, from `rng`.
+
+  A program of its own, apart from the optimizer's state: it depends only on
+  the model, so the points of a study with one model share it (compiled once,
+  then loaded from the persistent compilation cache).
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1,) + tuple(input_shape)), train=False)
+  return variables["params"], variables.get("batch_stats", {}), state_rng
+
+
+def state_from_variables(params, batch_stats, rng: jax.Array,
+                         tx: optax.GradientTransformation,
+                         keep_previous_params: bool = False) -> TrainState:
+  """The train state at update 0 around initialized variables."""
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=batch_stats, opt_state=tx.init(params), rng=rng,
+                    previous_params=(jax.tree.map(jnp.copy, params)
+                                     if keep_previous_params else None))
+
+
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
                        input_shape: Tuple[int, ...],
                        keep_previous_params: bool = False) -> TrainState:
   """Initializes parameters (from `rng`) and the optimizer state."""
-  init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1,) + tuple(input_shape)), train=False)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng,
-                    previous_params=(jax.tree.map(jnp.copy, params)
-                                     if keep_previous_params else None))
+  return state_from_variables(*init_variables(rng, model, input_shape), tx=tx,
+                              keep_previous_params=keep_previous_params)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -263,21 +279,46 @@ def add_microbatch(state: TrainState, sums: GradientSum,
       microbatch_grad_sq=grad_sq, per_example_grad_norm=norms)
 
 
-def finish_update(state: TrainState, sums: GradientSum, params_init,
-                  lr_position, *, tx: optax.GradientTransformation,
-                  schedule: optax.Schedule, num_microbatches: int = 1
-                  ) -> Tuple[TrainState, Metrics]:
+# Diagnostics computed only on the updates whose metrics are written in full
+# (log, evaluation, checkpoint and last updates): each is a pass over the
+# parameters, 13 % of a small MLP's step when computed at every update.
+FULL_DIAGNOSTICS = ("param_norm", "update_norm", "distance_from_init",
+                    "trust_ratio_min", "trust_ratio_mean", "trust_ratio_max")
+
+
+def diagnostics(params, updates, params_init, opt_state, full: jax.Array) -> Metrics:
+  """The norms of FULL_DIAGNOSTICS when `full` (a traced bool), else zeros.
+
+  One compiled program serves both kinds of update (`lax.cond` runs only the
+  branch taken), so that a run compiles its update once.
+  """
+  def measure():
+    return {"param_norm": tree_norm(params), "update_norm": tree_norm(updates),
+            "distance_from_init": tree_norm(
+                jax.tree.map(lambda w, w0: w - w0, params, params_init)),
+            **optim.trust_ratio_stats(opt_state)}
+
+  shapes = jax.eval_shape(measure)
+  return jax.lax.cond(full, measure,
+                      lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+
+def finish_update(state: TrainState, sums: GradientSum, params_init, learning_rate,
+                  full_diagnostics=True, *, tx: optax.GradientTransformation,
+                  num_microbatches: int = 1) -> Tuple[TrainState, Metrics]:
   """Turns the summed gradient into one optimizer update and its metrics.
 
-  `num_microbatches` (static) is what optimizers of the GSNR family check.
-  `lr_position` is where on `schedule` this update's learning rate is taken
-  (the update count, or for a run whose batch changes the epochs trained in
-  updates of its first batch: `BatchPlan.schedule_position`); `tx` is
+  `learning_rate` is this update's (a traced scalar, from the schedule's own
+  program: `lbt.programs.compile_update`), so that runs differing in their
+  schedule share this program; `tx` is
   `optim.create_with_learning_rate_input`'s, which takes it from its state.
+  `full_diagnostics` (a traced bool) adds FULL_DIAGNOSTICS to the metrics;
+  without it they are zeros, and the loop writes them only where full.
+  `num_microbatches` (static) is what optimizers of the GSNR family check.
 
-  A non-finite loss, gradient or parameter is reported in `metrics['finite']`;
-  the loop stops at its next look, before any save or evaluation, so such a
-  state is never kept.
+  A non-finite loss or gradient (or, on a full update, parameter) is reported
+  in `metrics['finite']`; the loop stops at its next look, before any save or
+  evaluation, so such a state is never kept.
   """
   examples = sums.examples.astype(jnp.float32)
   microbatches = sums.microbatches.astype(jnp.float32)
@@ -291,7 +332,6 @@ def finish_update(state: TrainState, sums: GradientSum, params_init,
   if sums.per_example_grad_norm is not None:
     extra["per_example_grad_norm"] = jax.tree.map(lambda s: s / examples,
                                                   sums.per_example_grad_norm)
-  learning_rate = schedule(lr_position)
   opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = tx.update(grads, opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
@@ -301,26 +341,24 @@ def finish_update(state: TrainState, sums: GradientSum, params_init,
       previous_params=None if state.previous_params is None else state.params)
 
   loss = sums.loss / examples
-  grad_norm, param_norm = tree_norm(grads), tree_norm(params)
+  grad_norm = tree_norm(grads)
+  full = diagnostics(params, updates, params_init, opt_state, full_diagnostics)
   metrics = {
       "loss": loss,
       "accuracy": sums.correct / examples,
       "learning_rate": jnp.asarray(learning_rate, jnp.float32),
       "grad_norm": grad_norm,
-      "param_norm": param_norm,
-      "update_norm": tree_norm(updates),
-      "distance_from_init": tree_norm(
-          jax.tree.map(lambda w, w0: w - w0, params, params_init)),
-      "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm),
+      **full,
+      "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                 & jnp.isfinite(full["param_norm"])),
       "microbatch_grad_sq_norm": sums.microbatch_grad_sq_norm / microbatches,
-      **optim.trust_ratio_stats(opt_state),
   }
   return new_state, metrics
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
-               lr_position, *, apply_fn: Callable, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, label_smoothing: float,
+               learning_rate, full_diagnostics=True, *, apply_fn: Callable,
+               tx: optax.GradientTransformation, label_smoothing: float,
                needs: Sequence[str] = (),
                adversarial: Optional[Mapping[str, Any]] = None
                ) -> Tuple[TrainState, Metrics]:
@@ -330,10 +368,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
     state: the current TrainState.
     batch: {'image': (B, H, W, C) float, 'label': (B,) int}.
     params_init: the parameters at initialization, for ‖w_t − w_0‖.
-    lr_position: see `finish_update`.
+    learning_rate: this update's (see `finish_update`).
+    full_diagnostics: whether to compute FULL_DIAGNOSTICS (a traced bool).
     apply_fn: the model's `apply`.
     tx: the optimizer.
-    schedule: the learning-rate schedule (see `finish_update`).
     label_smoothing: of the cross-entropy targets.
     needs: statistics the optimizer needs besides the gradient.
     adversarial: the `loss.adversarial` section when ConAdv is on, else None.
@@ -343,7 +381,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
   """
   sums = add_microbatch(state, start_update(state, needs), batch, apply_fn=apply_fn,
                         label_smoothing=label_smoothing, adversarial=adversarial)
-  return finish_update(state, sums, params_init, lr_position, tx=tx, schedule=schedule)
+  return finish_update(state, sums, params_init, learning_rate, full_diagnostics, tx=tx)
 
 
 def eval_step(state: TrainState, batch: Dict[str, jax.Array], *,

@@ -4,8 +4,8 @@
 stage reads), holds the workdir (lbt.workdir), then `set_up` builds the data
 pipeline, the model, the optimizer, the jitted programs (lbt.programs) and
 the state, resuming from the last checkpoint; `train_loop` runs the updates,
-writes metrics, evaluates and checkpoints; `finish` evaluates on the test set
-and writes the summary. The step itself is pure (lbt.step); the I/O is here.
+writes metrics (lbt.train_metrics), evaluates and checkpoints; `finish`
+evaluates on the test set and writes the summary. The step itself is pure (lbt.step); the I/O is here.
 
 A run may stop before its last update at a target on held-out data
 (`stop_at_target`: the first evaluated update whose validation accuracy or
@@ -14,6 +14,7 @@ updates the caller passes (`max_updates`: a tuning trial that can no longer
 beat the best one).
 """
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -21,14 +22,23 @@ from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lbt import batch_schedule, checkpoint, data, diagnostics
+from lbt import batch_schedule, checkpoint, data
 from lbt import config as config_lib
-from lbt import metrics as metrics_lib, optim, parallel, programs, step
+from lbt import metrics as metrics_lib, optim, parallel, programs, step, train_metrics
 from lbt import workdir as workdir_lib
-from lbt.errors import ConfigError, Diverged, Preempted
+from lbt.errors import ConfigError, Preempted
 from lbt.preemption import PreemptionNotice
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a run trains when it is one of several side by side in one process
+  (`lbt.study --devices_per_point`): its own devices, and the study's
+  preemption notice (signals reach only the main thread, which holds it).
+  Such a run shows no progress bar; its console lines stay."""
+  devices: Sequence[Any]
+  preemption: PreemptionNotice
 
 
 @dataclasses.dataclass
@@ -53,6 +63,7 @@ class Run:
   max_updates: int
   target_every: int  # updates between validation evaluations of stop_at_target
   stopped: Optional[str]  # why the resumed run had stopped at its checkpoint, if it had
+  placement: Optional[Placement]  # None: the whole mesh, this run alone
 
   @property
   def is_main(self) -> bool:
@@ -71,7 +82,8 @@ class Run:
 
 def train_and_evaluate(config, workdir: str, allow_config_change: Sequence[str] = (),
                        facts: Optional[config_lib.RunFacts] = None,
-                       max_updates: int = 0) -> Dict[str, Any]:
+                       max_updates: int = 0,
+                       placement: Optional[Placement] = None) -> Dict[str, Any]:
   """Trains one config to its end, resuming from the workdir if it can.
 
   Args:
@@ -81,6 +93,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: Sequence[str] 
     facts: `config.validate`'s result, when the caller validated already.
     max_updates: > 0: stop after this many updates even if the config runs
       longer (the summary says so); not part of the config.
+    placement: the devices and preemption notice of a run beside others in
+      this process; None: every device.
 
   Returns:
     The summary: final test metrics, updates, examples, wall time, target.
@@ -92,11 +106,12 @@ def train_and_evaluate(config, workdir: str, allow_config_change: Sequence[str] 
   """
   start_time = time.time()
   if facts is None:
-    facts = config_lib.validate(config, num_devices=jax.device_count())
+    facts = config_lib.validate(config, num_devices=len(placement.devices) if placement
+                                else jax.device_count())
   workdir_lib.check_location(workdir)
   workdir_lib.check_config(config, workdir, allow_config_change)  # reads only
   with workdir_lib.hold(workdir) as lease:
-    run, state = set_up(config, facts, workdir, lease, max_updates)
+    run, state = set_up(config, facts, workdir, lease, max_updates, placement)
     try:
       state, final, stop = train_loop(run, state)
       summary = finish(run, state, final, stop, start_time)
@@ -113,11 +128,12 @@ def train_and_evaluate(config, workdir: str, allow_config_change: Sequence[str] 
 
 # ---- set-up ----
 
-def set_up(config, facts, workdir: str, lease, max_updates: int):
+def set_up(config, facts, workdir: str, lease, max_updates: int,
+           placement: Optional[Placement] = None):
   """Data, model, optimizer, programs and state, resumed when the workdir has
   a checkpoint; returns (Run, state)."""
-  mesh = parallel.create_mesh()
-  pipeline = create_pipeline(config, facts)
+  mesh = parallel.create_mesh(placement.devices if placement else None)
+  pipeline = create_pipeline(config, facts, mesh)
   plan = batch_schedule.create_plan(config, pool_size=len(pipeline.train_batches.pool),
                                     microbatch=facts.microbatch_size,
                                     constant_updates=facts.num_train_steps)
@@ -139,18 +155,19 @@ def set_up(config, facts, workdir: str, lease, max_updates: int):
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0,
                                      resume_step=start_step)
   planned = start_step + batch_schedule.planned_updates(plan)  # noise_scale: a guess
+  progress = metrics_lib.Progress(planned, start_step,
+                                  enabled=jax.process_index() == 0 and placement is None)
   run = Run(config, facts, workdir, lease, mesh, pipeline, plan, stream, update_fn,
-            programs.compile_eval(model, mesh), params_init, manager, writer,
-            metrics_lib.Progress(planned, start_step, enabled=jax.process_index() == 0),
+            programs.compile_eval(model, mesh), params_init, manager, writer, progress,
             start_step, plan.examples(), max_updates, _target_every(config, facts),
-            stopped)
+            stopped, placement)
   _announce(run, planned)
   return run, state
 
 
-def create_pipeline(config, facts) -> data.Pipeline:
-  """The data pipeline of this process; process 0 builds offline datasets
-  before the others look."""
+def create_pipeline(config, facts, mesh) -> data.Pipeline:
+  """The data pipeline of this process for `mesh`; process 0 builds offline
+  datasets before the others look."""
   spec = data.DATASETS.get(config.dataset.name)
   if jax.process_count() > 1:
     if jax.process_index() == 0:
@@ -161,21 +178,27 @@ def create_pipeline(config, facts) -> data.Pipeline:
       batch_size=facts.batch_size, microbatch_size=facts.microbatch_size,
       validation_examples=facts.validation_examples,
       image_size=config_lib.dataset_field(config, "image_size"),
-      eval_batch_size=config.eval_batch_size, num_devices=jax.device_count(),
+      eval_batch_size=config.eval_batch_size, num_devices=mesh.size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       noise_scale_split=facts.noise_scale_split)
 
 
 def _initial_state(config, facts, pipeline, mesh, model, tx):
-  """The train state at initialization, created already replicated over the mesh."""
+  """The train state at initialization, created already replicated over the
+  mesh: the model's variables and the optimizer's state are two programs, so
+  that points of one model share the first."""
   image_shape = pipeline.spec.image_shape
   adversarial = facts.adversarial
-  init_fn = jax.jit(functools.partial(
-      step.create_train_state, model=model, tx=tx,
-      input_shape=(pipeline.image_size, pipeline.image_size, image_shape[2]),
+  replicated = parallel.replicated(mesh)
+  init_variables = jax.jit(functools.partial(
+      step.init_variables, model=model,
+      input_shape=(pipeline.image_size, pipeline.image_size, image_shape[2])),
+                           out_shardings=replicated)
+  init_state = jax.jit(functools.partial(
+      step.state_from_variables, tx=tx,
       keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
-                    out_shardings=parallel.replicated(mesh))
-  return init_fn(jax.random.PRNGKey(config.seed))
+                       out_shardings=replicated)
+  return init_state(*init_variables(jax.random.PRNGKey(config.seed)))
 
 
 def _resume(workdir: str, manager, state, stream, plan):
@@ -233,7 +256,7 @@ def _announce(run: Run, planned: int) -> None:
   for note in filter(None, notes):
     if run.is_main:
       print(note, flush=True)
-  layout = {"num_devices": jax.device_count(), "num_processes": jax.process_count()}
+  layout = {"num_devices": run.mesh.size, "num_processes": jax.process_count()}
   earlier = (metrics_lib.read_jsonl(run.workdir, "run") if run.is_main and run.start_step
              else [])
   moved = {k: earlier[-1].get(k) for k in layout
@@ -255,69 +278,6 @@ def _announce(run: Run, planned: int) -> None:
 
 # ---- the loop ----
 
-class TrainMetrics:
-  """The per-update metrics not yet fetched from the device, written in
-  batches (fetching every update would make the host wait on the device)."""
-
-  def __init__(self, run: Run):
-    self.run, self.pending = run, []  # (metrics, batch, microbatches) per update
-
-  def add(self, metrics, batch: int, count: int) -> None:
-    self.pending.append((metrics, batch, count))
-
-  def wait_for(self, ahead: int) -> None:
-    """Waits for the update `ahead` before the last: host memory stays small."""
-    if len(self.pending) > ahead:
-      jax.block_until_ready(self.pending[-1 - ahead][0])
-
-  def flush(self, done: int) -> None:
-    """Writes the buffered updates' metrics; Diverged at a non-finite one."""
-    run, pending = self.run, self.pending
-    rows = metrics_lib.stack_steps([m for m, _, _ in pending])
-    batches = np.array([b for _, b, _ in pending])
-    counts = np.array([n for _, _, n in pending])
-    first = done - len(pending)
-    self.pending = []
-    if not rows:
-      return
-    noise = self._noise_scale(rows, batches, counts)
-    for i in range(len(rows["loss"])):
-      record = {k: v[i] for k, v in rows.items()}
-      if run.plan.name != "constant":
-        record["batch_size"] = batches[i]
-      run.writer.write(first + i + 1, "train", {**record, **noise.get(i, {})})
-    bad = np.flatnonzero(~rows["finite"])
-    if bad.size:
-      self._diverged(first + int(bad[0]) + 1, rows, int(bad[0]))
-    run.progress.update(len(rows["loss"]), loss=float(rows["loss"][-1]),
-                        lr=float(rows["learning_rate"][-1]))
-
-  def _noise_scale(self, rows, batches, counts) -> Dict[int, Dict[str, float]]:
-    """The gradient noise scale, free with accumulation (>= 2 microbatches);
-    its moving averages are the plan's, saved with each checkpoint."""
-    small_sq_norm = rows.pop("microbatch_grad_sq_norm")
-    measured = np.flatnonzero(counts > 1)
-    if not measured.size:
-      return {}
-    grad_sq, trace = zip(*(diagnostics.gradient_noise_scale(
-        small_sq_norm[i], rows["grad_norm"][i] ** 2, batches[i] / counts[i], batches[i])
-                           for i in measured))
-    b_simple = self.run.plan.add_noise_estimates(grad_sq, trace)
-    return {i: {"noise_grad_sq": grad_sq[j], "noise_trace": trace[j],
-                "b_simple": b_simple[j]} for j, i in enumerate(measured)}
-
-  def _diverged(self, update: int, rows, i: int) -> None:
-    run = self.run
-    error = Diverged(update, float(rows["loss"][i]), float(rows["grad_norm"][i]),
-                     float(rows["learning_rate"][i]), run.manager.latest_step())
-    run.writer.write(error.update, "diverged", {
-        "loss": error.loss, "grad_norm": error.grad_norm,
-        "learning_rate": error.learning_rate,
-        "last_checkpoint": -1 if error.last_checkpoint is None else error.last_checkpoint})
-    run.writer.flush()
-    raise error
-
-
 def _every(n: int, done: int) -> bool:
   return n > 0 and done % n == 0
 
@@ -331,16 +291,19 @@ def train_loop(run: Run, state):
   """
   config, plan = run.config, run.plan
   ahead = programs.dispatch_ahead(run.mesh)
-  buffer, final, stop = TrainMetrics(run), None, run.stopped
-  with PreemptionNotice() as preemption:
+  buffer, final, stop = train_metrics.TrainMetrics(run), None, run.stopped
+  shared = run.placement.preemption if run.placement else None
+  with contextlib.nullcontext(shared) if shared else PreemptionNotice() as preemption:
     while stop is None and not plan.finished():
       slot = run.stream.next_update()
       done, count = slot.update + 1, run.stream.num_microbatches(slot)
+      full = _writes_in_full(run, done)
       microbatches = parallel.prefetch_to_mesh(run.stream, run.mesh, count)
       state, step_metrics = run.update_fn(
           state, microbatches, run.params_init,
-          plan.schedule_position(slot, run.facts.steps_per_epoch), num_microbatches=count)
-      buffer.add(step_metrics, slot.batch, count)
+          plan.schedule_position(slot, run.facts.steps_per_epoch), num_microbatches=count,
+          full_diagnostics=full)
+      buffer.add(step_metrics, slot.batch, count, full)
       buffer.wait_for(ahead)
       if plan.is_decision_point():
         # The next batch, and so whether the run ends here, follows every estimate.
@@ -368,6 +331,17 @@ def train_loop(run: Run, state):
         checkpoint.save(run.manager, done, state, run.stream)
         raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
   return state, final, stop or "end"
+
+
+def _writes_in_full(run: Run, done: int) -> bool:
+  """Whether update `done` computes and writes `step.FULL_DIAGNOSTICS`: a log,
+  evaluation, target, checkpoint or last update (the plan has taken its slot,
+  so it knows whether it is the last); the others write only what the
+  divergence guard and the curves need."""
+  config = run.config
+  return bool(any(_every(n, done) for n in (config.log_every_steps, config.eval_every_steps,
+                                             config.checkpoint_every_steps, run.target_every))
+              or run.plan.finished() or 0 < run.max_updates <= done)
 
 
 def _validate(run: Run, state, done: int) -> Dict[str, float]:

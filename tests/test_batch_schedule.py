@@ -173,7 +173,7 @@ def test_steps_schedule_trains_its_batches_and_compiles_once(make_config, tmp_pa
   # Every microbatch has 50 examples: one program each for start, add and
   # finish, whatever the batch (momentum does not read the microbatch count).
   done = [m for m in compiled if "Finished XLA compilation" in m]
-  for name in ("start_update", "finish_update", "<lambda>"):
+  for name in ("start_update", "add_microbatch", "finish_update"):
     assert sum(f"jit({name})" in m for m in done) == 1, (name, done)
   # The learning rate follows the schedule in epochs: warmup over half an epoch
   # of batch 100 is 5 updates; cosine decay to 0 at epoch 3 whatever the batch.

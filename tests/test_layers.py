@@ -17,7 +17,7 @@ FLOORS = (
     ("lbt.report", "lbt.limit_report"),       # report.md, limit.md from the results
     ("lbt.main",),                            # one run from the command line
     ("lbt.train",),                           # set-up, loop, summary
-    ("lbt.programs", "lbt.workdir", "lbt.cli"),
+    ("lbt.programs", "lbt.workdir", "lbt.cli", "lbt.train_metrics"),
     ("lbt.config", "lbt.results", "lbt.critical_batch"),
     ("lbt.data", "lbt.step", "lbt.checkpoint", "lbt.metrics", "lbt.lease", "lbt.logs",
      "lbt.plots"),

@@ -76,6 +76,16 @@ def _evaluate_often(config) -> None:
   config.eval_every_steps = max(1, updates // EVALUATIONS)
 
 
+def _log_every_update(points: Dict[str, ml_collections.ConfigDict]) -> None:
+  """The report's diffusion section fits ‖w_t − w_0‖ over every update of the
+  momentum sweep and Hoffer et al.'s points: those write their full
+  diagnostics at every update (the others only every `log_every_steps`)."""
+  for name, config in points.items():
+    if name.startswith("momentum-") and ("-" not in name[len("momentum-"):]
+                                         or name.endswith(("-sqrt", "-sqrt-gbn", "-regime"))):
+      config.log_every_steps = 1
+
+
 def _copy(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(config.to_dict())
 
@@ -198,6 +208,7 @@ def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
               for b in (256, 1024, 8192, 60000)}
     points.update(hoffer(batch=1024, small=256, epochs=2.0))
     points.update(ladder(epochs=5.0, steps=1))
+    _log_every_update(points)
     return points
   points = {f"{o}-b{b}": point(o, b) for o in OPTIMIZERS for b in BATCHES}
   for optimizer in ("momentum", "lars"):
@@ -206,4 +217,5 @@ def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
   points.update(hoffer())
   points.update(noise_scale())
   points.update(batch_schedules())
+  _log_every_update(points)
   return points
