@@ -103,26 +103,68 @@ def capture_logs(workdir: str, level: int = logging.INFO,
   handler.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
   handler.setLevel(level)
+  handler.addFilter(_OwnRecords(threading.get_ident()))
+  _CONSOLE.take()
   root = logging.getLogger()
-  muted = [(h, h.level) for h in root.handlers if _is_console(h)]
-  for h, _ in muted:
-    h.setLevel(logging.CRITICAL + 1)
   root.addHandler(handler)
-  log = logging.getLogger("lbt.uncaught")
-  hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
-  sys.excepthook = lambda kind, value, tb: log.error(
-      "Uncaught exception", exc_info=(kind, value, tb))
-  threading.excepthook = lambda args: log.error(
-      "Uncaught exception in thread %s", getattr(args.thread, "name", "?"),
-      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
-  sys.unraisablehook = lambda args: log.error(
-      "Exception ignored in %r", args.object,
-      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
   try:
     yield path
   finally:
-    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
     root.removeHandler(handler)
     handler.close()
-    for h, previous in muted:
-      h.setLevel(previous)
+    _CONSOLE.give_back()
+
+
+class _OwnRecords(logging.Filter):
+  """With several runs in one process (lbt.study --devices_per_point), each
+  log takes the records of its own thread and of threads that hold no log
+  (orbax's and JAX's workers): never another run's."""
+
+  def __init__(self, owner: int):
+    super().__init__()
+    self.owner = owner
+
+  def filter(self, record) -> bool:
+    return record.thread == self.owner or record.thread not in _CONSOLE.holders
+
+
+class _Console:
+  """The process-wide part of `capture_logs`, shared by the runs capturing at
+  once: the first mutes the console's logging handlers and routes uncaught
+  exceptions to the log, the last puts both back."""
+
+  def __init__(self):
+    self.lock, self.holders, self.saved = threading.Lock(), [], None
+
+  def take(self) -> None:
+    with self.lock:
+      self.holders.append(threading.get_ident())
+      if len(self.holders) > 1:
+        return
+      root = logging.getLogger()
+      muted = [(h, h.level) for h in root.handlers if _is_console(h)]
+      for h, _ in muted:
+        h.setLevel(logging.CRITICAL + 1)
+      self.saved = muted, (sys.excepthook, threading.excepthook, sys.unraisablehook)
+      log = logging.getLogger("lbt.uncaught")
+      sys.excepthook = lambda kind, value, tb: log.error(
+          "Uncaught exception", exc_info=(kind, value, tb))
+      threading.excepthook = lambda args: log.error(
+          "Uncaught exception in thread %s", getattr(args.thread, "name", "?"),
+          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+      sys.unraisablehook = lambda args: log.error(
+          "Exception ignored in %r", args.object,
+          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+  def give_back(self) -> None:
+    with self.lock:
+      self.holders.remove(threading.get_ident())
+      if self.holders:
+        return
+      muted, hooks = self.saved
+      sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+      for h, previous in muted:
+        h.setLevel(previous)
+
+
+_CONSOLE = _Console()

@@ -8,7 +8,7 @@ model and the step never name an axis.
 
 import collections
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -35,10 +35,10 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     jax.distributed.initialize()
 
 
-def create_mesh() -> Mesh:
-  """All devices, grouped by process so that each process's part of a batch
-  is one contiguous block of it (see `to_global`)."""
-  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+def create_mesh(devices: Optional[Sequence] = None) -> Mesh:
+  """`devices` (default: all), grouped by process so that each process's part
+  of a batch is one contiguous block of it (see `to_global`)."""
+  devices = sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 

@@ -1,7 +1,8 @@
 """The study runner: every point of a study file, run in its own workdir, recorded.
 
   python -m lbt.study --study=configs/studies/fashion_mnist.py --workdir=DIR \\
-      [--only=GLOB,...] [--shard=I/N] [--target_accuracy=X]
+      [--only=GLOB,...] [--shard=I/N] [--target_accuracy=X] \\
+      [--devices_per_point=D] [--compilation_cache=DIR|none]
 
 A study file defines `get_study(arg) -> {point name: run config}`. Each point
 runs in `DIR/<point>/`, an ordinary run workdir (`lbt.main` on it resumes it
@@ -15,17 +16,26 @@ A study directory belongs to one study: study.json names the study file (and
 its argument) that created it, and another study file is refused before
 anything trains. Point names may not collide with the study's own files.
 
+Points side by side (`--devices_per_point=D`): on a host with several devices,
+small points cannot fill them all, so the study runs one point per group of D
+devices at once, each in a thread with its own mesh; a point's results are
+those of running it alone on D devices. The programs' compilations are shared
+through JAX's persistent compilation cache in DIR/compilation_cache/.
+
 Why shards are `points[i::n]` of the selected points: a deterministic split
 that every host computes alone from the same command, and that interleaves
 cheap small-batch and expensive large-batch points. A shard that selects no
 point leaves the report as it is.
 """
 
+import concurrent.futures
 import fnmatch
 import json
 import os
+import queue
 import re
 import sys
+import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -33,10 +43,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from lbt import cli, errors, files, report, results, train
+from lbt import cli, errors, files, programs, report, results, train
 from lbt import config as config_lib
 from lbt import workdir as workdir_lib
 from lbt.errors import ConfigError
+from lbt.preemption import PreemptionNotice
 from lbt.results import DIVERGED, FAILED, FINISHED, PENDING, RUNNING
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -82,10 +93,11 @@ def agreed_status(point_dir: str) -> str:
   return order[int(code)]
 
 
-def validate_points(points: Mapping[str, ml_collections.ConfigDict],
-                    workdir: str) -> Dict[str, config_lib.RunFacts]:
-  """Every point, before any runs: names, configs and existing workdirs;
-  returns each point's facts, which its run then uses (validated once)."""
+def validate_points(points: Mapping[str, ml_collections.ConfigDict], workdir: str,
+                    num_devices: int = 0) -> Dict[str, config_lib.RunFacts]:
+  """Every point, before any runs: names, configs and existing workdirs, for
+  `num_devices` (default: all) per point; returns each point's facts, which
+  its run then uses (validated once)."""
   if not points:
     raise ConfigError("--study", "{}", "a study with at least one point")
   facts = {}
@@ -98,7 +110,7 @@ def validate_points(points: Mapping[str, ml_collections.ConfigDict],
     if not isinstance(config, ml_collections.ConfigDict):
       raise ConfigError(f"point {name}", type(config).__name__, "an ml_collections.ConfigDict")
     try:
-      facts[name] = config_lib.validate(config, num_devices=jax.device_count())
+      facts[name] = config_lib.validate(config, num_devices=num_devices or jax.device_count())
       workdir_lib.check_config(config, os.path.join(workdir, name), (), allow_flag="")
     except ConfigError as e:
       raise ConfigError(f"point {name}: {e.field}", e.value, e.allowed) from None
@@ -106,10 +118,12 @@ def validate_points(points: Mapping[str, ml_collections.ConfigDict],
 
 
 class Eta:
-  """The study's remaining time from the seconds per example measured so far."""
+  """The study's remaining time from the seconds per example measured so far
+  (points run `side_by_side` at once)."""
 
-  def __init__(self, costs: Mapping[str, int]):
+  def __init__(self, costs: Mapping[str, int], side_by_side: int = 1):
     self.costs, self.done_examples, self.seconds = dict(costs), 0, 0.0
+    self.side_by_side = side_by_side
 
   def record(self, name: str, seconds: float) -> None:
     self.done_examples += self.costs.pop(name)
@@ -121,15 +135,18 @@ class Eta:
   def text(self) -> str:
     if not self.done_examples:
       return "ETA after the first point"
-    left = self.seconds / self.done_examples * sum(self.costs.values())
+    left = (self.seconds / self.done_examples * sum(self.costs.values())
+            / self.side_by_side)
     return f"ETA {int(left // 60)} min {int(left % 60):02d} s"
 
 
 def run_point(name: str, config, facts, point_dir: str, is_main: bool,
-              max_updates: int = 0) -> Tuple[str, dict]:
+              max_updates: int = 0, placement: Optional[train.Placement] = None
+              ) -> Tuple[str, dict]:
   """Trains one point to its end; returns its status and the outcome to record."""
   try:
-    train.train_and_evaluate(config, point_dir, facts=facts, max_updates=max_updates)
+    train.train_and_evaluate(config, point_dir, facts=facts, max_updates=max_updates,
+                             placement=placement)
     return FINISHED, {}
   except errors.Diverged as e:
     return DIVERGED, {"update": e.update, "loss": e.loss, "grad_norm": e.grad_norm,
@@ -152,7 +169,9 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
               only: Sequence[str] = (), shard: Tuple[int, int] = (0, 1),
               target_accuracy: Optional[float] = None,
               study_target: Optional[float] = None,
-              study_id: Optional[str] = None) -> Dict[str, str]:
+              study_id: Optional[str] = None,
+              compilation_cache: str = "",
+              devices_per_point: int = 0) -> Dict[str, str]:
   """Runs the selected points of a study in `workdir/<point>/`.
 
   Every point is validated before the first one starts. Finished and diverged
@@ -169,6 +188,10 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
       TARGET_ACCURACY (precedence: `lbt.results.resolve_target`).
     study_id: the study file and argument; a directory created by another
       study is refused.
+    compilation_cache: where JAX's persistent compilation cache is kept:
+      "" the study directory's (a local one; else ~/.cache/lbt), "none" none.
+    devices_per_point: 0: one point at a time on every device; d: points side
+      by side, each on its own d devices of this host (a single-process run).
 
   Returns:
     Point name -> finished / diverged / failed, for the points this call ran.
@@ -176,7 +199,8 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
   names = list(points)
   selected = select_points(names, only, shard)
   files.check_location(workdir, "--workdir")
-  facts = validate_points(points, workdir)
+  groups = device_groups(devices_per_point)
+  facts = validate_points(points, workdir, devices_per_point)
   is_main = jax.process_index() == 0
   if is_main:
     claim_directory(workdir, study_id, names, target_accuracy, study_target)
@@ -185,10 +209,22 @@ def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
       print(f"lbt.study: shard {shard[0]}/{shard[1]} selects no point; the report is "
             "left as it is", flush=True)
     return {}
-  statuses = _run_points(points, facts, selected, workdir, is_main)
+  with programs.compilation_cache(cache_directory(workdir, compilation_cache)):
+    statuses = _run_points(points, facts, selected, workdir, is_main, groups)
   if is_main:
     print(f"lbt.study: report {report.build_report(workdir)}", flush=True)
   return statuses
+
+
+def cache_directory(workdir: str, flag: str = "") -> Optional[str]:
+  """The compilation cache's directory for --compilation_cache=`flag`."""
+  if flag == "none":
+    return None
+  if flag:
+    return flag
+  if files.is_remote(workdir):  # JAX's cache reads and writes local files fastest.
+    return os.path.expanduser(os.path.join("~", ".cache", "lbt", results.COMPILATION_CACHE))
+  return os.path.join(workdir, results.COMPILATION_CACHE)
 
 
 def claim_directory(workdir: str, study_id: Optional[str], names: Sequence[str],
@@ -208,33 +244,88 @@ def claim_directory(workdir: str, study_id: Optional[str], names: Sequence[str],
               {"study": study_id or owner, "points": order, "target_accuracy": target})
 
 
-def _run_points(points, facts, selected: Sequence[str], workdir: str,
-                is_main: bool) -> Dict[str, str]:
-  """Runs each selected point in turn; returns their statuses."""
-  eta = Eta({n: facts[n].examples for n in selected})
-  statuses = {}
-  for position, name in enumerate(selected, 1):
+def _run_points(points, facts, selected: Sequence[str], workdir: str, is_main: bool,
+                groups: Sequence[Sequence] = ()) -> Dict[str, str]:
+  """Runs the selected points, one at a time on every device, or with
+  `groups` (device_groups) side by side, each on a free group; returns their
+  statuses."""
+  eta = Eta({n: facts[n].examples for n in selected}, side_by_side=max(1, len(groups)))
+  statuses, lock = {}, threading.Lock()
+
+  def one(position: int, name: str, placement: Optional[train.Placement]) -> None:
     point_dir = os.path.join(workdir, name)
     status = agreed_status(point_dir)
     if status in (FINISHED, DIVERGED):
-      statuses[name] = status
-      eta.skip(name)
-      if is_main:
-        print(f"lbt.study: [{position}/{len(selected)}] {name}: {status}, skipped",
-              flush=True)
-      continue
+      with lock:
+        statuses[name] = status
+        eta.skip(name)
+        if is_main:
+          print(f"lbt.study: [{position}/{len(selected)}] {name}: {status}, skipped",
+                flush=True)
+      return
     if is_main:
-      print(f"lbt.study: [{position}/{len(selected)}] {name} "
-            f"({'resuming' if status == RUNNING else 'starting'}; {eta.text()})", flush=True)
+      with lock:
+        where = f" on {_device_names(placement.devices)}" if placement else ""
+        print(f"lbt.study: [{position}/{len(selected)}] {name}{where} "
+              f"({'resuming' if status == RUNNING else 'starting'}; {eta.text()})",
+              flush=True)
       files.remove(os.path.join(point_dir, results.OUTCOME_FILE))  # A failed point's retry.
     start = time.time()
-    status, outcome = run_point(name, points[name], facts[name], point_dir, is_main)
-    eta.record(name, time.time() - start)
-    statuses[name] = status
-    if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
-      record_point(workdir, name, points[name], status,
-                   {"wall_time_s": time.time() - start, **outcome})
-  return statuses
+    status, outcome = run_point(name, points[name], facts[name], point_dir, is_main,
+                                placement=placement)
+    with lock:
+      eta.record(name, time.time() - start)
+      statuses[name] = status
+      if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
+        record_point(workdir, name, points[name], status,
+                     {"wall_time_s": time.time() - start, **outcome})
+
+  if not groups:
+    for position, name in enumerate(selected, 1):
+      one(position, name, None)
+    return statuses
+  free = queue.SimpleQueue()
+  for group in groups:
+    free.put(group)
+  # Signals reach the main thread only: it holds the notice every point reads.
+  with PreemptionNotice() as notice:
+    def task(position: int, name: str) -> None:
+      group = free.get()
+      try:
+        one(position, name, train.Placement(group, notice))
+      finally:
+        free.put(group)
+
+    pool = concurrent.futures.ThreadPoolExecutor(len(groups), "lbt-point")
+    futures = [pool.submit(task, p, n) for p, n in enumerate(selected, 1)]
+    try:
+      for future in futures:
+        future.result()
+    finally:  # A SIGTERM or Ctrl-C: the running points save; the others never start.
+      pool.shutdown(wait=True, cancel_futures=True)
+  return {n: statuses[n] for n in selected if n in statuses}
+
+
+def device_groups(per_point: int) -> List[list]:
+  """This host's devices in groups of `per_point`, one group per point
+  running at once; [] for 0 (one point at a time on every device)."""
+  if isinstance(per_point, bool) or not isinstance(per_point, int) or per_point < 0:
+    raise ConfigError("--devices_per_point", per_point, "an int >= 0")
+  if not per_point:
+    return []
+  if jax.process_count() > 1:
+    raise ConfigError("--devices_per_point", per_point, "0 on a multi-process run: hosts "
+                      "split a study with --shard=I/N, one lbt.study per host")
+  devices = jax.local_devices()
+  if len(devices) % per_point:
+    raise ConfigError("--devices_per_point", per_point, f"0 or a divisor of this host's "
+                      f"{len(devices)} devices")
+  return [devices[i:i + per_point] for i in range(0, len(devices), per_point)]
+
+
+def _device_names(devices) -> str:
+  ids = [d.id for d in devices]
+  return (f"device {ids[0]}" if len(ids) == 1 else f"devices {ids[0]}-{ids[-1]}")
 
 
 def record_point(workdir: str, name: str, config, status: str, outcome: dict) -> None:
@@ -259,6 +350,13 @@ def _flags():
                     flag_values=values)
   flags.DEFINE_string("shard", "0/1", "I/N: run every N-th point starting at the I-th, "
                       "so that N hosts split the study.", flag_values=values)
+  flags.DEFINE_string("compilation_cache", "", "JAX's persistent compilation cache: a "
+                      "directory, 'none', or empty for the study directory's "
+                      "compilation_cache/ (~/.cache/lbt/compilation_cache for gs://).",
+                      flag_values=values)
+  flags.DEFINE_integer("devices_per_point", 0, "Run points side by side, each on its "
+                       "own this many devices of this host (0: one point at a time on "
+                       "every device).", flag_values=values)
   flags.DEFINE_float("target_accuracy", None, "Test accuracy of the updates-to-target "
                      "columns (default: the study file's TARGET_ACCURACY, else the "
                      "benchmark's).", flag_values=values)
@@ -295,7 +393,9 @@ def main(argv: Sequence[str]) -> int:
     outcome.update(run_study(points, values.workdir, only=values.only, shard=shard,
                              target_accuracy=values.target_accuracy,
                              study_target=constants["TARGET_ACCURACY"],
-                             study_id=cli.file_id(values.study)))
+                             study_id=cli.file_id(values.study),
+                             compilation_cache=values.compilation_cache,
+                             devices_per_point=values.devices_per_point))
 
   cli.exit_on_signals()
   status = cli.run(command)
