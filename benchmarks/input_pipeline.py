@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks import roofline, timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import batch_schedule, train  # noqa: E402
+from lbt import batch_schedule, parallel, train  # noqa: E402
 from lbt import config as config_lib  # noqa: E402
 from lbt.data import augment  # noqa: E402
 from lbt.data.catalog import DATASETS  # noqa: E402
@@ -46,7 +46,7 @@ def pipeline_rate(batch_size: int, microbatches: int) -> float:
   """Examples/s of draining lbt's Fashion-MNIST train iterator."""
   config = fashion_mnist.get_config(f"momentum,batch={batch_size}")
   facts = config_lib.validate(config, num_devices=jax.device_count())
-  pipeline = train.create_pipeline(config, facts)
+  pipeline = train.create_pipeline(config, facts, parallel.create_mesh())
   stream = pipeline.train_stream(batch_schedule.constant_plan(
       batch_size, len(pipeline.train_batches.pool), microbatches + 2))
 

@@ -3,9 +3,10 @@
   python benchmarks/roofline.py [--rounds=5]
 
 For each model and batch: FLOPs of one update from XLA's cost analysis of the
-compiled step (`lbt.step.train_step`, jitted and donated as the loop does), the
-measured median time, GFLOP/s, and that as a fraction of the peak of a 2048^2
-float32 matmul timed in the same process. Batches above 4,096 stream
+compiled step between log steps (`lbt.step.train_step` without the full
+diagnostics, jitted and donated as the loop does), the measured median time,
+GFLOP/s, and that as a fraction of the peak of a 2048^2 float32 matmul timed
+in the same process. Batches above 4,096 stream
 microbatches of at most this size through the same programs, so their
 efficiency is the microbatch's (benchmarks/accumulation.py measures the rest).
 
@@ -53,8 +54,9 @@ def compiled_step(name: str, batch_size: int, side: int, channels: int, seed: in
   batch = {"image": rng.normal(size=(batch_size, side, side, channels)).astype(np.float32),
            "label": rng.integers(0, 10, batch_size).astype(np.int32)}
   state = step.create_train_state(jax.random.PRNGKey(seed), model, tx, (side, side, channels))
-  fn = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
-                                 schedule=lambda count: 0.01, label_smoothing=0.0),
+  # The update between log steps: learning rate fixed, no full diagnostics.
+  fn = jax.jit(functools.partial(step.train_step, learning_rate=0.01, full_diagnostics=False,
+                                 apply_fn=model.apply, tx=tx, label_smoothing=0.0),
                donate_argnums=(0,))
   return fn, state, jax.device_put(batch)
 
@@ -63,7 +65,7 @@ def runner(fn, state, batch, params_init):
   holder = [state]
 
   def run():
-    holder[0], metrics = fn(holder[0], batch, params_init, 0.0)
+    holder[0], metrics = fn(holder[0], batch, params_init)
     return holder[0], metrics
   return run
 
