@@ -101,12 +101,12 @@ def _raise(error):
 
 
 def test_run_maps_each_outcome_to_its_exit_status(capsys):
-  from lbt import checkpoint, errors, train  # pylint: disable=g-import-not-at-top
+  from lbt import checkpoint, errors  # pylint: disable=g-import-not-at-top
   cases = [
       (lambda: None, 0, ""),
       (_raise(ConfigError("batch_size", 3, "a multiple of 8")), 2,
        "lbt: error: batch_size=3 is invalid: a multiple of 8\n"),
-      (_raise(train.Diverged(7, float("nan"), 1.0, 0.5, None)), 3,
+      (_raise(errors.Diverged(7, float("nan"), 1.0, 0.5, None)), 3,
        "lbt: training diverged at update 7"),
       (_raise(checkpoint.CheckpointSaveError(6, "/w/checkpoints", "No space left on device",
                                              4)), 4,

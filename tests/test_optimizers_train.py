@@ -19,9 +19,12 @@ def test_optimizer_trains_the_default_point(make_config, tmp_path, name):
   assert np.isfinite(losses).all()
   assert losses[-10:].mean() < 0.75 * losses[:3].mean(), losses
   assert summary["eval_accuracy"] > 0.6, summary
+  # Trust ratios are full diagnostics: written every log_every_steps updates.
+  logged = [r for r in records if "trust_ratio_mean" in r]
   if name in TRUST_RATIO_OPTIMIZERS:
+    assert len(logged) >= len(records) // 10
     ratios = [(r["trust_ratio_min"], r["trust_ratio_mean"], r["trust_ratio_max"])
-              for r in records]
+              for r in logged]
     assert all(0 < lo <= mean <= hi for lo, mean, hi in ratios)
   else:
-    assert "trust_ratio_mean" not in records[0]
+    assert not logged

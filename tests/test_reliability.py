@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lbt import checkpoint, metrics, train
+from lbt import checkpoint, errors, metrics, train
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,7 +128,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(
                        checkpoint_every_steps=2, log_every_steps=1,
                        eval_batch_size=5000, schedule__warmup_epochs=1.0)
   config.optimizer.learning_rate = 1e3
-  with pytest.raises(train.Diverged) as info:
+  with pytest.raises(errors.Diverged) as info:
     train.train_and_evaluate(config, str(tmp_path))
   error = info.value
   assert error.update > 2 and error.learning_rate > 0

@@ -122,7 +122,8 @@ def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
   from lbt import train
   calls = []
 
-  def broken(config, workdir, allow_config_change=(), facts=None, max_updates=0):
+  def broken(config, workdir, **kwargs):
+    del config, kwargs
     calls.append(os.path.basename(workdir))
     raise RuntimeError("disk on fire")
 
