@@ -323,7 +323,11 @@ def train_loop(run: Run, state):
         final = evaluate_all(run, state, done, validation)
       if _every(config.checkpoint_every_steps, done) or stop:
         workdir_lib.check_lease(run.lease)
-        run.writer.flush()  # A resume rewrites no line up to its checkpoint.
+        # Every update up to the checkpoint is written (and checked finite, and
+        # its noise estimate in the plan the checkpoint saves): a resume
+        # rewrites no line up to it, so one left in the buffer would be lost.
+        buffer.flush(done)
+        run.writer.flush()
         checkpoint.save(run.manager, done, state, run.stream)
       if preemption.reached(done) and not stop:
         buffer.flush(done)
