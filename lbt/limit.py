@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 
 from lbt import cli, critical_batch, files, limit_report, optim, results, search, study
+from lbt import workdir as workdir_lib
 from lbt import config as config_lib
 from lbt.errors import ConfigError, TrialFailed
 
@@ -186,6 +187,7 @@ def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
     facts = study.validate_points(points, workdir)
     if is_main:
       study.claim_directory(workdir, study_id, list(points), protocol.target, None)
+      _claim_wave(workdir, points)
     for name in study.select_points(list(points), (), shard):
       _run_trial(protocol, workdir, name, points[name], facts[name], is_main)
     _wait_for(workdir, list(points))
@@ -201,6 +203,16 @@ def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
                             json.dumps(summary, indent=2, sort_keys=True))
     limit_report.write_report(summary, workdir)
   return summary
+
+
+def _claim_wave(workdir: str, points: Dict[str, ml_collections.ConfigDict]) -> None:
+  """Writes each trial's config.json before any of the wave trains: a kill
+  anywhere in the wave leaves all of it unfinished, so the rerun finishes the
+  wave as planned instead of planning again from the trials that ended."""
+  for name, config in points.items():
+    point_dir = os.path.join(workdir, name)
+    if not files.exists(os.path.join(point_dir, workdir_lib.CONFIG_JSON)):
+      workdir_lib.write_config(config, point_dir)
 
 
 def _run_trial(protocol: Protocol, workdir: str, name: str, config, facts,
