@@ -5,7 +5,8 @@ stage reads), holds the workdir (lbt.workdir), then `set_up` builds the data
 pipeline, the model, the optimizer, the jitted programs (lbt.programs) and
 the state, resuming from the last checkpoint; `train_loop` runs the updates,
 writes metrics (lbt.train_metrics), evaluates and checkpoints; `finish`
-evaluates on the test set and writes the summary. The step itself is pure (lbt.step); the I/O is here.
+evaluates on the test set and writes the summary. The step itself is pure
+(lbt.step); the I/O is here.
 
 A run may stop before its last update at a target on held-out data
 (`stop_at_target`: the first evaluated update whose validation accuracy or
