@@ -24,12 +24,12 @@ setup(
         "matplotlib>=3.8",
         "numpy>=1.26",
         "pillow>=10",  # lbt.data.augment resizes and crops images
-        "tqdm>=4.60",  # lbt.metrics' progress bar
+        "tqdm>=4.60",  # lbt.io.metrics' progress bar
     ],
     extras_require={
         # gs:// workdirs and data dirs: etils.epath's gs:// backend, and the
         # GCS client that orbax deletes old checkpoints with and whose
-        # generation preconditions make the workdir's lease (lbt.remote).
+        # generation preconditions make the workdir's lease (lbt.io.remote).
         "gcs": ["gcsfs", "google-cloud-storage>=2.0"],
         "test": [
             "pytest>=8", "pytest-xdist>=3",

@@ -3,7 +3,7 @@
   python benchmarks/accumulation.py [--model=lenet5] [--microbatch=512]
 
 For each global batch B at a fixed microbatch, one subprocess (so that its peak
-RSS is its own) builds lbt's real update (`lbt.programs.compile_update`) and times,
+RSS is its own) builds lbt's real update (`lbt.engine.programs.compile_update`) and times,
 interleaved, the accumulated update of B examples against the one-shot step of
 B = microbatch (medians over rounds). Microbatches are made on the host one at a
 time from uint8 pixels and normalized to float32, as the input pipeline does,
@@ -37,7 +37,8 @@ def measure(model_name: str, batch: int, micro: int, rounds: int) -> dict:
   import jax
   import numpy as np
   import optax
-  from lbt import models, optim, parallel, programs, step
+  from lbt import models, optim
+  from lbt.engine import parallel, programs, step
 
   mesh = parallel.create_mesh()
   model = models.create(model_name, num_classes=10)

@@ -2,7 +2,7 @@
 
   python benchmarks/input_pipeline.py [--microbatches=40]
 
-Fashion-MNIST: lbt's real pipeline (`lbt.train.create_pipeline` on the decoded
+Fashion-MNIST: lbt's real pipeline (`lbt.engine.train.create_pipeline` on the decoded
 split, grain's reader threads, normalization to float32) is drained on its own
 for a number of microbatches, and compared with the examples/s of LeNet-5's and
 the MLP's compiled one-shot step at the same batch. Goal: pipeline >= 3x the
@@ -32,8 +32,8 @@ from PIL import Image  # noqa: E402
 
 from benchmarks import roofline, timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import batch_schedule, parallel, train  # noqa: E402
-from lbt import config as config_lib  # noqa: E402
+from lbt.engine import batch_schedule, parallel, train
+from lbt.engine import config as config_lib
 from lbt.data import augment  # noqa: E402
 from lbt.data.catalog import DATASETS  # noqa: E402
 

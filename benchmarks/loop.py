@@ -2,7 +2,7 @@
 
   python benchmarks/loop.py [--arg=momentum,batch=256,epochs=1] [--model=lenet5]
 
-Runs `lbt.train.train_and_evaluate` on `configs/fashion_mnist.py:<arg>` in a
+Runs `lbt.engine.train.train_and_evaluate` on `configs/fashion_mnist.py:<arg>` in a
 fresh workdir with its stages wrapped by timers (the loop itself is unchanged):
 each update is timed up to its finished result (`jax.block_until_ready`, so
 device time is charged to the step, not to whichever later call waits for it),
@@ -31,7 +31,8 @@ import jax  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt import checkpoint, metrics as metrics_lib, parallel, programs, train  # noqa: E402
+from lbt.engine import checkpoint, parallel, programs, train
+from lbt.io import metrics as metrics_lib
 
 # Lowering and XLA's compile (tracing is left in its stage: traces nest, so
 # their durations would be counted twice).

@@ -4,13 +4,13 @@
       [--batch=1024] [--microbatch=128] [--epochs=3] [--train_model=lenet5]
 
 lbt measures B_simple (McCandlish et al. 2018, App. A) from gradient
-accumulation: `lbt.step.add_microbatch` adds |g_k|^2 of each microbatch's mean
+accumulation: `lbt.engine.step.add_microbatch` adds |g_k|^2 of each microbatch's mean
 gradient, and the loop turns it and |G_B|^2 into the estimate on the host
-(`lbt.diagnostics.gradient_noise_scale`, then `smoothed_noise_scale`'s EMA).
+(`lbt.stats.noise_scale.gradient_noise_scale`, then `smoothed_noise_scale`'s EMA).
 Three tables:
 
 1. Its cost when the update accumulates anyway (n >= 2 microbatches): lbt's
-   jitted `add` program (`lbt.programs.compile_update(...).programs['add']`)
+   jitted `add` program (`lbt.engine.programs.compile_update(...).programs['add']`)
    against the same program built from an `add_microbatch` whose |g_k|^2 output
    is discarded, so that XLA drops the norm (checked: the FLOPs of the two
    compiled programs and the sqrt in their HLO). Timed interleaved in one
@@ -26,7 +26,7 @@ Three tables:
    halves so that the estimate exists): the fused one-shot update against the
    two-microbatch update of the same batch, interleaved.
 3. B_simple, |G|^2 and tr(Sigma) as logged while training LeNet-5 on
-   Fashion-MNIST with accumulation (`lbt.train.train_and_evaluate`, a
+   Fashion-MNIST with accumulation (`lbt.engine.train.train_and_evaluate`, a
    temporary workdir), and per window the raw per-update ratio against the
    ratio of the window's averages.
 """
@@ -59,8 +59,11 @@ jax.config.update("jax_platforms", "cpu")
 from benchmarks import roofline, run_all, timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 import optax  # noqa: E402
-from lbt import diagnostics, metrics as metrics_lib, models, optim, parallel, programs  # noqa: E402
-from lbt import step, train  # noqa: E402
+from lbt.io import metrics as metrics_lib
+from lbt import models, optim
+from lbt.engine import parallel, programs
+from lbt.stats import noise_scale
+from lbt.engine import step, train
 from lbt.data import catalog, fashion_mnist as fashion_mnist_data  # noqa: E402
 
 # (model, microbatch, image side, channels) of the cost table.
@@ -97,7 +100,7 @@ class Setup:
         "label": self.rng.integers(0, 10, size).astype(np.int32)}, self.mesh)
 
   def update(self, num_microbatches: int):
-    """`lbt.programs.compile_update`'s update, the program a run executes."""
+    """`lbt.engine.programs.compile_update`'s update, the program a run executes."""
     return programs.compile_update(self.model, self.tx, lambda count: 0.01, self.mesh,
                                 num_microbatches, 0.0)
 
@@ -156,8 +159,8 @@ def host_estimate_us(reps: int = 3000) -> float:
     state = (0.0, 0.0, 0)
     start = time.perf_counter()
     for i in range(reps):
-      grad_sq, trace = diagnostics.gradient_noise_scale(small[i], big[i], 256, 1024)
-      _, state = diagnostics.smoothed_noise_scale([grad_sq], [trace], state)
+      grad_sq, trace = noise_scale.gradient_noise_scale(small[i], big[i], 256, 1024)
+      _, state = noise_scale.smoothed_noise_scale([grad_sq], [trace], state)
     per_call.append((time.perf_counter() - start) / reps)
   return 1e6 * statistics.median(per_call)
 
@@ -248,7 +251,7 @@ def training_table(args) -> None:
   print(f"\n3. B_simple over training: configs/fashion_mnist.py:{arg}, microbatch "
         f"{args.microbatch} (n = {n}), {last} updates, test accuracy "
         f"{summary['eval_accuracy']:.4f}, {summary['wall_time_s']:.0f} s; b_simple is "
-        f"EMA[tr(Sigma)] / EMA[|G|^2] (decay {diagnostics.NOISE_SCALE_DECAY})")
+        f"EMA[tr(Sigma)] / EMA[|G|^2] (decay {noise_scale.NOISE_SCALE_DECAY})")
   print("| update | learning rate | loss | train accuracy | noise_grad_sq (|G|^2) | "
         "noise_trace (tr Sigma) | raw ratio | b_simple |")
   print("|---" * 8 + "|")

@@ -3,7 +3,7 @@
   python benchmarks/roofline.py [--rounds=5]
 
 For each model and batch: FLOPs of one update from XLA's cost analysis of the
-compiled step between log steps (`lbt.step.train_step` without the full
+compiled step between log steps (`lbt.engine.step.train_step` without the full
 diagnostics, jitted and donated as the loop does), the measured median time,
 GFLOP/s, and that as a fraction of the peak of a 2048^2 float32 matmul timed
 in the same process. Batches above 4,096 stream
@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 import optax  # noqa: E402
-from lbt import models, optim, step  # noqa: E402
+from lbt import models, optim
+from lbt.engine import step
 from lbt.models import lenet  # noqa: E402
 
 CASES = (("lenet5", 256, 28, 1), ("lenet5", 1024, 28, 1), ("lenet5", 4096, 28, 1),

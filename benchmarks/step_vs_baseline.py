@@ -8,13 +8,13 @@ writes `train_step` (a `TrainState` with `batch_stats`, `value_and_grad` of the
 mean cross-entropy, `apply_gradients`, loss and accuracy as metrics), jitted
 with the state donated. Both sides get the same model object, the same optax
 transformation (lbt's momentum, weight decay inside), the same batch and dtype,
-and no accumulation; lbt's side is `lbt.programs.compile_update` with one
+and no accumulation; lbt's side is `lbt.engine.programs.compile_update` with one
 microbatch, i.e. the program a run executes. Calls are interleaved and the
 medians compared: the goal is lbt / baseline <= 1.02.
 
 lbt's step computes its full diagnostics (parameter and update norms, the
 distance from init, trust ratios) only on the updates whose metrics are
-written in full (`lbt.step.FULL_DIAGNOSTICS`; every other update has the loss,
+written in full (`lbt.engine.step.FULL_DIAGNOSTICS`; every other update has the loss,
 the gradient norm and the finite check). Both kinds are timed: "update" is an
 ordinary one, "log update" one with the full set, and "per update at k = 50"
 their mix over a logging period of 50. Code without the lean update (before
@@ -44,7 +44,8 @@ import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from lbt import models, optim, parallel, programs, step  # noqa: E402
+from lbt import models, optim
+from lbt.engine import parallel, programs, step
 
 # (model, batch, image side, channels): the CIFAR/ImageNet ResNets at a small
 # image size, so that a CPU round takes seconds.

@@ -109,7 +109,7 @@ class Timeline:
 
 
 def instrument(timeline, programs):
-  """Wraps the update and evaluation in place (lbt.programs of either version)."""
+  """Wraps the update and evaluation in place (lbt.engine.programs of either version)."""
   compile_update, evaluate = programs.compile_update, programs.evaluate
 
   def timed_compile_update(*args, **kwargs):
@@ -134,7 +134,10 @@ def instrument(timeline, programs):
 
 
 def main() -> None:
-  from lbt import cli, programs, report, study  # pylint: disable=import-outside-toplevel
+  from lbt.io import cli
+  from lbt.engine import programs
+  from lbt.reports import study_report
+  from lbt.studies import runner
   timeline = Timeline()
   jax.monitoring.register_event_duration_secs_listener(timeline.on_duration)
   jax.monitoring.register_event_listener(timeline.on_event)
@@ -145,15 +148,15 @@ def main() -> None:
                                            constants=("TARGET_ACCURACY",))
   kwargs = {}
   if ARGS.devices_per_point:
-    if "devices_per_point" not in inspect.signature(study.run_study).parameters:
+    if "devices_per_point" not in inspect.signature(runner.run_study).parameters:
       sys.exit("study: this code has no --devices_per_point")
     kwargs["devices_per_point"] = ARGS.devices_per_point
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    statuses = study.run_study(points, workdir, study_target=constants["TARGET_ACCURACY"],
+    statuses = runner.run_study(points, workdir, study_target=constants["TARGET_ACCURACY"],
                                study_id=ARGS.study, **kwargs)
     wall = time.perf_counter() - start
-    table = report.main_table(workdir)
+    table = study_report.main_table(workdir)
   compile_union = union(timeline.stages["compile"])
   rows = {"compile": compile_union}
   if ARGS.overall:

@@ -23,7 +23,7 @@ Hyperparameters, at the reference batch B0 = 128 of He et al. 2016:
 import ml_collections
 
 from configs import imagenet_resnet50 as imagenet
-from lbt.config import parse_point
+from lbt.engine.config import parse_point
 from lbt.errors import ConfigError
 
 NUM_TRAIN = 50_000

@@ -14,7 +14,7 @@ CLARS points run without warmup (NO_WARMUP), the claim of its paper.
 import ml_collections
 
 from lbt import optim
-from lbt.config import parse_point
+from lbt.engine.config import parse_point
 from lbt.errors import ConfigError
 
 REFERENCE_BATCH = 256

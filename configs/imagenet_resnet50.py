@@ -38,7 +38,7 @@ from typing import NamedTuple
 import ml_collections
 
 from lbt import optim
-from lbt.config import parse_point
+from lbt.engine.config import parse_point
 from lbt.errors import ConfigError
 
 NUM_TRAIN = 1_281_167   # ImageNet-1k train; the full batch.

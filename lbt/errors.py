@@ -1,6 +1,6 @@
 """The exceptions a user sees, each bound to its exit status and its one line.
 
-`lbt.cli.run` prints `LINE.format(message)` and exits with `EXIT_STATUS` for
+`lbt.io.cli.run` prints `LINE.format(message)` and exits with `EXIT_STATUS` for
 any exception of these classes (or their subclasses); anything else is a bug
 and keeps its traceback.
 """

@@ -1,321 +1,28 @@
 """Where is my limit? The critical batch of one config, measured by steps to target.
 
-  python -m lbt.limit --config=configs/fashion_mnist.py:momentum,model=mlp \\
-      --workdir=DIR [--config.a.b=value ...] [--target_accuracy=X] \\
+  python -m lbt.limit --config=configs/fashion_mnist.py:momentum,model=mlp \
+      --workdir=DIR [--config.a.b=value ...] [--target_accuracy=X] \
       [--budget_epochs=E] [--budget_updates=U] [--shard=I/N]
 
-The protocol of Shallue et al. 2019 read with McCandlish et al. 2018's model:
+The protocol, its searches and what limit.json holds:
+`lbt.studies.limit_protocol`; limit.md: `lbt.reports.limit_report`."""
 
-1. Each trial trains the config at one batch and one learning rate until the
-   validation accuracy (held out from the training set; the test set never
-   stops or chooses) first reaches the target, within a budget of
-   max(E epochs, U updates) at a constant learning rate after the config's
-   warmup; the updates and examples at the crossing are its result, "not
-   reached" and "diverged" (a non-finite loss, or a final validation accuracy
-   back at chance) are results too.
-2. At each batch the learning rates form a grid in powers of two around the
-   config's scaling rule's guess (applied to the best learning rate of the
-   previous batch; at the first batch, to the config's), extended while the
-   best trial lies at an edge (`lbt.search.next_learning_rates`); S(B) is the
-   best trial's updates. A trial that can no longer beat the best finished trial of its
-   batch stops at that trial's count (`max_updates`) and says so.
-3. Batches double from the config's batch until two successive doublings
-   each cut S(B) by less than 10 % or the training set is reached
-   (`lbt.search.next_batch`).
-4. S(B) = S_min (1 + B_noise/B) is fitted to the measured batches only, with
-   a profile-likelihood interval for B_crit (`lbt.search.fit_limit`).
-5. Every trial runs its one-microbatch batches as two halves
-   (noise_scale_split), so B_simple is measured at the best learning rate of
-   every batch and compared with B_crit (`critical_batch.agreement`).
-
-DIR is a study directory (lbt.study's machinery: one workdir per trial,
-results.sqlite, resumable, `--shard` splits each wave of trials across hosts,
-who wait for each other's trials); it gets `limit.json` and `report/limit.md`
-with the plots. Rerunning the command resumes and rewrites the same files.
-"""
-
-import json
 import math
 import os
 import sys
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
-from lbt import cli, critical_batch, files, limit_report, optim, results, search, study
-from lbt import workdir as workdir_lib
-from lbt import config as config_lib
-from lbt.errors import ConfigError, TrialFailed
+from lbt.errors import ConfigError
+from lbt.io import cli
+from lbt.reports import limit_report
+from lbt.studies import results, runner
+from lbt.studies.limit_protocol import DEFAULT_VALIDATION_EXAMPLES, Protocol, run_limit
 
-LIMIT_FILE = "limit.json"
-# A final validation accuracy below this multiple of chance counts as diverged.
-CHANCE_FACTOR = 1.5
 DEFAULT_BUDGET_EPOCHS, DEFAULT_BUDGET_UPDATES = 10.0, 300
-DEFAULT_VALIDATION_EXAMPLES = 10000
-WAIT_SECONDS = 10.0  # how often a shard looks for the others' trials
 
-
-# ---- the protocol ----
-
-class Protocol:
-  """The trials of one config: their configs and names, from its base config."""
-
-  def __init__(self, base: ml_collections.ConfigDict, target: float,
-               budget_epochs: float, budget_updates: int):
-    self.base, self.target = base, target
-    self.budget_epochs, self.budget_updates = budget_epochs, budget_updates
-    facts = config_lib.validate(base, num_devices=jax.device_count())
-    self.start_batch, self.max_batch = base.batch_size, facts.train_examples
-    self.num_classes, self.train_examples = facts.num_classes, facts.train_examples
-    self.optimizer = base.optimizer.name
-
-  def guess(self, batch: int, anchor: Optional[Tuple[int, float]] = None) -> float:
-    """The config's scaling rule's learning rate at `batch`: from the best
-    learning rate measured at the previous batch (`anchor`: batch, LR) when
-    there is one, else from the config's own base LR. Anchored, the grid
-    follows where the optimum went instead of where the rule alone would put
-    it (the linear rule overshoots by orders of magnitude at large batches)."""
-    optimizer = ml_collections.ConfigDict(self.base.optimizer.to_dict())
-    if anchor is not None:
-      optimizer.base_batch_size, optimizer.learning_rate = anchor
-    return optim.effective_learning_rate(optimizer, batch)
-
-  def name(self, batch: int, learning_rate: float) -> str:
-    return f"{self.optimizer}-b{batch}-target-lr{learning_rate:.6g}"
-
-  def trial(self, batch: int, learning_rate: float) -> ml_collections.ConfigDict:
-    """The base config at `batch` and peak learning rate `learning_rate`
-    (scaling none), a constant schedule after its warmup, stopping at the target."""
-    config = ml_collections.ConfigDict(self.base.to_dict())
-    config.batch_size = batch
-    if config.microbatch_size >= batch:
-      config.microbatch_size = 0
-    config.optimizer.learning_rate, config.optimizer.scaling = learning_rate, "none"
-    config.schedule = ml_collections.ConfigDict(
-        {"name": "constant", "warmup_epochs": self.base.schedule.get("warmup_epochs", 0.0)})
-    steps_per_epoch = self.train_examples // batch
-    config.num_epochs = self.budget_epochs
-    config.num_train_steps = max(int(round(self.budget_epochs * steps_per_epoch)),
-                                 self.budget_updates)
-    config.eval_every_steps = 0
-    config.noise_scale_split = True
-    config.stop_at_target = ml_collections.ConfigDict(
-        {"metric": "validation_accuracy", "value": self.target, "every": 0})
-    return config
-
-
-def trial_of(point: results.Point, num_classes: int) -> Optional[search.Trial]:
-  """A finished trial's result from its workdir; None while it runs."""
-  lr = point.config["optimizer"]["learning_rate"]
-  target = point.last("target")
-  if target:
-    return search.Trial(lr, search.REACHED, target["step"], target["examples"])
-  if point.last("diverged") or point.status == results.DIVERGED:
-    return search.Trial(lr, search.DIVERGED)
-  summary = point.last("summary")
-  if not summary:
-    return None
-  final = summary.get("validation_accuracy")
-  if summary.get("stopped_by") == "end" and final is not None and (
-      final < CHANCE_FACTOR / num_classes):
-    return search.Trial(lr, search.DIVERGED)
-  return search.Trial(lr, search.NOT_REACHED)
-
-
-def measured(protocol: Protocol, workdir: str) -> Dict[int, Dict[str, object]]:
-  """batch -> trial name -> its result (its learning rate as `_Unfinished`
-  while it runs, or when it was killed before its end), for every trial with
-  a workdir in the directory."""
-  by_batch: Dict[int, Dict[str, object]] = {}
-  for name in results.point_names(workdir):
-    if not name.startswith(f"{protocol.optimizer}-b") or "-target-lr" not in name:
-      continue
-    point = results.load_point(workdir, name)
-    trial = trial_of(point, protocol.num_classes)
-    by_batch.setdefault(point.config["batch_size"], {})[name] = trial or _Unfinished(
-        point.config["optimizer"]["learning_rate"])
-  return by_batch
-
-
-class _Unfinished(float):
-  """The learning rate of a trial that has a workdir but no result yet."""
-
-
-def _finished(trials) -> List[search.Trial]:
-  return [t for t in trials.values() if isinstance(t, search.Trial)]
-
-
-def next_wave(protocol: Protocol, by_batch) -> List[Tuple[str, int, float]]:
-  """The trials to run next, (name, batch, learning rate), guess first; []
-  when the protocol is done."""
-  best, anchor = {}, None
-  batch = protocol.start_batch
-  while batch is not None:
-    started = by_batch.get(batch, {})
-    unfinished = sorted((n, float(t)) for n, t in started.items()
-                        if isinstance(t, _Unfinished))
-    if unfinished:  # Resumed first: the search goes on as if never interrupted.
-      return [(n, batch, lr) for n, lr in unfinished]
-    trials = _finished(started)
-    guess = protocol.guess(batch, anchor)
-    wanted = search.next_learning_rates(trials, guess)
-    if wanted:
-      wanted.sort(key=lambda lr: abs(math.log(lr / guess)))
-      return [(protocol.name(batch, lr), batch, lr) for lr in wanted]
-    winner = search.best_trial(trials)
-    best[batch] = None if winner is None else winner.updates_to_target
-    anchor = anchor if winner is None else (batch, winner.learning_rate)
-    batch = search.next_batch(best, start=protocol.start_batch, max_batch=protocol.max_batch)
-  return []
-
-
-# ---- running the waves ----
-
-def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
-              study_id: Optional[str] = None) -> dict:
-  """Runs the protocol to its end in `workdir` (resuming); returns limit.json."""
-  files.check_location(workdir, "--workdir")
-  is_main = jax.process_index() == 0
-  while True:
-    wave = next_wave(protocol, measured(protocol, workdir))
-    if not wave:
-      break
-    points = {name: protocol.trial(batch, lr) for name, batch, lr in wave}
-    facts = study.validate_points(points, workdir)
-    if is_main:
-      study.claim_directory(workdir, study_id, list(points), protocol.target, None)
-      _claim_wave(workdir, points)
-    for name in study.select_points(list(points), (), shard):
-      _run_trial(protocol, workdir, name, points[name], facts[name], is_main)
-    _wait_for(workdir, list(points))
-    failed = [n for n in points if results.point_status(os.path.join(workdir, n)) ==
-              results.FAILED]
-    if failed:
-      raise TrialFailed(f"trial {failed[0]} failed: "
-                        f"{results.read_outcome(os.path.join(workdir, failed[0])).get('error')}"
-                        "; fix the cause and rerun the same command")
-  summary = summarize(protocol, workdir)
-  if is_main:
-    files.write_text_atomic(os.path.join(workdir, LIMIT_FILE),
-                            json.dumps(summary, indent=2, sort_keys=True))
-    limit_report.write_report(summary, workdir)
-  return summary
-
-
-def _claim_wave(workdir: str, points: Dict[str, ml_collections.ConfigDict]) -> None:
-  """Writes each trial's config.json before any of the wave trains: a kill
-  anywhere in the wave leaves all of it unfinished, so the rerun finishes the
-  wave as planned instead of planning again from the trials that ended."""
-  for name, config in points.items():
-    point_dir = os.path.join(workdir, name)
-    if not files.exists(os.path.join(point_dir, workdir_lib.CONFIG_JSON)):
-      workdir_lib.write_config(config, point_dir)
-
-
-def _run_trial(protocol: Protocol, workdir: str, name: str, config, facts,
-               is_main: bool) -> None:
-  """One trial, capped at the best finished trial of its batch."""
-  point_dir = os.path.join(workdir, name)
-  if study.agreed_status(point_dir) in (results.FINISHED, results.DIVERGED):
-    return
-  best = search.best_trial(_finished(measured(protocol, workdir).get(config.batch_size, {})))
-  cap = best.updates_to_target if best is not None else 0
-  if is_main:
-    print(f"lbt.limit: {name} (batch {config.batch_size}, learning rate "
-          f"{config.optimizer.learning_rate:.4g}"
-          f"{f'; stops at update {cap}, the best trial of its batch' if cap else ''})",
-          flush=True)
-  start = time.time()
-  status, outcome = study.run_point(name, config, facts, point_dir, is_main,
-                                    max_updates=cap)
-  if status != results.RUNNING and is_main:
-    study.record_point(workdir, name, config, status,
-                       {"wall_time_s": time.time() - start, **outcome})
-
-
-def _wait_for(workdir: str, names: Sequence[str]) -> None:
-  """Until every trial of the wave has ended (other shards run theirs)."""
-  while True:
-    pending = [n for n in names if study.agreed_status(os.path.join(workdir, n)) not in (
-        results.FINISHED, results.DIVERGED, results.FAILED)]
-    if not pending:
-      return
-    if jax.process_index() == 0:
-      print(f"lbt.limit: waiting for {len(pending)} trial(s) of other shards: "
-            f"{', '.join(pending)}", flush=True)
-    time.sleep(WAIT_SECONDS)
-
-
-# ---- the result ----
-
-def summarize(protocol: Protocol, workdir: str) -> dict:
-  """limit.json: the measured S(B), the fit with its interval, the regimes
-  and the noise scale at the best learning rate of each batch."""
-  by_batch = measured(protocol, workdir)
-  rows = []
-  for batch in sorted(by_batch):
-    trials = _finished(by_batch[batch])
-    best = search.best_trial(trials)
-    rows.append({"batch": batch, "reached": best is not None,
-                 "best_learning_rate": best.learning_rate if best else None,
-                 "updates_to_target": best.updates_to_target if best else None,
-                 "examples_to_target": best.examples_to_target if best else None,
-                 "trials": len(trials),
-                 **_at_target(protocol, workdir, batch, best),
-                 "learning_rates": {f"{t.learning_rate:.6g}": t.status if t.status !=
-                                    search.REACHED else t.updates_to_target
-                                    for t in sorted(trials, key=lambda t: t.learning_rate)}})
-  reached = [r for r in rows if r["reached"]]
-  summary = {"config": protocol.optimizer, "target": protocol.target,
-             "budget_epochs": protocol.budget_epochs,
-             "budget_updates": protocol.budget_updates, "batches": rows,
-             "doubling_stops_at": search.doubling_stops_at(
-                 {r["batch"]: r["updates_to_target"] for r in rows})}
-  fit = None
-  if len(reached) >= 3:
-    fit = search.fit_limit([r["batch"] for r in reached],
-                           [r["updates_to_target"] for r in reached])
-  summary.update(_fit_fields(fit, rows))
-  return summary
-
-
-def _fit_fields(fit: Optional[search.LimitFit], rows: Sequence[dict]) -> dict:
-  if fit is None:
-    return {"b_crit": None, "b_crit_low": None, "b_crit_high": None, "s_min": None,
-            "e_min": None, "fit": "fewer than 3 batches reached the target: no fit"}
-  finite = lambda v: v if math.isfinite(v) else None  # JSON has no infinity.
-  noise = [r["b_simple"] for r in rows if r["b_simple"] is not None]
-  b_simple = float(np.median(noise)) if len(noise) >= 3 else None
-  low, high = search.regimes(fit.b_crit) if math.isfinite(fit.b_crit) else (None, None)
-  return {"b_crit": finite(fit.b_crit), "b_crit_low": finite(fit.b_crit_low),
-          "b_crit_high": finite(fit.b_crit_high), "s_min": fit.s_min, "e_min": fit.e_min,
-          "level": fit.level, "method": fit.method, "inside_measured_range": fit.inside,
-          "measured_range": [fit.measured_low, fit.measured_high],
-          "regimes": {"perfect_scaling_below": low, "maximal_parallelism_above": high},
-          "b_simple_median": b_simple,
-          "b_simple_vs_b_crit": (critical_batch.agreement(b_simple, fit.b_crit)
-                                 if b_simple is not None and math.isfinite(fit.b_crit)
-                                 else "fewer than 3 batches measured B_simple")}
-
-
-def _at_target(protocol: Protocol, workdir: str, batch: int,
-               best: Optional[search.Trial]) -> dict:
-  """Of a batch's best trial (its workdir read once): B_simple at the update
-  it reached the target, and the validation interval its count is exact to."""
-  if best is None:
-    return {"b_simple": None, "evaluated_every": None}
-  point = results.load_point(workdir, protocol.name(batch, best.learning_rate))
-  values = [r["b_simple"] for r in point.of_kind("train")
-            if isinstance(r.get("b_simple"), float) and math.isfinite(r["b_simple"])
-            and r["step"] <= best.updates_to_target]
-  return {"b_simple": values[-1] if values else None,
-          "evaluated_every": point.last("target").get("every")}
-
-
-# ---- the command line ----
 
 def _flags():
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -392,7 +99,7 @@ def main(argv: Sequence[str]) -> int:
   def command():
     overrides = cli.parse_flags(values, argv, program="lbt.limit")
     protocols = protocols_from_flags(values, overrides)
-    shard = study.parse_shard(values.shard)
+    shard = runner.parse_shard(values.shard)
     summaries = {}
     for label, protocol in protocols.items():
       workdir = os.path.join(values.workdir, label) if label else values.workdir
@@ -400,6 +107,7 @@ def main(argv: Sequence[str]) -> int:
       summaries[label] = run_limit(protocol, workdir, shard=shard,
                                    study_id="lbt.limit " + cli.file_id(spec))
       if jax.process_index() == 0:
+        limit_report.write_report(summaries[label], workdir)
         limit_report.print_summary(summaries[label], workdir)
     if values.study and jax.process_index() == 0:
       print(f"lbt.limit: {limit_report.write_comparison(summaries, values.workdir)}")

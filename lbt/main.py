@@ -13,8 +13,8 @@ from typing import List, Optional
 from absl import flags, logging
 import ml_collections
 
-from lbt import cli
-from lbt import files
+from lbt.io import cli
+from lbt.io import files
 from lbt.errors import ConfigError
 
 FLAGS = flags.FlagValues()
@@ -77,7 +77,7 @@ def run(argv: Optional[List[str]] = None) -> int:
   def command():
     config = parse(argv)
     logging.set_verbosity(logging.WARNING)
-    from lbt import parallel, train  # jax is imported only once the input is good.
+    from lbt.engine import parallel, train
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     train.train_and_evaluate(config, FLAGS.workdir,

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from lbt import adversarial
+from lbt.engine import adversarial
 from lbt.errors import ConfigError
 
 B, D, C = 6, 5, 3

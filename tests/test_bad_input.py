@@ -29,18 +29,18 @@ class ComputeStarted(AssertionError):
 @pytest.fixture
 def lbt_run(monkeypatch, capsys):
   """Runs the command in-process from the repo root; returns (status, stderr)."""
-  import lbt.checkpoint
+  import lbt.engine.checkpoint
   import lbt.data
-  import lbt.train
+  import lbt.engine.train
 
   def guard(what):
     def fail(*args, **kwargs):
       raise ComputeStarted(f"compute started: {what} was called")
     return fail
 
-  monkeypatch.setattr(lbt.train, "create_pipeline", guard("train.create_pipeline"))
-  monkeypatch.setattr(lbt.workdir, "write_config", guard("workdir.write_config"))
-  monkeypatch.setattr(lbt.checkpoint, "create_manager",
+  monkeypatch.setattr(lbt.engine.train, "create_pipeline", guard("train.create_pipeline"))
+  monkeypatch.setattr(lbt.engine.workdir, "write_config", guard("workdir.write_config"))
+  monkeypatch.setattr(lbt.engine.checkpoint, "create_manager",
                       guard("checkpoint.create_manager"))
   monkeypatch.chdir(REPO)
 

@@ -15,8 +15,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lbt import batch_schedule, checkpoint, config as config_lib, metrics, train
-from lbt import workdir as workdir_lib
+from lbt.engine import batch_schedule, checkpoint, train
+from lbt.engine import config as config_lib
+from lbt.io import metrics
+from lbt.stats import noise_scale
+from lbt.engine import workdir as workdir_lib
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -312,8 +315,7 @@ def test_a_run_that_ends_at_a_noise_scale_decision_still_evaluates_and_saves(
   update 21 (B_simple = 700, factor 2 -> max_batch 1,000) no longer fits the
   epoch, so that update ends a 2.5-epoch run, though the estimates before it
   (fewer than 20) said the batch stays 100."""
-  from lbt import diagnostics
-  monkeypatch.setattr(diagnostics, "gradient_noise_scale", lambda *args: (1.0, 700.0))
+  monkeypatch.setattr(noise_scale, "gradient_noise_scale", lambda *args: (1.0, 700.0))
   schedule = {"name": "noise_scale", "factor": 2.0, "min_batch": 100, "max_batch": 1000,
               "every": 3}
   config = scheduled_config(make_config, schedule, num_epochs=2.5, log_every_steps=5,

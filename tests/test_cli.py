@@ -1,4 +1,4 @@
-"""lbt.cli: Python config files, typed overrides, exit statuses, private flags."""
+"""lbt.io.cli: Python config files, typed overrides, exit statuses, private flags."""
 
 import textwrap
 
@@ -6,7 +6,7 @@ from absl import flags
 import ml_collections
 import pytest
 
-from lbt import cli
+from lbt.io import cli
 from lbt.errors import ConfigError
 
 
@@ -101,7 +101,8 @@ def _raise(error):
 
 
 def test_run_maps_each_outcome_to_its_exit_status(capsys):
-  from lbt import checkpoint, errors  # pylint: disable=g-import-not-at-top
+  from lbt.engine import checkpoint
+  from lbt import errors
   cases = [
       (lambda: None, 0, ""),
       (_raise(ConfigError("batch_size", 3, "a multiple of 8")), 2,

@@ -3,7 +3,7 @@
 import pytest
 
 from configs import fashion_mnist
-from lbt import config as config_lib
+from lbt.engine import config as config_lib
 from lbt import optim
 from lbt.errors import ConfigError
 

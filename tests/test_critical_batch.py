@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-from lbt import critical_batch, report, results
+from lbt.io import layout
+from lbt.reports import batch_sections
+from lbt.stats import noise_scale
+from lbt.studies import results
 from test_report import finish_study, write_point
 
 TARGET = 0.85
@@ -70,20 +73,20 @@ def test_schedules_are_compared_at_equal_examples(synthetic):
   # The noise run reached it at update 22: 20 x 250 + 2 x 1000.
   assert rows["momentum-b250-batch-noise"]["examples_to_target"] == 20 * 250 + 2 * 1000
   for image in ("noise_scale.png", "batch_schedules.png"):
-    assert os.path.getsize(os.path.join(workdir, report.REPORT_DIR, image)) > 1000
+    assert os.path.getsize(os.path.join(workdir, layout.REPORT, image)) > 1000
 
 
 @pytest.mark.parametrize("b_simple,b_crit,word", [
     (1500, 1000, "agree (within"), (400, 1000, "order of magnitude only"),
     (50, 1000, "disagree"), (-5, 1000, "cannot be compared")])
 def test_agreement_rule(b_simple, b_crit, word):
-  assert word in critical_batch.agreement(b_simple, b_crit)
+  assert word in noise_scale.agreement(b_simple, b_crit)
 
 
 def test_perfect_scaling_gives_no_critical_batch(tmp_path):
   """800, 380, 200, 97 updates at 128 ... 1024: least squares gives S_min < 0."""
   rows = [{"batch_size": b, "updates_to_target": s, "target_accuracy": TARGET}
           for b, s in ((128, 800), (256, 380), (512, 200), (1024, 97))]
-  text, fits = critical_batch.section_target({"momentum": rows}, str(tmp_path))
+  text, fits = batch_sections.section_target({"momentum": rows}, str(tmp_path))
   assert fits == {}
   assert "gives no positive S_min and B_noise" in text and "B_crit =" not in text

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lbt import batch_schedule
+from lbt.engine import batch_schedule
 from lbt.data import DATASETS, Pipeline, fashion_mnist
 
 

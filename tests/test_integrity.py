@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lbt import checkpoint, errors, logs, train
+from lbt.engine import checkpoint, train
+from lbt import errors
+from lbt.io import logs
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-from lbt import limit, search
+from lbt.io import layout
+from lbt import limit
+from lbt.studies import search_rules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +45,7 @@ def tiny(data_dir, tmp_path_factory):
 def reference(tiny, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("limit") / "reference")
   assert limit.main(["lbt.limit", f"--config={tiny}", f"--workdir={workdir}"]) == 0
-  with open(os.path.join(workdir, limit.LIMIT_FILE)) as f:
+  with open(os.path.join(workdir, layout.LIMIT)) as f:
     return workdir, json.load(f)
 
 
@@ -55,10 +58,10 @@ def test_each_batch_is_searched_to_a_bracket_and_the_batches_double(reference):
     if not row["reached"]:
       continue
     tried = sorted(float(lr) for lr in row["learning_rates"])
-    assert all(float(search.np.log2(lr / tried[0])).is_integer() for lr in tried)
+    assert all(float(np.log2(lr / tried[0])).is_integer() for lr in tried)
     assert tried[0] < row["best_learning_rate"] < tried[-1] or row["trials"] >= 10
   best = {r["batch"]: r["updates_to_target"] for r in summary["batches"]}
-  stop = search.next_batch(best, start=8192, max_batch=50000)
+  stop = search_rules.next_batch(best, start=8192, max_batch=50000)
   assert stop is None  # The protocol ran until the batch range said it was done.
 
 
@@ -93,5 +96,5 @@ def test_kill_9_mid_search_then_rerun_gives_the_same_limit_json(tiny, reference,
   assert process.returncode == -signal.SIGKILL
   rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-  with open(os.path.join(workdir, limit.LIMIT_FILE)) as f:
+  with open(os.path.join(workdir, layout.LIMIT)) as f:
     assert json.load(f) == expected

@@ -213,7 +213,7 @@ def test_ghost_size_must_divide_batch():
 
 
 def test_ghost_batches_survive_strided_microbatching():
-  """BN of a batch equals BN of its strided microbatches x[k::m] (lbt.step)."""
+  """BN of a batch equals BN of its strided microbatches x[k::m] (lbt.engine.step)."""
   bn, variables, x = _bn_setup((24, 2, 2, 3), ghost_size=3)
   full, _ = _apply_train(bn, variables, x)
   for k in range(4):

@@ -19,7 +19,7 @@ import pytest
 
 from lbt import optim
 from lbt.errors import ConfigError
-from lbt.step import mean_per_example_grad_norm
+from lbt.engine.step import mean_per_example_grad_norm
 from lbt.optim import gsnr
 from test_optim import (SCHEDULE, SHAPES, STEPS, STEPS_PER_EPOCH, _flat, _nest,
                         _norm, ref_adam_family, ref_lars, ref_lr, ref_momentum)

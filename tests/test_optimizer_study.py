@@ -4,8 +4,10 @@ import ml_collections
 import pytest
 
 from configs.studies import fashion_mnist_optimizers as study_file
-from lbt import config as config_lib
-from lbt import optim, results, study
+from lbt.engine import config as config_lib
+from lbt import optim
+from lbt.studies import results
+from lbt.studies import runner
 from lbt.errors import ConfigError
 
 
@@ -17,7 +19,7 @@ def test_every_optimizer_at_three_batches_with_a_validated_lr_grid():
   assert len(points) == len(names) * (1 + 3 + 3)
   grids = {}
   for name, config in points.items():
-    assert study.NAME.match(name), name
+    assert runner.NAME.match(name), name
     config_lib.validate(config, num_devices=8)
     grids.setdefault(results.grid_of(name), []).append(config)
     assert results.variant_of(name) == "tuned"

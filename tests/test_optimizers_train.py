@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from lbt import metrics, optim, train
+from lbt.io import metrics
+from lbt import optim
+from lbt.engine import train
 
 # The optimizers that log per-layer trust ratios.
 TRUST_RATIO_OPTIMIZERS = ("lars", "lamb", "lans", "clars", "vr_lars", "vr_lamb")

@@ -8,7 +8,7 @@ import pytest
 
 from configs import cifar10_resnet, imagenet_resnet50
 from configs.studies import imagenet_limit, imagenet_recipe
-from lbt import config as lbt_config
+from lbt.engine import config as lbt_config
 from lbt import optim
 from lbt.errors import ConfigError
 
@@ -24,7 +24,7 @@ def _plan_of(config):
 
 
 def _validate(config, num_devices):
-  """lbt.config.validate, xfailing only where padding has yet to land."""
+  """lbt.engine.config.validate, xfailing only where padding has yet to land."""
   try:
     lbt_config.validate(config, num_devices=num_devices)
   except ConfigError as e:

@@ -16,7 +16,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lbt import checkpoint, errors, metrics, train
+from lbt.io import layout
+from lbt.engine import checkpoint, train
+from lbt import errors
+from lbt.io import metrics
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +58,7 @@ def start(config_file, workdir, devices=8, extra=()):
 
 def last_logged_update(workdir):
   records = metrics.read_jsonl(str(workdir), "train") if os.path.exists(
-      os.path.join(workdir, metrics.JSONL)) else []
+      os.path.join(workdir, layout.METRICS)) else []
   return records[-1]["step"] if records else 0
 
 

@@ -15,10 +15,15 @@ import time
 import pytest
 
 import fake_gcs
-from lbt import checkpoint, metrics, preemption, remote, results, study, train
-from lbt import workdir as workdir_lib
-from lbt import errors, files, logs
-from lbt import lease as lease_lib
+from lbt.io import layout
+from lbt import study
+from lbt.engine import checkpoint, train
+from lbt.io import metrics, preemption, remote
+from lbt.studies import results
+from lbt.engine import workdir as workdir_lib
+from lbt import errors
+from lbt.io import files, logs
+from lbt.io import lease as lease_lib
 from lbt.errors import ConfigError
 
 
@@ -91,7 +96,7 @@ def test_run_into_gs_workdir_preempted_and_rerun(make_config, gcs, monkeypatch, 
   # Orbax deleted update 4 (checkpoint_keep=2) through google.cloud.storage.
   assert sorted(os.listdir(os.path.join(local, "checkpoints"))) == ["6", "8"]
   assert os.path.exists(os.path.join(local, "lbt.log"))
-  assert not os.path.exists(os.path.join(local, lease_lib.LOCK_FILE))  # Released.
+  assert not os.path.exists(os.path.join(local, layout.LOCK))  # Released.
   assert int(checkpoint.load_state(workdir)["step"]) == 8
 
 
@@ -124,7 +129,7 @@ def test_lease_refuses_a_second_holder_and_takes_over_a_stale_one(gcs, store):
   make = {"gcs": lambda: remote.store_for("gs://bucket/x"), "epath": remote.EpathStore}[store]
   assert isinstance(make(), remote.GcsStore if store == "gcs" else remote.EpathStore)
   directory = "gs://bucket/held"
-  path = f"{directory}/{lease_lib.LOCK_FILE}"
+  path = f"{directory}/{layout.LOCK}"
 
   def lease(timeout_s=60.0):  # Heartbeats by hand only (EpathStore is best effort).
     return lease_lib.RemoteLease(directory, "train", timeout_s, 60.0, "--workdir", store=make())

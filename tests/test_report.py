@@ -10,7 +10,10 @@ import re
 import pytest
 
 from configs import fashion_mnist
-from lbt import report, results
+from lbt.io import layout
+from lbt.studies import results
+from lbt import report
+from lbt.reports import study_report
 
 TARGET = 0.85
 
@@ -91,7 +94,7 @@ def finish_study(workdir, target):
   """study.json as the runner writes it, then the report; returns its text."""
   with open(os.path.join(workdir, "study.json"), "w") as f:
     json.dump({"points": sorted(os.listdir(workdir)), "target_accuracy": target}, f)
-  with open(report.build_report(workdir)) as f:
+  with open(study_report.build_report(workdir)) as f:
     return f.read()
 
 
@@ -102,7 +105,7 @@ def test_report_has_eight_sections_and_non_empty_pngs(synthetic):
   images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
   assert len(images) >= 6
   for image in images:
-    assert os.path.getsize(os.path.join(workdir, report.REPORT_DIR, image)) > 1000
+    assert os.path.getsize(os.path.join(workdir, layout.REPORT, image)) > 1000
 
 
 def test_database_is_rebuilt_from_the_workdirs(synthetic):
@@ -118,7 +121,7 @@ def test_database_is_rebuilt_from_the_workdirs(synthetic):
 
 def test_table_and_learning_rate_chosen_on_validation(synthetic):
   workdir, text = synthetic
-  table = report.main_table(workdir)
+  table = study_report.main_table(workdir)
   assert "| optimizer | 128 | 1024 | 8192 |" in table
   assert "| momentum | 90.00 | 88.00 | diverged@2 |" in table
   assert "| lars | 89.00 | 88.50 | 80.00 |" in table
@@ -165,6 +168,6 @@ def test_a_tuned_grid_of_one_learning_rate_is_starred_as_untuned():
            "batch_size": batch, "status": "finished", "final_accuracy": 0.5}
     return {"row": row, "members": [row] * members, "criterion": None}
 
-  table = report.accuracy_table({"a": entry(256, 1), "b": entry(8192, 3)})
+  table = study_report.accuracy_table({"a": entry(256, 1), "b": entry(8192, 3)})
   assert "| adam (LR tuned) | 50.00* | 50.00 |" in table
   assert "one learning rate only" in table

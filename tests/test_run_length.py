@@ -11,7 +11,10 @@ import sys
 import ml_collections
 import pytest
 
-from lbt import config as config_lib, metrics, search, train
+from lbt.engine import config as config_lib
+from lbt.io import metrics
+from lbt.engine import train
+from lbt.stats import steps_to_target
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +67,7 @@ def test_a_run_stops_at_the_first_validation_crossing(make_config, tmp_path):
   summary = train.train_and_evaluate(target_config(make_config, 0.7), workdir)
   records = metrics.read_jsonl(workdir)
   validations = [r for r in records if r["kind"] == "validation"]
-  crossing = search.first_at_target([r["step"] for r in validations],
+  crossing = steps_to_target.first_at_target([r["step"] for r in validations],
                                     [r["accuracy"] for r in validations], 0.7)
   target, = [r for r in records if r["kind"] == "target"]
   assert crossing is not None and target["step"] == crossing

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from lbt import search
-from lbt.search import DIVERGED, NOT_REACHED, REACHED, Trial
+from lbt.stats import steps_to_target
+from lbt.studies import search_rules
+from lbt.studies.search_rules import DIVERGED, NOT_REACHED, REACHED, Trial
 
 NAN = float("nan")
 
@@ -22,35 +23,35 @@ def test_first_at_target_accuracy_unsorted_and_nan():
   # In update order: 100 -> 0.50, 200 -> NaN, 300 -> 0.91, 400 -> 0.95, 500 -> 0.99.
   updates = [500, 300, 100, 400, 200]
   values = [0.99, 0.91, 0.50, 0.95, NAN]
-  assert search.first_at_target(updates, values, 0.90) == 300
-  assert search.first_at_target(updates, values, 0.91) == 300  # equal counts
-  assert search.first_at_target(updates, values, 0.96) == 500
-  assert search.first_at_target(updates, values, 0.995) is None
+  assert steps_to_target.first_at_target(updates, values, 0.90) == 300
+  assert steps_to_target.first_at_target(updates, values, 0.91) == 300  # equal counts
+  assert steps_to_target.first_at_target(updates, values, 0.96) == 500
+  assert steps_to_target.first_at_target(updates, values, 0.995) is None
 
 
 def test_first_at_target_loss_and_non_finite():
   # Loss falls 2.0, then a blown-up eval (-inf, then NaN), then 0.4 at 40.
   updates = [40, 10, 30, 20]
   values = [0.4, 2.0, NAN, -math.inf]
-  assert search.first_at_target(updates, values, 0.5, mode="min") == 40
-  assert search.first_at_target(updates, values, 2.0, mode="min") == 10
-  assert search.first_at_target(updates, values, 0.1, mode="min") is None
+  assert steps_to_target.first_at_target(updates, values, 0.5, mode="min") == 40
+  assert steps_to_target.first_at_target(updates, values, 2.0, mode="min") == 10
+  assert steps_to_target.first_at_target(updates, values, 0.1, mode="min") is None
   # inf never counts as reaching a "max" target either.
-  assert search.first_at_target([1, 2], [math.inf, 0.2], 0.5) is None
+  assert steps_to_target.first_at_target([1, 2], [math.inf, 0.2], 0.5) is None
 
 
 def test_first_at_target_never_and_empty():
-  assert search.first_at_target([1, 2, 3], [0.1, 0.2, 0.3], 0.9) is None
-  assert search.first_at_target([], [], 0.9) is None
+  assert steps_to_target.first_at_target([1, 2, 3], [0.1, 0.2, 0.3], 0.9) is None
+  assert steps_to_target.first_at_target([], [], 0.9) is None
 
 
 def test_first_at_target_bad_input():
   with pytest.raises(ValueError, match="mode"):
-    search.first_at_target([1], [0.5], 0.5, mode="maximum")
+    steps_to_target.first_at_target([1], [0.5], 0.5, mode="maximum")
   with pytest.raises(ValueError, match="shape"):
-    search.first_at_target([1, 2], [0.5], 0.5)
+    steps_to_target.first_at_target([1, 2], [0.5], 0.5)
   with pytest.raises(ValueError, match="target"):
-    search.first_at_target([1], [0.5], NAN)
+    steps_to_target.first_at_target([1], [0.5], NAN)
 
 
 # --- trials and the learning-rate grid ---------------------------------------
@@ -78,71 +79,71 @@ def test_trial_checks_its_fields():
 def test_best_trial():
   trials = [reached(0.2, 300), Trial(0.4, DIVERGED), reached(0.1, 120), reached(0.05, 120),
             Trial(0.025, NOT_REACHED)]
-  assert search.best_trial(trials) == reached(0.05, 120)  # tie of two: the lower
+  assert search_rules.best_trial(trials) == reached(0.05, 120)  # tie of two: the lower
   plateau = [reached(0.025, 120), reached(0.05, 120), reached(0.1, 120)]
-  assert search.best_trial(plateau) == reached(0.05, 120)  # tie of three: the middle
-  assert search.next_learning_rates(plateau, 0.05) == []  # a plateau brackets
-  assert search.best_trial([Trial(0.1, DIVERGED), Trial(0.05, NOT_REACHED)]) is None
-  assert search.best_trial([]) is None
+  assert search_rules.best_trial(plateau) == reached(0.05, 120)  # tie of three: the middle
+  assert search_rules.next_learning_rates(plateau, 0.05) == []  # a plateau brackets
+  assert search_rules.best_trial([Trial(0.1, DIVERGED), Trial(0.05, NOT_REACHED)]) is None
+  assert search_rules.best_trial([]) is None
 
 
 def test_first_grid_is_three_points_around_the_guess():
-  assert search.next_learning_rates([], GUESS) == [0.05, 0.1, 0.2]
+  assert search_rules.next_learning_rates([], GUESS) == [0.05, 0.1, 0.2]
 
 
 def test_best_at_low_edge_extends_down():
   trials = [reached(0.2, 300), reached(0.05, 100), reached(0.1, 150)]
-  assert search.next_learning_rates(trials, GUESS) == [0.025]
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
 
 
 def test_best_at_top_edge_extends_up_until_a_divergence_closes_it():
   trials = [reached(0.05, 300), reached(0.1, 200), reached(0.2, 100)]
-  assert search.next_learning_rates(trials, GUESS) == [0.4]
-  assert search.next_learning_rates(trials + [Trial(0.4, DIVERGED)], GUESS) == []
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
+  assert search_rules.next_learning_rates(trials + [Trial(0.4, DIVERGED)], GUESS) == []
   # A slower reach above the best brackets it too.
-  assert search.next_learning_rates(trials + [reached(0.4, 180)], GUESS) == []
+  assert search_rules.next_learning_rates(trials + [reached(0.4, 180)], GUESS) == []
 
 
 def test_bracketed_best_stops():
   trials = [reached(0.05, 200), reached(0.1, 100), reached(0.2, 150)]
-  assert search.next_learning_rates(trials, GUESS) == []
+  assert search_rules.next_learning_rates(trials, GUESS) == []
 
 
 def test_nothing_reached():
   not_reached = [Trial(lr, NOT_REACHED) for lr in (0.05, 0.1, 0.2)]
-  assert search.next_learning_rates(not_reached, GUESS) == [0.4]
+  assert search_rules.next_learning_rates(not_reached, GUESS) == [0.4]
   all_diverged = [Trial(lr, DIVERGED) for lr in (0.05, 0.1, 0.2)]
-  assert search.next_learning_rates(all_diverged, GUESS) == [0.025]
+  assert search_rules.next_learning_rates(all_diverged, GUESS) == [0.025]
   top_diverged = not_reached[:2] + [Trial(0.2, DIVERGED)]
-  assert search.next_learning_rates(top_diverged, GUESS) == [0.025]
+  assert search_rules.next_learning_rates(top_diverged, GUESS) == [0.025]
 
 
 def test_never_above_a_divergence():
   # The best is the highest LR but a lower one diverged: no upward step.
   trials = [Trial(0.05, DIVERGED), reached(0.1, 200), reached(0.2, 100)]
-  assert search.next_learning_rates(trials, GUESS) == []
+  assert search_rules.next_learning_rates(trials, GUESS) == []
   # Nothing reached, highest did not diverge, a lower one did: go down.
   trials = [Trial(0.05, NOT_REACHED), Trial(0.1, DIVERGED), Trial(0.2, NOT_REACHED)]
-  assert search.next_learning_rates(trials, GUESS) == [0.025]
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
 
 
 def test_max_trials():
   # Ten trials at 0.1·2^-k, k = 0..9, the best always the lowest.
   trials = [reached(GUESS * 2.0 ** -k, 100 - k) for k in range(10)]
-  assert search.next_learning_rates(trials, GUESS) == []
-  assert search.next_learning_rates(trials, GUESS, max_trials=11) == [GUESS * 2.0 ** -10]
+  assert search_rules.next_learning_rates(trials, GUESS) == []
+  assert search_rules.next_learning_rates(trials, GUESS, max_trials=11) == [GUESS * 2.0 ** -10]
   with pytest.raises(ValueError, match="max_trials"):
-    search.next_learning_rates([], GUESS, max_trials=2)
+    search_rules.next_learning_rates([], GUESS, max_trials=2)
   with pytest.raises(ValueError, match="guess"):
-    search.next_learning_rates([], 0.0)
+    search_rules.next_learning_rates([], 0.0)
 
 
 def test_off_grid_trials_snap_back_to_the_grid():
   # 0.15 is between grid points 0.1 and 0.2: the next one up is 0.2, not 0.3.
   trials = [reached(0.05, 300), reached(0.1, 200), reached(0.15, 100)]
-  assert search.next_learning_rates(trials, GUESS) == [0.2]
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.2]
   trials = [reached(0.07, 100), reached(0.1, 200), reached(0.2, 300)]
-  assert search.next_learning_rates(trials, GUESS) == [0.05]
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.05]
 
 
 def run_search(optimum, diverge_at, guess=GUESS, max_trials=10):
@@ -151,7 +152,7 @@ def run_search(optimum, diverge_at, guess=GUESS, max_trials=10):
   or above diverge_at diverge."""
   trials = []
   while True:
-    proposals = search.next_learning_rates(trials, guess, max_trials=max_trials)
+    proposals = search_rules.next_learning_rates(trials, guess, max_trials=max_trials)
     if not proposals:
       return trials
     for lr in proposals:
@@ -178,7 +179,7 @@ def test_search_walks_the_grid_to_a_bracket(optimum, diverge_at, best):
   lrs = sorted(t.learning_rate for t in trials)
   assert all(float(np.log2(lr / GUESS)).is_integer() for lr in lrs)  # on the grid
   assert len(set(lrs)) == len(lrs) <= 10
-  found = search.best_trial(trials)
+  found = search_rules.best_trial(trials)
   if best is None:
     assert found is None and len(trials) == 10  # ran out of trials
   else:
@@ -190,7 +191,7 @@ def test_search_walks_the_grid_to_a_bracket(optimum, diverge_at, best):
 
 def sweep(s_of_b, start, max_batch, min_gain=0.10):
   measured = {}
-  while (batch := search.next_batch(measured, start=start, max_batch=max_batch,
+  while (batch := search_rules.next_batch(measured, start=start, max_batch=max_batch,
                                     min_gain=min_gain)) is not None:
     measured[batch] = s_of_b(batch)
   return measured
@@ -205,7 +206,7 @@ def test_doubling_stops_where_two_doublings_gain_little():
   # The first two successive doublings under 10 % are 4096->8192->16384.
   measured = sweep(lambda b: 100 * (1 + 1000 / b), start=64, max_batch=2 ** 20)
   assert list(measured) == [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
-  assert search.doubling_stops_at(measured) == 4096
+  assert search_rules.doubling_stops_at(measured) == 4096
 
 
 def test_doubling_is_capped_at_max_batch():
@@ -213,41 +214,41 @@ def test_doubling_is_capped_at_max_batch():
   # training set size, 60,000, measured last.
   measured = sweep(lambda b: 100 * (1 + 1e7 / b), start=64, max_batch=60000)
   assert list(measured) == [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 60000]
-  assert search.doubling_stops_at(measured) is None
-  assert search.next_batch({64: 10.0}, start=64, max_batch=64) is None
+  assert search_rules.doubling_stops_at(measured) is None
+  assert search_rules.next_batch({64: 10.0}, start=64, max_batch=64) is None
 
 
 def test_next_batch_stops_when_a_batch_reaches_nothing():
-  assert search.next_batch({}, start=64, max_batch=4096) == 64
-  assert search.next_batch({64: None}, start=64, max_batch=4096) is None
-  assert search.next_batch({64: 1000, 128: 600, 256: None}, start=64, max_batch=4096) is None
+  assert search_rules.next_batch({}, start=64, max_batch=4096) == 64
+  assert search_rules.next_batch({64: None}, start=64, max_batch=4096) is None
+  assert search_rules.next_batch({64: 1000, 128: 600, 256: None}, start=64, max_batch=4096) is None
   # Measured beyond the None: still done; doubling_stops_at ignores them too.
   after = {64: 1000, 128: 990, 256: None, 512: 980, 1024: 979}
-  assert search.next_batch(after, start=64, max_batch=4096) is None
-  assert search.doubling_stops_at(after) is None
+  assert search_rules.next_batch(after, start=64, max_batch=4096) is None
+  assert search_rules.doubling_stops_at(after) is None
 
 
 def test_next_batch_counts_only_the_doubling_sequence():
-  assert search.next_batch({64: 1000, 96: 5, 128: 600}, start=64, max_batch=4096) == 256
+  assert search_rules.next_batch({64: 1000, 96: 5, 128: 600}, start=64, max_batch=4096) == 256
   # 96 and 192 are off the sequence: their tiny gains do not stop it.
   off = {64: 1000, 96: 999, 128: 600, 192: 599}
-  assert search.next_batch(off, start=64, max_batch=4096) == 256
+  assert search_rules.next_batch(off, start=64, max_batch=4096) == 256
 
 
 def test_one_small_gain_does_not_stop():
   s = {64: 1000, 128: 950, 256: 500}  # 5 % then 47 %
-  assert search.next_batch(s, start=64, max_batch=4096) == 512
-  assert search.doubling_stops_at({**s, 512: 480, 1024: 470}) == 256
+  assert search_rules.next_batch(s, start=64, max_batch=4096) == 512
+  assert search_rules.doubling_stops_at({**s, 512: 480, 1024: 470}) == 256
 
 
 def test_next_batch_bad_input():
   with pytest.raises(ValueError, match="start"):
-    search.next_batch({}, start=0, max_batch=64)
+    search_rules.next_batch({}, start=0, max_batch=64)
   with pytest.raises(ValueError, match="max_batch"):
-    search.next_batch({}, start=128, max_batch=64)
+    search_rules.next_batch({}, start=128, max_batch=64)
   with pytest.raises(ValueError, match="min_gain"):
-    search.next_batch({}, start=64, max_batch=128, min_gain=1.5)
-  assert search.doubling_stops_at({}) is None
+    search_rules.next_batch({}, start=64, max_batch=128, min_gain=1.5)
+  assert search_rules.doubling_stops_at({}) is None
 
 
 # --- the fit of B_crit -------------------------------------------------------
@@ -262,7 +263,7 @@ def exact(batches):
 def test_fit_recovers_exact_curve():
   batches = [125, 250, 500, 1000, 2000, 4000, 8000]
   # Unreached batches (None, NaN) are not fitted.
-  fit = search.fit_limit(batches + [16000, 32000], exact(batches) + [None, NAN])
+  fit = steps_to_target.fit_limit(batches + [16000, 32000], exact(batches) + [None, NAN])
   assert fit.b_crit == pytest.approx(B_NOISE, rel=1e-9)
   assert fit.b_noise == fit.b_crit
   assert fit.s_min == pytest.approx(S_MIN, rel=1e-9)
@@ -276,9 +277,9 @@ def test_fit_is_seeded():
   rng = np.random.default_rng(7)
   batches = [125, 250, 500, 1000, 2000, 4000]
   s = np.array(exact(batches)) * np.exp(0.1 * rng.standard_normal(6))
-  assert search.fit_limit(batches, s, seed=3) == search.fit_limit(batches, s, seed=3)
-  fit = search.fit_limit(batches, s, level=0.5, resamples=500)
-  wide = search.fit_limit(batches, s, level=0.95, resamples=500)
+  assert steps_to_target.fit_limit(batches, s, seed=3) == steps_to_target.fit_limit(batches, s, seed=3)
+  fit = steps_to_target.fit_limit(batches, s, level=0.5, resamples=500)
+  wide = steps_to_target.fit_limit(batches, s, level=0.95, resamples=500)
   assert wide.b_crit_low < fit.b_crit_low < fit.b_crit < fit.b_crit_high < wide.b_crit_high
 
 
@@ -296,7 +297,7 @@ def test_interval_coverage_on_noisy_curves():
   for i in range(COVERAGE_DATASETS):
     rng = np.random.default_rng(1000 + i)
     s = truth * np.exp(0.1 * rng.standard_normal(batches.size))
-    fit = search.fit_limit(batches, s, level=0.9, resamples=500, seed=i)
+    fit = steps_to_target.fit_limit(batches, s, level=0.9, resamples=500, seed=i)
     covered += fit.b_crit_low <= B_NOISE <= fit.b_crit_high
   coverage = covered / COVERAGE_DATASETS
   print(f"coverage {coverage:.3f} over {COVERAGE_DATASETS} datasets "
@@ -306,43 +307,43 @@ def test_interval_coverage_on_noisy_curves():
 
 def test_perfect_scaling_gives_infinite_b_crit():
   batches = [128, 256, 512, 1024, 2048]
-  fit = search.fit_limit(batches, [2 ** 20 / b for b in batches])  # S ∝ 1/B
+  fit = steps_to_target.fit_limit(batches, [2 ** 20 / b for b in batches])  # S ∝ 1/B
   assert fit.b_crit == math.inf and fit.b_crit_high == math.inf and not fit.inside
   rng = np.random.default_rng(0)
-  noisy = search.fit_limit(batches, [2 ** 20 / b * math.exp(0.1 * rng.standard_normal())
+  noisy = steps_to_target.fit_limit(batches, [2 ** 20 / b * math.exp(0.1 * rng.standard_normal())
                                      for b in batches])
   assert noisy.b_crit_high == math.inf  # the data cannot bound it above
-  assert search.regimes(fit.b_crit) == (math.inf, math.inf)
+  assert steps_to_target.regimes(fit.b_crit) == (math.inf, math.inf)
 
 
 def test_flat_steps_give_zero_b_crit():
   batches = [128, 256, 512, 1024, 2048]
-  fit = search.fit_limit(batches, [500.0] * 5)
+  fit = steps_to_target.fit_limit(batches, [500.0] * 5)
   assert fit.b_crit == 0.0 and fit.b_crit_low == 0.0 and not fit.inside
   rng = np.random.default_rng(1)
-  noisy = search.fit_limit(batches, 500.0 * np.exp(0.1 * rng.standard_normal(5)))
+  noisy = steps_to_target.fit_limit(batches, 500.0 * np.exp(0.1 * rng.standard_normal(5)))
   assert noisy.b_crit_low == 0.0  # the data cannot bound it below
   assert noisy.b_crit_high < 128
 
 
 def test_fit_bad_input():
   with pytest.raises(ValueError, match="got 2"):
-    search.fit_limit([128, 256], [300, 200])
+    steps_to_target.fit_limit([128, 256], [300, 200])
   with pytest.raises(ValueError, match="got 2"):  # repeats are not new batches
-    search.fit_limit([128, 256, 256, 128], [300, 200, 210, 310])
+    steps_to_target.fit_limit([128, 256, 256, 128], [300, 200, 210, 310])
   with pytest.raises(ValueError, match="got 2"):  # an unreached batch is not fitted
-    search.fit_limit([128, 256, 512], [300, 200, None])
+    steps_to_target.fit_limit([128, 256, 512], [300, 200, None])
   with pytest.raises(ValueError, match="positive"):
-    search.fit_limit([128, 256, 512], [300, -200, 100])
+    steps_to_target.fit_limit([128, 256, 512], [300, -200, 100])
   with pytest.raises(ValueError, match="updates"):
-    search.fit_limit([128, 256, 512], [300, 200])
+    steps_to_target.fit_limit([128, 256, 512], [300, 200])
   with pytest.raises(ValueError, match="level"):
-    search.fit_limit([128, 256, 512], [300, 200, 150], level=90)
+    steps_to_target.fit_limit([128, 256, 512], [300, 200, 150], level=90)
 
 
 def test_regimes():
-  assert search.REGIME_FACTOR == 10.0
-  assert search.regimes(1000.0) == (100.0, 10000.0)
-  assert search.regimes(0.0) == (0.0, 0.0)
+  assert steps_to_target.REGIME_FACTOR == 10.0
+  assert steps_to_target.regimes(1000.0) == (100.0, 10000.0)
+  assert steps_to_target.regimes(0.0) == (0.0, 0.0)
   with pytest.raises(ValueError, match="b_crit"):
-    search.regimes(-1.0)
+    steps_to_target.regimes(-1.0)

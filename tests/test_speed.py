@@ -10,9 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from lbt import checkpoint, errors, metrics, models, optim, parallel, programs, step, study, train
+from lbt import study
+from lbt.engine import checkpoint, parallel, programs, step, train
+from lbt import errors, models, optim
+from lbt.io import metrics
+from lbt.studies import results
 from lbt.errors import ConfigError
-from lbt.preemption import PreemptionNotice
+from lbt.io.preemption import PreemptionNotice
 from tiny_study import TIMING, load
 
 
@@ -133,9 +137,9 @@ def test_points_that_differ_in_learning_rate_and_schedule_compile_once(shared_st
   assert elsewhere["cache hits"] == 0 and not os.path.exists(
       os.path.join(again, "compilation_cache"))
   same = [{k: v for k, v in r.items() if k not in TIMING} for r in
-          study.results.read_database(first)]
+          results.read_database(first)]
   other = [{k: v for k, v in r.items() if k not in TIMING} for r in
-           study.results.read_database(again)]
+           results.read_database(again)]
   assert same == other  # A cached program computes what a compiled one does.
 
 

@@ -10,7 +10,9 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from lbt import batch_schedule, models, optim, parallel, programs, step
+from lbt.data import slots
+from lbt.engine import parallel, programs, step
+from lbt import models, optim
 
 
 def lr_input(tx):
@@ -247,7 +249,7 @@ def padded(batch, num_microbatches, num_devices):
   """Strided microbatches, each padded with masked examples to a multiple of
   the devices (what lbt.data yields for a batch that does not divide)."""
   n = len(batch["label"])
-  _, size = batch_schedule.microbatch_layout(n, -(-n // num_microbatches), num_devices)
+  _, size = slots.microbatch_layout(n, -(-n // num_microbatches), num_devices)
   parts = []
   for part in strided(batch, num_microbatches):
     real = len(part["label"])

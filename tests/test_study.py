@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from lbt import cli, metrics, results, study
+from lbt.io import cli, metrics
+from lbt.studies import results
+from lbt.studies import runner
+from lbt import study
 from lbt.errors import ConfigError
 from tiny_study import TIMING, load  # the tiny study: tests/tiny_study.py, conftest.py
 
@@ -94,8 +97,8 @@ def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_pa
 def test_two_shards_together_give_the_unsharded_rows(study_file, uninterrupted, tmp_path):
   points = load(study_file)
   workdir = str(tmp_path / "sharded")
-  first = study.run_study(points, workdir, shard=(0, 2))
-  second = study.run_study(points, workdir, shard=(1, 2))
+  first = runner.run_study(points, workdir, shard=(0, 2))
+  second = runner.run_study(points, workdir, shard=(1, 2))
   assert set(first) == {"momentum-b12000", "lars-b6000"}
   assert set(second) == {"sgd-b6000"}
   assert rows_without_timing(workdir) == rows_without_timing(uninterrupted[0])
@@ -109,7 +112,7 @@ def test_a_bad_point_stops_the_study_before_any_compute(study_file, tmp_path, ca
   workdir = tmp_path / "bad"
   points = cli.load_python_file(str(bad), flag="--study", function="get_bad")
   with pytest.raises(ConfigError, match=r"point lars-b6000: batch_size=70000"):
-    study.run_study(points, str(workdir))
+    runner.run_study(points, str(workdir))
   assert not os.path.exists(workdir / "momentum-b12000")
   status = study.main(["lbt.study", f"--study={bad}", f"--workdir={workdir}",
                        "--shard=2/2"])
@@ -119,7 +122,7 @@ def test_a_bad_point_stops_the_study_before_any_compute(study_file, tmp_path, ca
 
 def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
     study_file, tmp_path, monkeypatch, capsys):
-  from lbt import train
+  from lbt.engine import train
   calls = []
 
   def broken(config, workdir, **kwargs):
@@ -140,10 +143,10 @@ def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
 
 def test_only_and_shard_select_a_deterministic_part():
   names = ["momentum-b128", "momentum-b256", "lars-b128", "lars-b256", "adam-b128"]
-  assert study.select_points(names, ["*-b128"]) == ["momentum-b128", "lars-b128", "adam-b128"]
-  assert study.select_points(names, ["lars-*"], (1, 2)) == ["lars-b256"]
-  parts = [study.select_points(names, (), (i, 3)) for i in range(3)]
+  assert runner.select_points(names, ["*-b128"]) == ["momentum-b128", "lars-b128", "adam-b128"]
+  assert runner.select_points(names, ["lars-*"], (1, 2)) == ["lars-b256"]
+  parts = [runner.select_points(names, (), (i, 3)) for i in range(3)]
   assert sorted(sum(parts, [])) == sorted(names)
-  assert study.parse_shard("1/4") == (1, 4)
+  assert runner.parse_shard("1/4") == (1, 4)
   with pytest.raises(ConfigError, match="--only='sgd-\\*'"):
-    study.select_points(names, ["sgd-*"])
+    runner.select_points(names, ["sgd-*"])

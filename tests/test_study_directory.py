@@ -8,7 +8,12 @@ import sqlite3
 
 import pytest
 
-from lbt import cli, errors, report, results, study
+from lbt.io import layout
+from lbt.io import cli
+from lbt import errors
+from lbt.studies import results
+from lbt.reports import study_report
+from lbt import study
 from lbt.errors import ConfigError
 from tiny_study import TIMING, load
 
@@ -29,7 +34,7 @@ def finished(uninterrupted, tmp_path):
 
 def test_a_garbage_database_is_rebuilt_and_never_blocks_the_study(study_file, finished):
   expected = rows_of(finished)
-  database = os.path.join(finished, results.DATABASE)
+  database = os.path.join(finished, layout.DATABASE)
   with open(database, "wb") as f:
     f.write(b"this is not a database" * 100)
   shutil.rmtree(os.path.join(finished, "lars-b6000"))  # A point still to run.
@@ -41,7 +46,7 @@ def test_a_leftover_journal_never_rolls_back_onto_the_rebuilt_database(finished)
   """What a kill -9 inside an old-style transaction leaves: a hot journal
   beside the database. It is neither applied nor kept."""
   expected = rows_of(finished)
-  database = os.path.join(finished, results.DATABASE)
+  database = os.path.join(finished, layout.DATABASE)
   hot = sqlite3.connect(database, isolation_level=None)
   hot.execute("PRAGMA journal_mode=DELETE")
   hot.execute("BEGIN")
@@ -53,14 +58,14 @@ def test_a_leftover_journal_never_rolls_back_onto_the_rebuilt_database(finished)
   if saved is not None:
     with open(database + "-journal", "wb") as f:
       f.write(saved)
-  report.build_report(finished)
+  study_report.build_report(finished)
   assert rows_of(finished) == expected
   assert not os.path.exists(database + "-journal")
 
 
 def test_a_stale_database_missing_a_point_is_rebuilt_when_opened(finished):
   expected = rows_of(finished)
-  connection = sqlite3.connect(os.path.join(finished, results.DATABASE))
+  connection = sqlite3.connect(os.path.join(finished, layout.DATABASE))
   with connection:
     connection.execute("DELETE FROM points WHERE name = 'sgd-b6000'")
   connection.close()
@@ -73,12 +78,12 @@ def test_a_second_study_is_refused_naming_the_one_that_owns_the_directory(
   capsys.readouterr()
   other = tmp_path / "other_study.py"
   other.write_text(open(study_file).read())
-  before = open(os.path.join(finished, results.STUDY_FILE)).read()
+  before = open(os.path.join(finished, layout.STUDY)).read()
   status = study.main(["lbt.study", f"--study={other}", f"--workdir={finished}"])
   err = capsys.readouterr().err.strip().splitlines()
   assert status == 2 and len(err) == 1
   assert "tiny_study.py" in err[0] and "another --workdir" in err[0]
-  assert open(os.path.join(finished, results.STUDY_FILE)).read() == before
+  assert open(os.path.join(finished, layout.STUDY)).read() == before
 
 
 @pytest.mark.parametrize("name", ["study.json", "results.sqlite", "report", "limit.json",
@@ -111,7 +116,7 @@ def test_a_full_disk_under_the_plots_is_one_write_error_and_keeps_the_old_png(
     return real_open(path, mode, *args, **kwargs)
   monkeypatch.setattr("builtins.open", full_disk)
   with pytest.raises(errors.WriteError, match=r"a plot .*No space left on device"):
-    report.build_report(finished)
+    study_report.build_report(finished)
   monkeypatch.undo()
   assert open(png, "rb").read() == before
   assert not [f for f in os.listdir(os.path.dirname(png)) if f.endswith(".tmp")]

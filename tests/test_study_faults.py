@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 
-from lbt import report, results
+from lbt.studies import results
+from lbt.reports import study_report
 from tiny_study import TIMING
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,7 @@ def test_ten_kills_at_random_moments_lose_nothing(study_file, uninterrupted, tmp
                          capture_output=True, text=True, timeout=600)
   assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
   assert strip(results.read_database(workdir)) == strip(results.read_database(reference))
-  assert report.main_table(workdir) == report.main_table(reference)
+  assert study_report.main_table(workdir) == study_report.main_table(reference)
   assert sum(k for _, k in landed) >= 6, landed  # Most moments were hit.
 
 

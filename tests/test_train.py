@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from lbt import checkpoint, metrics, train
-from lbt import workdir as workdir_lib
+from lbt.engine import checkpoint, train
+from lbt.io import metrics
+from lbt.engine import workdir as workdir_lib
 
 
 def params_of(workdir):

@@ -18,8 +18,10 @@ import time
 
 import pytest
 
-from lbt import errors, files, logs, metrics
-from lbt import lease as lease_lib
+from lbt.io import layout
+from lbt import errors
+from lbt.io import files, logs, metrics
+from lbt.io import lease as lease_lib
 from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,11 +71,11 @@ def test_second_locker_is_refused_with_the_holder_named_and_gets_it_after_releas
   assert "since 20" in message and "another workdir" in message
   assert info.value.holder["pid"] == first.pid
   # Refused before touching anything: the holder's lease is as it was.
-  assert json.loads((path / lease_lib.LOCK_FILE).read_text())["pid"] == first.pid
+  assert json.loads((path / layout.LOCK).read_text())["pid"] == first.pid
 
   first.stdin.close()
   assert first.wait(timeout=30) == 0
-  assert not (path / lease_lib.LOCK_FILE).exists()
+  assert not (path / layout.LOCK).exists()
   with lease_lib.lock(str(path)) as lease:
     assert lease.took_over is None
 
@@ -102,11 +104,11 @@ def test_lease_of_a_killed_holder_is_taken_over_at_once(tmp_path):
   assert killed.stdout.readline().startswith("held")
   killed.send_signal(signal.SIGKILL)
   killed.wait()
-  assert (path / lease_lib.LOCK_FILE).exists()
+  assert (path / layout.LOCK).exists()
   with lease_lib.lock(str(path)) as lease:
     assert f"pid {killed.pid}" in lease.took_over and "is gone" in lease.took_over
-    assert json.loads((path / lease_lib.LOCK_FILE).read_text())["pid"] == os.getpid()
-  assert not (path / lease_lib.LOCK_FILE).exists()
+    assert json.loads((path / layout.LOCK).read_text())["pid"] == os.getpid()
+  assert not (path / layout.LOCK).exists()
 
 
 def test_stalled_holder_loses_the_lease_and_stops(tmp_path):
@@ -128,7 +130,7 @@ def test_stalled_holder_loses_the_lease_and_stops(tmp_path):
       assert "lost the lock to" in out and f"pid {os.getpid()}" in out
       # The stalled holder did not overwrite or remove our lease.
       lease.check()
-      assert json.loads((path / lease_lib.LOCK_FILE).read_text())["token"] == lease.token
+      assert json.loads((path / layout.LOCK).read_text())["token"] == lease.token
   finally:
     stalled.send_signal(signal.SIGCONT)
 
@@ -138,7 +140,7 @@ def write_lease(path, **fields):
   lease = {"host": "elsewhere", "pid": 4242, "purpose": "train", "since": time.time() - 500,
            "heartbeat": time.time(), "token": "theirs", "boot_id": "b", "pid_namespace": "n"}
   lease.update(fields)
-  (path / lease_lib.LOCK_FILE).write_text(json.dumps(lease))
+  (path / layout.LOCK).write_text(json.dumps(lease))
 
 
 def test_another_hosts_lease_lives_by_its_heartbeat(tmp_path):
@@ -153,18 +155,18 @@ def test_another_hosts_lease_lives_by_its_heartbeat(tmp_path):
 
 def test_a_taker_gives_back_a_fresh_lease_that_replaced_the_stale_one(tmp_path):
   write_lease(tmp_path, heartbeat=time.time() - 120)
-  lock_path = tmp_path / lease_lib.LOCK_FILE
+  lock_path = tmp_path / layout.LOCK
   _, stale_identity = lease_lib._read_lease(str(lock_path))  # pylint: disable=protected-access
   time.sleep(0.01)
   write_lease(tmp_path, token="fresh")  # Another taker acquired in between.
   taker = lease_lib.Lease(str(tmp_path), "train", 60.0, 5.0, "--workdir")
   assert not taker._take_over(stale_identity)  # pylint: disable=protected-access
   assert json.loads(lock_path.read_text())["token"] == "fresh"
-  assert os.listdir(tmp_path) == [lease_lib.LOCK_FILE]
+  assert os.listdir(tmp_path) == [layout.LOCK]
 
 
 def test_released_on_exception_reentrant_and_heartbeating(tmp_path):
-  lock_path = tmp_path / lease_lib.LOCK_FILE
+  lock_path = tmp_path / layout.LOCK
   with pytest.raises(KeyError):
     with lease_lib.lock(str(tmp_path), heartbeat_s=0.05) as lease:
       with lease_lib.lock(str(tmp_path)) as inner:  # The study runner, then the trainer.
@@ -211,7 +213,7 @@ def test_write_text_atomic_on_a_full_disk_keeps_the_previous_file(tmp_path):
 def test_read_only_workdir_is_one_line_for_the_lock_config_and_metrics(tmp_path):
   def fill(path):
     (path / "config.json").write_text("{}")
-    (path / metrics.JSONL).write_text('{"step": 1, "kind": "train"}\n')
+    (path / layout.METRICS).write_text('{"step": 1, "kind": "train"}\n')
   mount = mount_tmpfs(tmp_path / "ro", "64k", read_only_after=fill)
   try:
     failures = {
@@ -316,7 +318,7 @@ def test_library_tracebacks_go_to_the_log_file_not_the_console(tmp_path, capfd):
   assert "a library failed" in log and "Traceback" in log and "tensorstore says no" in log
   assert "in thread worker" in log and "ZeroDivisionError" in log
   assert "RuntimeError: Event loop is closed" in log
-  assert path == str(tmp_path / logs.LOG_FILE)
+  assert path == str(tmp_path / layout.LOG)
 
 
 def crc32c(data: bytes) -> int:
@@ -339,7 +341,7 @@ def test_tensorboard_events_are_valid_tfrecords_with_the_scalars(tmp_path):
   writer = metrics.MetricsWriter(str(tmp_path))
   writer.write(3, "train", {"loss": 0.5, "finite": True, "note": "nan"})
   writer.close()
-  (events,) = (tmp_path / metrics.TENSORBOARD).iterdir()
+  (events,) = (tmp_path / layout.TENSORBOARD).iterdir()
   raw, records = events.read_bytes(), []
   while raw:
     header, header_crc = raw[:8], struct.unpack("<I", raw[8:12])[0]

@@ -16,7 +16,7 @@ from typing import Dict
 import ml_collections
 
 from configs import imagenet_resnet50
-from lbt.config import parse_point
+from lbt.engine.config import parse_point
 from lbt.errors import ConfigError
 
 # Momentum SGD (Goyal's baseline), Nesterov, the adaptive family with Goyal's

@@ -32,7 +32,7 @@ import ml_collections
 
 from configs import imagenet_resnet50
 from lbt import optim
-from lbt.config import parse_point
+from lbt.engine.config import parse_point
 
 # LARS-ImageNet-PyTorch README: base LR 2^2 at B = 512 under sqrt scaling,
 # i.e. 2^1.5 at B0 = 256; warmup 10/2^6 epochs at 512, i.e. 10 epochs at 32K.

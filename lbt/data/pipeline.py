@@ -29,8 +29,9 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lbt import batch_schedule
-from lbt import errors, files
+from lbt.data import slots
+from lbt import errors
+from lbt.io import files
 from lbt.data import augment
 from lbt.data.catalog import DatasetSpec, default_data_dir
 from lbt.errors import ConfigError
@@ -203,13 +204,13 @@ class TrainBatches:
   """Maps (update, microbatch) to this process's part of that microbatch.
 
   The global batch of an update is a contiguous slice of the epoch's
-  permutation of the training pool (where it starts: `batch_schedule.Slot`).
+  permutation of the training pool (where it starts: `slots.Slot`).
   Microbatch k of it holds examples k, k + n, k + 2n, ... (n microbatches), so
   every microbatch is a uniform sample of the batch; each process reads a
   contiguous part of it, so that a microbatch is the same set in the same order
   for any number of processes and devices. A batch that does not divide into
   equal microbatches of a multiple of the device count is padded
-  (`batch_schedule.microbatch_layout`); the padded places carry a 'mask' of 0, which
+  (`slots.microbatch_layout`); the padded places carry a 'mask' of 0, which
   the step gives no loss and BatchNorm no weight.
 
   Called with an element e of a constant batch's stream, it returns microbatch
@@ -231,7 +232,7 @@ class TrainBatches:
 
   def layout(self, batch: int):
     """(microbatches, padded microbatch, whether padded) of a batch."""
-    n, size = batch_schedule.microbatch_layout(batch, self.microbatch_size, self.num_devices,
+    n, size = slots.microbatch_layout(batch, self.microbatch_size, self.num_devices,
                                            self.split)
     return n, size, n * size > batch
 
@@ -240,13 +241,13 @@ class TrainBatches:
     order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pool))
     return self.pool[order]
 
-  def slot(self, update: int) -> batch_schedule.Slot:
+  def slot(self, update: int) -> slots.Slot:
     """Where update `update` of the constant batch starts."""
     epoch, position = divmod(update, self.steps_per_epoch)
-    return batch_schedule.Slot(update, self.batch_size, epoch,
+    return slots.Slot(update, self.batch_size, epoch,
                                position * self.batch_size, 0.0)
 
-  def places(self, slot: batch_schedule.Slot, microbatch: int) -> np.ndarray:
+  def places(self, slot: slots.Slot, microbatch: int) -> np.ndarray:
     """This process's examples of one microbatch; -1 marks a padded place."""
     n, size, _ = self.layout(slot.batch)
     start, stop = slot.offset + microbatch, slot.offset + slot.batch
@@ -265,7 +266,7 @@ class TrainBatches:
                             for k in range(self.num_microbatches)])
     return parts[parts >= 0]
 
-  def read(self, slot: batch_schedule.Slot, microbatch: int) -> Batch:
+  def read(self, slot: slots.Slot, microbatch: int) -> Batch:
     """This process's part of one microbatch, decoded and augmented."""
     places = self.places(slot, microbatch)
     real = places >= 0
@@ -297,12 +298,12 @@ class TrainStream:
   that is not grain's own); a checkpoint is always between updates.
   """
 
-  def __init__(self, batches: TrainBatches, plan: batch_schedule.BatchPlan):
+  def __init__(self, batches: TrainBatches, plan):  # an engine BatchPlan
     self.batches, self.plan = batches, plan
     self._segment, self._iterator = collections.deque(), None
     self._legacy = None
 
-  def next_update(self) -> batch_schedule.Slot:
+  def next_update(self) -> slots.Slot:
     """The next update's slot (its batch, epoch and offset); takes it."""
     if not self._segment:
       slots = self.plan.upcoming(limit=SEGMENT_UPDATES)
@@ -321,7 +322,7 @@ class TrainStream:
       raise RuntimeError(f"the batch plan moved under its data stream at update {slot.update}")
     return slot
 
-  def num_microbatches(self, slot: batch_schedule.Slot) -> int:
+  def num_microbatches(self, slot: slots.Slot) -> int:
     return self.batches.layout(slot.batch)[0]
 
   def __iter__(self):
@@ -374,7 +375,7 @@ class Pipeline:
     self.steps_per_epoch = self.train_batches.steps_per_epoch
     self.num_microbatches = self.train_batches.num_microbatches
 
-  def train_stream(self, plan: batch_schedule.BatchPlan) -> TrainStream:
+  def train_stream(self, plan) -> TrainStream:  # an engine BatchPlan
     """The training microbatches as `plan` lays them out, from its position."""
     return TrainStream(self.train_batches, plan)
 

@@ -13,7 +13,7 @@ an equation checked against the paper.
 The per-example norms are not a function of the averaged gradient: the train
 step computes them (jax.vmap over the examples of each microbatch, one extra
 per-example backward pass whose memory grows with the microbatch times the
-largest layer; `lbt.step.mean_per_example_grad_norm`) and passes them as the
+largest layer; `lbt.engine.step.mean_per_example_grad_norm`) and passes them as the
 extra argument `per_example_grad_norm`.
 """
 

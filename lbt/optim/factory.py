@@ -9,7 +9,7 @@ Each field has one owner that checks it: `optimizer.name` is checked by
 `effective_learning_rate`, which reads them; the hyperparameters (keys and
 ranges) by `create_by_name`, the one door to a factory; `exclude` by
 `masks.compile_exclude` inside the factory. `check` reaches every one of them
-without training, so `lbt.config.validate` calls only `check`.
+without training, so `lbt.engine.config.validate` calls only `check`.
 """
 
 import math

@@ -11,7 +11,7 @@ from tensorboardX's protos rather than written by its `SummaryWriter`, whose
 writer thread dies on such an error while the trainer blocks on its full queue.
 
 In a remote workdir (gs://), where objects cannot be appended to, both files
-are `lbt.remote.WholeObject`s: kept whole in memory and rewritten at most every
+are `lbt.io.remote.WholeObject`s: kept whole in memory and rewritten at most every
 TB_FLUSH_SECONDS and on flush and close; the TensorBoard events go on in a new
 file past REMOTE_EVENTS_BYTES, so that a rewrite stays small.
 """
@@ -30,10 +30,9 @@ from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 import tqdm
 
-from lbt import files, remote
+from lbt.io import layout
+from lbt.io import files, remote
 
-JSONL = "metrics.jsonl"
-TENSORBOARD = "tensorboard"
 TB_FLUSH_SECONDS = 10.0
 REMOTE_EVENTS_BYTES = 8 << 20
 
@@ -111,7 +110,7 @@ class MetricsWriter:
     self._file = self._tb = None
     if enabled:
       files.makedirs(workdir)
-      self.path = os.path.join(workdir, JSONL)
+      self.path = os.path.join(workdir, layout.METRICS)
       kept = None
       if files.exists(self.path):
         kept = "".join(json.dumps(r) + "\n" for r in read_jsonl(workdir)
@@ -126,7 +125,7 @@ class MetricsWriter:
           if kept is not None:
             files.write_text_atomic(self.path, kept)
           self._file = open(self.path, "a", buffering=1)
-      tb_dir = os.path.join(workdir, TENSORBOARD)
+      tb_dir = os.path.join(workdir, layout.TENSORBOARD)
       with files.writing(tb_dir, "the TensorBoard events"):
         self._tb = _EventFile(tb_dir)
 
@@ -167,7 +166,7 @@ class MetricsWriter:
 
 def read_jsonl(workdir: str, kind: Optional[str] = None) -> list:
   """The records of a workdir's metrics.jsonl (of one kind if given)."""
-  text = files.read_text(os.path.join(workdir, JSONL))
+  text = files.read_text(os.path.join(workdir, layout.METRICS))
   records = []
   for line in (text or "").splitlines():
     try:

@@ -23,20 +23,16 @@ References:
     https://arxiv.org/abs/1711.00489
 """
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lbt import diagnostics, plots
+from lbt.reports import plots
+from lbt.stats import noise_scale
+from lbt.stats import steps_to_target
+from lbt.stats.steps_to_target import REGIME_FACTOR
 
-# The regimes on the fitted S(B): within 10 % of perfect scaling (S ≈ E_min/B)
-# below B_crit/REGIME_FACTOR, within 10 % of the fewest updates (S ≈ S_min)
-# above B_crit·REGIME_FACTOR, diminishing returns between.
-REGIME_FACTOR = 10.0
-# B_simple "agrees" with B_crit within this factor; within 10x it is the same
-# order of magnitude (McCandlish et al. predict B_crit ≈ B_noise, of which
-# B_simple is an approximation that ignores the Hessian's conditioning).
-AGREEMENT_FACTOR = 2.0
 SCHEDULE_PREFIX = "batch-"
 
 Fit = Tuple[float, float]  # (S_min, B_noise)
@@ -84,8 +80,9 @@ def section_target(series: Dict[str, List[dict]], report_dir: str
                 f"{ratio}" + (f"; never reached at B={', '.join(map(str, missed))}"
                               if missed else ""))
     if np.unique(b).size >= 3:
-      s_min, b_noise = diagnostics.fit_steps_to_target(b, s)
-    if np.unique(b).size >= 3 and not (s_min > 0 and b_noise > 0):
+      fit = steps_to_target.fit_limit(b, s)
+      s_min, b_noise = fit.s_min, fit.b_crit
+    if np.unique(b).size >= 3 and not 0 < b_noise < math.inf:
       sentence += (f". The fit S(B) = S_min(1 + B_noise/B) gives no positive S_min and "
                    f"B_noise (S_min = {s_min:.3g}, B_noise = {b_noise:.3g}): these batches "
                    "scale perfectly or too noisily to place a critical batch; it lies beyond "
@@ -151,18 +148,6 @@ def _train_records(records: Dict[str, List[dict]], name: str) -> List[dict]:
   return [r for r in records[name] if r["kind"] == "train"]
 
 
-def agreement(b_simple: float, b_crit: float) -> str:
-  """How B_simple compares with B_crit, by the rule in the module docstring."""
-  if not (b_simple > 0 and b_crit > 0):
-    return "cannot be compared (a non-positive value)"
-  ratio = b_simple / b_crit
-  if 1 / AGREEMENT_FACTOR <= ratio <= AGREEMENT_FACTOR:
-    return f"agree (within a factor of {AGREEMENT_FACTOR:g})"
-  if 0.1 <= ratio <= 10:
-    return f"agree in order of magnitude only (B_simple/B_crit = {ratio:.2g})"
-  return f"disagree (B_simple/B_crit = {ratio:.2g})"
-
-
 def _value_at(records: Sequence[dict], update: int, key: str) -> Optional[float]:
   before = [r[key] for r in records if r["step"] <= update and isinstance(r.get(key), float)]
   return before[-1] if before else None
@@ -200,7 +185,7 @@ def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
                    f"{at_target:.3g}")
       if fit is not None:
         sentence += (f". The {row['optimizer']} sweep's fitted B_crit is {fit[1]:.3g}: they "
-                     f"{agreement(at_target, fit[1])}")
+                     f"{noise_scale.agreement(at_target, fit[1])}")
         largest = max(r["batch_size"] for r in rows if r["optimizer"] == row["optimizer"]
                       and r["variant"] == "" and r["updates_to_target"] is not None)
         if fit[1] > largest:
@@ -224,9 +209,9 @@ def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
   image = plots.save(fig, report_dir, "noise_scale.png")
   return ("## 7. Gradient noise scale\n\nB_simple = tr(Σ)/|G|² from the microbatch and "
           "batch gradients of every update (McCandlish et al. 2018, App. A; numerator and "
-          f"denominator averaged over updates with decay {diagnostics.NOISE_SCALE_DECAY:g} "
+          f"denominator averaged over updates with decay {noise_scale.NOISE_SCALE_DECAY:g} "
           "before dividing). Rule: B_simple and B_crit agree within a factor of "
-          f"{AGREEMENT_FACTOR:g}; within 10× they agree in order of magnitude only. "
+          f"{noise_scale.AGREEMENT_FACTOR:g}; within 10× they agree in order of magnitude only. "
           "A comparison with a B_crit of §2 that is an extrapolation is no test of "
           "McCandlish et al.'s B_crit ≈ B_simple; `lbt.limit` compares B_simple with a "
           "measured B_crit at the best learning rate of every batch.\n\n"

@@ -37,11 +37,12 @@ import bisect
 import copy
 import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from lbt import diagnostics
+from lbt.data.slots import Slot
+from lbt.stats import noise_scale
 from lbt.errors import ConfigError
 
 KINDS = ("constant", "steps", "noise_scale")
@@ -53,8 +54,8 @@ FIELDS = {"constant": ("name",), "steps": ("name", "epochs", "batch_sizes"),
 # multiple of the microbatch in the training pool.
 NOISE_DEFAULTS = {"factor": 1.0, "min_batch": 0, "max_batch": 0, "every": 50}
 # Estimates a noise_scale batch waits for: the time constant of the moving
-# averages (diagnostics.NOISE_SCALE_DECAY).
-MIN_ESTIMATES = round(1 / (1 - diagnostics.NOISE_SCALE_DECAY))
+# averages (noise_scale.NOISE_SCALE_DECAY).
+MIN_ESTIMATES = round(1 / (1 - noise_scale.NOISE_SCALE_DECAY))
 
 
 def section(config) -> Dict[str, Any]:
@@ -151,38 +152,12 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
                       "noise_scale_split=True)")
 
 
-def microbatch_layout(batch: int, micro: int, num_devices: int,
-                      split: bool = False) -> Tuple[int, int]:
-  """(microbatches per update, examples per microbatch as padded).
-
-  ceil(batch / micro) microbatches hold ceil or floor of batch / n real
-  examples each; each is padded with masked examples up to a multiple of the
-  device count, so that any batch (1,281,167 is prime) runs on any slice and
-  its gradient is still the mean over exactly its real examples. With `split`
-  (noise_scale_split in the config), a batch that would be one microbatch is two, so
-  that the gradient noise scale can be measured from the two halves.
-  """
-  n = math.ceil(batch / micro)
-  if split and n == 1 and batch >= 2:
-    n = 2
-  return n, math.ceil(math.ceil(batch / n) / num_devices) * num_devices
-
-
 def limits(config, train_examples: int):
   """(min_batch, max_batch) of a noise_scale schedule, zeros resolved."""
   spec = section(config)
   micro = config.microbatch_size or config.batch_size
   return (spec.get("min_batch") or config.batch_size,
           spec.get("max_batch") or max(micro, train_examples // micro * micro))
-
-
-class Slot(NamedTuple):
-  """One update's place in the data: its batch and where its examples start."""
-  update: int
-  batch: int
-  epoch: int
-  offset: int
-  epochs_done: float  # epochs trained before this update
 
 
 @dataclasses.dataclass
@@ -200,7 +175,7 @@ class BatchPlan:
     update, epoch, offset: the position of the next update.
     history: [first update, batch] of each batch taken, in order.
     noise: EMA of |G|^2, EMA of tr(Σ) and estimates seen
-      (`diagnostics.smoothed_noise_scale`).
+      (`noise_scale.smoothed_noise_scale`).
   """
   schedule: Dict[str, Any]
   pool_size: int
@@ -298,7 +273,7 @@ class BatchPlan:
 
   def add_noise_estimates(self, grad_sq_norm, trace_sigma) -> np.ndarray:
     """Folds per-update estimates into the averages; B_simple after each."""
-    b_simple, state = diagnostics.smoothed_noise_scale(
+    b_simple, state = noise_scale.smoothed_noise_scale(
         grad_sq_norm, trace_sigma, tuple(self.noise))
     self.noise = [float(state[0]), float(state[1]), int(state[2])]
     return b_simple

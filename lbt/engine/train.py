@@ -1,12 +1,12 @@
 """The training loop of one run: set-up, the loop, and the summary, in that order.
 
-`train_and_evaluate` validates the config (lbt.config: the `RunFacts` every
-stage reads), holds the workdir (lbt.workdir), then `set_up` builds the data
-pipeline, the model, the optimizer, the jitted programs (lbt.programs) and
+`train_and_evaluate` validates the config (lbt.engine.config: the `RunFacts` every
+stage reads), holds the workdir (lbt.engine.workdir), then `set_up` builds the data
+pipeline, the model, the optimizer, the jitted programs (lbt.engine.programs) and
 the state, resuming from the last checkpoint; `train_loop` runs the updates,
-writes metrics (lbt.train_metrics), evaluates and checkpoints; `finish`
+writes metrics (lbt.engine.train_metrics), evaluates and checkpoints; `finish`
 evaluates on the test set and writes the summary. The step itself is pure
-(lbt.step); the I/O is here.
+(lbt.engine.step); the I/O is here.
 
 A run may stop before its last update at a target on held-out data
 (`stop_at_target`: the first evaluated update whose validation accuracy or
@@ -24,12 +24,16 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from lbt import batch_schedule, checkpoint, data
-from lbt import config as config_lib
-from lbt import metrics as metrics_lib, optim, parallel, programs, step, train_metrics
-from lbt import workdir as workdir_lib
+from lbt.stats import steps_to_target
+from lbt.engine import batch_schedule, checkpoint
+from lbt import data
+from lbt.engine import config as config_lib
+from lbt.io import metrics as metrics_lib
+from lbt import optim
+from lbt.engine import parallel, programs, step, train_metrics
+from lbt.engine import workdir as workdir_lib
 from lbt.errors import ConfigError, Preempted
-from lbt.preemption import PreemptionNotice
+from lbt.io.preemption import PreemptionNotice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +366,8 @@ def _reached_target(run: Run, validation: Dict[str, float], done: int) -> bool:
   reaches stop_at_target's value: called at each evaluated update, in order."""
   target = config_lib.stop_at_target(run.config)
   value = validation[target["metric"].split("_", 1)[1]]
-  reached = value >= target["value"] if target["metric"].endswith("accuracy") \
-      else value <= target["value"]
+  reached = steps_to_target.reaches(
+      value, target["value"], "max" if target["metric"].endswith("accuracy") else "min")
   if reached:
     run.writer.write(done, "target", {"metric": target["metric"], "value": value,
                                       "target": target["value"],

@@ -35,7 +35,10 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lbt import errors, files, parallel
+from lbt.io import layout
+from lbt import errors
+from lbt.io import files
+from lbt.engine import parallel
 
 STATE, DATA, INTEGRITY = "state", "data", "integrity"
 INTEGRITY_VERSION = 1
@@ -46,8 +49,8 @@ def checkpoint_directory(workdir: str):
   epath.Path of a remote one (orbax writes gs:// through tensorstore's gcs
   driver and commits each checkpoint with a commit_success.txt file there)."""
   if files.is_remote(workdir):
-    return epath.Path(workdir) / "checkpoints"
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return epath.Path(workdir) / layout.CHECKPOINTS
+  return os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS)
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lbt import adversarial as conadv
+from lbt.engine import adversarial as conadv
 from lbt import optim
 
 Metrics = Dict[str, jax.Array]
@@ -309,7 +309,7 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, learning_ra
   """Turns the summed gradient into one optimizer update and its metrics.
 
   `learning_rate` is this update's (a traced scalar, from the schedule's own
-  program: `lbt.programs.compile_update`), so that runs differing in their
+  program: `lbt.engine.programs.compile_update`), so that runs differing in their
   schedule share this program; `tx` is
   `optim.create_with_learning_rate_input`'s, which takes it from its state.
   `full_diagnostics` (a traced bool) adds FULL_DIAGNOSTICS to the metrics;

@@ -10,12 +10,14 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from lbt import files, plots, results
+from lbt.io import layout
+from lbt.io import files
+from lbt.reports import plots
 
 
 def write_report(summary: dict, workdir: str) -> str:
   """report/limit.md with Shallue's and McCandlish's figures; returns its path."""
-  report_dir = os.path.join(workdir, results.REPORT_DIR)
+  report_dir = os.path.join(workdir, layout.REPORT)
   files.makedirs(report_dir)
   rows = [r for r in summary["batches"] if r["reached"]]
   images = _plots(summary, rows, report_dir) if rows else ""
@@ -34,7 +36,7 @@ def write_report(summary: dict, workdir: str) -> str:
           f"{summary['target']:g} (Shallue et al. 2019), the learning rate tuned per batch "
           "on a power-of-two grid bracketing its best; trials stopped at the best count "
           "of their batch are 'not_reached'.\n\n" + "\n".join(lines) + f"\n\n{images}\n")
-  path = os.path.join(report_dir, "limit.md")
+  path = os.path.join(report_dir, layout.LIMIT_MD)
   files.write_text_atomic(path, text)
   return path
 
@@ -118,7 +120,7 @@ def write_comparison(summaries: Dict[str, dict], workdir: str) -> str:
 
 
 def print_summary(summary: dict, workdir: str) -> None:
-  path = os.path.join(workdir, "limit.json")
+  path = os.path.join(workdir, layout.LIMIT)
   print(f"lbt.limit: {headline(summary)}\nlbt.limit: {path}")
   for r in summary["batches"]:
     print(f"  B={r['batch']:>6}  best LR {_g(r['best_learning_rate']):>8}  "

@@ -15,7 +15,7 @@ model's name, dtype and option names, bn.ghost_size against the microbatch,
 the loss's label smoothing, and the microbatch against what the optimizer
 needs. It calls the other owners once: `lbt.models.create` (the options'
 values and bn.ghost_size's range), `lbt.optim.check` (the optimizer section),
-`lbt.adversarial.check` (the optional loss.adversarial section, its
+`lbt.engine.adversarial.check` (the optional loss.adversarial section, its
 defaults filled in there) and `lbt.optim.create_schedule` (the schedule
 against the run's length). No check
 is written twice: a builder checks only the fields it owns and takes the rest
@@ -29,7 +29,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 
-from lbt import batch_schedule
+from lbt.data import slots
+from lbt.engine import batch_schedule
 from lbt.errors import ConfigError
 
 # Every field a run reads, by section; anything else in a config is a typo.
@@ -176,7 +177,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> RunFacts
   """
   # Imported here: the registries import jax/flax, which config files (they
   # import this module) should not pull in before the command line is parsed.
-  from lbt import adversarial, data, optim  # pylint: disable=import-outside-toplevel
+  from lbt.engine import adversarial
+  from lbt import data, optim
   _check_layout(config)
   spec = _check_dataset(config, data)
   _check_sizes(config)
@@ -279,7 +281,7 @@ def _check_batches(config, train_examples: int, num_devices: int):
   batch_schedule.check(config, train_examples=train_examples,
                        microbatch=config.microbatch_size, split=split)
   # A batch or microbatch that does not divide is padded (microbatch_layout).
-  layouts = {b: batch_schedule.microbatch_layout(b, micro, num_devices, split)
+  layouts = {b: slots.microbatch_layout(b, micro, num_devices, split)
              for b in scheduled_batches(config, train_examples)}
   _require(config.eval_batch_size % num_devices == 0, "eval_batch_size",
            config.eval_batch_size, f"a multiple of the device count ({num_devices})")

@@ -44,10 +44,10 @@ import time
 import uuid
 from typing import Iterator, Optional
 
-from lbt import files, remote
+from lbt.io import layout
+from lbt.io import files, remote
 from lbt.errors import WorkdirBusy
 
-LOCK_FILE = "lbt.lock"
 
 def _read_text(path: str) -> str:
   try:
@@ -133,7 +133,7 @@ class Lease:
   def __init__(self, directory: str, purpose: str, timeout_s: float,
                heartbeat_s: float, field: str):
     self.directory, self.purpose, self.field = directory, purpose, field
-    self.path = os.path.join(directory, LOCK_FILE)
+    self.path = os.path.join(directory, layout.LOCK)
     self.timeout_s, self.heartbeat_s = timeout_s, heartbeat_s
     self.token = uuid.uuid4().hex
     self.since = time.time()
@@ -147,7 +147,7 @@ class Lease:
     return json.dumps({**_identity(), "purpose": self.purpose, "since": self.since,
                        "heartbeat": time.time(), "token": self.token}).encode()
 
-  # What `acquire`, `beat` and `release` do to the lease file; lbt.remote's
+  # What `acquire`, `beat` and `release` do to the lease file; lbt.io.remote's
   # RemoteLease does the same to an object.
 
   def _read(self):
@@ -345,10 +345,10 @@ def lock(path: str, purpose: str = "train", *, timeout_s: float = 60.0,
   """
   if files.is_remote(path):
     directory, kind = path.rstrip("/"), RemoteLease
-    key = f"{directory}/{LOCK_FILE}"
+    key = f"{directory}/{layout.LOCK}"
   else:
     directory, kind = os.path.abspath(path), Lease
-    key = os.path.realpath(os.path.join(directory, LOCK_FILE))
+    key = os.path.realpath(os.path.join(directory, layout.LOCK))
   with _HELD_LOCK:
     lease = _HELD.get(key)
     if lease is None:

@@ -16,9 +16,9 @@ from typing import Iterator
 
 from etils import epath
 
-from lbt import files
+from lbt.io import layout
+from lbt.io import files
 
-LOG_FILE = "lbt.log"
 # How often the log of a remote workdir is copied up while records arrive.
 LOG_COPY_SECONDS = 30.0
 
@@ -79,7 +79,7 @@ def _is_console(handler: logging.Handler) -> bool:
 
 @contextlib.contextmanager
 def capture_logs(workdir: str, level: int = logging.INFO,
-                 name: str = LOG_FILE) -> Iterator[str]:
+                 name: str = layout.LOG) -> Iterator[str]:
   """Sends Python logging (orbax's and absl's tracebacks among it) to
   WORKDIR/lbt.log instead of the console for the block; yields the log's path.
 

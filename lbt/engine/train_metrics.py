@@ -3,7 +3,7 @@
 The loop hands each update's metrics over without waiting for them; they are
 fetched in blocks (fetching every update would make the host wait on the
 device), written one line per update (the full diagnostics only on the updates
-that computed them, lbt.step.FULL_DIAGNOSTICS), with the gradient noise scale
+that computed them, lbt.engine.step.FULL_DIAGNOSTICS), with the gradient noise scale
 where accumulation measured it, and the first non-finite update raises
 `Diverged` after its line is on disk.
 """
@@ -13,7 +13,9 @@ from typing import Dict
 import jax
 import numpy as np
 
-from lbt import diagnostics, metrics as metrics_lib, step
+from lbt.io import metrics as metrics_lib
+from lbt.engine import step
+from lbt.stats import noise_scale
 from lbt.errors import Diverged
 
 
@@ -63,7 +65,7 @@ class TrainMetrics:
     measured = np.flatnonzero(counts > 1)
     if not measured.size:
       return {}
-    grad_sq, trace = zip(*(diagnostics.gradient_noise_scale(
+    grad_sq, trace = zip(*(noise_scale.gradient_noise_scale(
         small_sq_norm[i], rows["grad_norm"][i] ** 2, batches[i] / counts[i], batches[i])
                            for i in measured))
     b_simple = self.run.plan.add_noise_estimates(grad_sq, trace)

@@ -1,6 +1,6 @@
 """What a remote workdir (gs://BUCKET/DIR) needs that a local one does not.
 
-Imports nothing of lbt: lbt.files, lbt.lease and lbt.logs build on it. An
+Imports nothing of lbt: lbt.io.files, lbt.io.lease and lbt.io.logs build on it. An
 object store lacks three things a local workdir builds on: appending to a file, an atomic rename, and O_EXCL creation. In their place
 it has whole-object writes (an object is replaced whole or not at all) and, on
 GCS, preconditions on an object's generation, a true compare-and-swap.
@@ -15,7 +15,7 @@ Everything else of a workdir (config.json, study.json, report/) goes through
   preconditions: its generation is a digest of the content, and each write is
   read back to detect a writer that came between. That is best effort: two
   writers that both read before either writes can both succeed.
-- `lbt.lease.RemoteLease` puts the lease (same fields, heartbeat, timeout and
+- `lbt.io.lease.RemoteLease` puts the lease (same fields, heartbeat, timeout and
   messages) over a store: acquire = create; heartbeat = replace at the
   generation it read (a mismatch: the lease was lost); take over a stale lease
   = replace at the stale generation, in one step (no rename). With
@@ -23,7 +23,7 @@ Everything else of a workdir (config.json, study.json, report/) goes through
   the winner's token and stops it.
 - `WholeObject`: a file that grows (metrics.jsonl, TensorBoard events) kept
   whole in memory and rewritten at most every `interval` seconds and on
-  flush (`lbt.logs.CopiedLog` copies the log up the same way).
+  flush (`lbt.io.logs.CopiedLog` copies the log up the same way).
 - `update_object`: an optimistic read-modify-write of a whole object (the
   study's results.sqlite, which SQLite cannot open on GCS).
 """
@@ -81,7 +81,7 @@ def _code(error: BaseException) -> Optional[int]:
 
 
 def _os_error(error: BaseException, path: str) -> OSError:
-  """A client error as the OSError lbt.files.writing turns into one line."""
+  """A client error as the OSError lbt.io.files.writing turns into one line."""
   text = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
   if _code(error) in (401, 403):
     return PermissionError(13, text, path)

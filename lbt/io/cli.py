@@ -20,7 +20,8 @@ from typing import Callable, List, Sequence
 from absl import flags
 import ml_collections
 
-from lbt import errors, preemption
+from lbt import errors
+from lbt.io import preemption
 from lbt.errors import ConfigError
 
 EXIT_OK = 0
@@ -225,5 +226,5 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str],
       raise ConfigError(field, text, f"a value of type {type(current).__name__}") from None
 
 
-# Installed first thing by every command (see lbt.preemption).
+# Installed first thing by every command (see lbt.io.preemption).
 exit_on_signals = preemption.exit_on_signals

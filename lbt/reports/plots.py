@@ -4,7 +4,7 @@ PNGs written through epath (a report directory may be gs://)."""
 import io
 import os
 
-from lbt import files
+from lbt.io import files
 
 
 def pyplot():
@@ -21,7 +21,7 @@ def legend(ax, **kwargs) -> None:
 
 
 def save(fig, report_dir: str, name: str) -> str:
-  """Writes the figure as REPORT_DIR/NAME, whole or not at all (a full disk:
+  """Writes the figure as layout.REPORT/NAME, whole or not at all (a full disk:
   WriteError, the previous PNG kept), and returns its markdown image link."""
   fig.tight_layout()
   png = io.BytesIO()

@@ -13,7 +13,7 @@ imports the other.
 Every write of the database replaces it whole: the rows are written into a
 temporary file with no journal and renamed over the database, under a lock
 file (locally) or as a compare-and-swap of the object (gs://,
-`lbt.remote.update_object`). No rollback journal ever sits beside the
+`lbt.io.remote.update_object`). No rollback journal ever sits beside the
 database, so a killed writer leaves the old file or the new one, and reads
 open it immutable (a journal left by an older lbt is ignored, then removed).
 
@@ -37,17 +37,12 @@ import sqlite3
 import urllib.parse
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from lbt import diagnostics, files, metrics, remote
+from lbt.io import layout
+from lbt.io import files, metrics, remote
+from lbt.stats import steps_to_target
 
-OUTCOME_FILE = "study_outcome.json"
-STUDY_FILE = "study.json"
-DATABASE = "results.sqlite"
-REPORT_DIR = "report"
 # Names in a study directory that belong to the study, not to a point.
-# JAX's persistent compilation cache of the study's points (lbt.programs).
-COMPILATION_CACHE = "compilation_cache"
-RESERVED = (STUDY_FILE, DATABASE, REPORT_DIR, "limit.json", "lbt.lock", "lbt.log",
-            COMPILATION_CACHE)
+# JAX's persistent compilation cache of the study's points (lbt.engine.programs).
 # Statuses of a point, from its workdir (see `status_of`).
 FINISHED, DIVERGED, FAILED, RUNNING, PENDING = (
     "finished", "diverged", "failed", "running", "pending")
@@ -94,7 +89,7 @@ class Point:
 
 def read_outcome(point_dir: str) -> dict:
   try:
-    return json.loads(files.read_text(os.path.join(point_dir, OUTCOME_FILE)) or "{}")
+    return json.loads(files.read_text(os.path.join(point_dir, layout.OUTCOME)) or "{}")
   except (OSError, ValueError):
     return {}
 
@@ -110,21 +105,21 @@ def status_of(records: Sequence[dict], outcome: dict) -> str:
 
 def point_status(point_dir: str) -> str:
   """finished / diverged / failed / running (started, not ended) / pending."""
-  if not files.exists(os.path.join(point_dir, "config.json")):
+  if not files.exists(os.path.join(point_dir, layout.CONFIG)):
     return PENDING
   return status_of(metrics.read_jsonl(point_dir), read_outcome(point_dir))
 
 
 def load_point(workdir: str, name: str) -> Point:
   point_dir = os.path.join(workdir, name)
-  config = json.loads(files.read_text(os.path.join(point_dir, "config.json")))
+  config = json.loads(files.read_text(os.path.join(point_dir, layout.CONFIG)))
   return Point(name, config, metrics.read_jsonl(point_dir), read_outcome(point_dir))
 
 
 def study_info(workdir: str) -> dict:
   """study.json: the study's file, point order and target (empty if absent or damaged)."""
   try:
-    info = json.loads(files.read_text(os.path.join(workdir, STUDY_FILE)) or "{}")
+    info = json.loads(files.read_text(os.path.join(workdir, layout.STUDY)) or "{}")
   except ValueError:
     return {}
   return info if isinstance(info, dict) else {}
@@ -145,7 +140,7 @@ def point_names(workdir: str) -> List[str]:
   order = study_info(workdir).get("points", [])
   directory = files.path(workdir)
   found = [n for n in sorted(p.name for p in directory.iterdir())
-           if n not in RESERVED and files.exists(os.path.join(workdir, n, "config.json"))
+           if n not in layout.RESERVED and files.exists(os.path.join(workdir, n, layout.CONFIG))
            ] if directory.is_dir() else []
   rank = {n: i for i, n in enumerate(order)}
   return sorted(found, key=lambda n: (rank.get(n, len(order)), n))
@@ -173,7 +168,7 @@ def point_row(point: Point, info: dict) -> Dict[str, object]:
   target = info.get("target_accuracy") or DEFAULT_TARGETS.get(config["dataset"]["name"])
   batch = config["batch_size"]
   updates = summary.get("num_train_steps", run.get("num_train_steps"))
-  to_target = diagnostics.updates_to_target(
+  to_target = steps_to_target.first_at_target(
       [r["step"] for r in evals], [r["accuracy"] for r in evals], target) if target else None
   # A run whose batch changes logs each update's batch; examples, not
   # updates x batch, are what it trained on.
@@ -226,7 +221,7 @@ def load_study(workdir: str) -> Tuple[List[dict], Dict[str, Point]]:
 def rebuild_database(workdir: str) -> Tuple[List[dict], Dict[str, Point]]:
   """Rewrites results.sqlite from the point workdirs; returns the rows and points."""
   rows, points = load_study(workdir)
-  path = os.path.join(workdir, DATABASE)
+  path = os.path.join(workdir, layout.DATABASE)
   with files.writing(path, "the study database"):
     if files.is_remote(path):
       remote.update_object(path, lambda local: _write_whole(local, rows))
@@ -243,7 +238,7 @@ def write_row(workdir: str, row: Dict[str, object]) -> None:
   rebuilt from the workdirs first, so that it never holds fewer rows than
   there are point workdirs.
   """
-  path = os.path.join(workdir, DATABASE)
+  path = os.path.join(workdir, layout.DATABASE)
 
   def edit(local: str) -> None:
     rows = _read_rows(local)
@@ -264,10 +259,10 @@ def write_row(workdir: str, row: Dict[str, object]) -> None:
 def read_database(workdir: str) -> List[Dict[str, object]]:
   """The rows of the study's results.sqlite, in study order; rebuilt from the
   workdirs first when it is absent, damaged or stale."""
-  path = os.path.join(workdir, DATABASE)
+  path = os.path.join(workdir, layout.DATABASE)
   if files.is_remote(path):
     data = files.path(path).read_bytes() if files.exists(path) else None
-    with remote.local_copy(data, DATABASE) as local:
+    with remote.local_copy(data, layout.DATABASE) as local:
       rows = _read_rows(local) if data is not None else None
   else:
     rows = _read_rows(path)

@@ -1,6 +1,6 @@
 """The jitted, sharded programs of a run: the model, the update and evaluation.
 
-`compile_update` turns the pure step (lbt.step) into the programs one update
+`compile_update` turns the pure step (lbt.engine.step) into the programs one update
 runs on the mesh: one fused program for a batch of one microbatch, else a host
 loop of start / add-each-microbatch / finish, with the accumulator donated.
 `compile_eval` and `evaluate` count every example of a split once.
@@ -16,8 +16,9 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 import jax.numpy as jnp
 
-from lbt import config as config_lib
-from lbt import models, parallel, step
+from lbt.engine import config as config_lib
+from lbt import models
+from lbt.engine import parallel, step
 
 # Microbatches (and updates) the host may dispatch ahead of the device: enough
 # to overlap the next transfer with the compute, few enough that host and

@@ -14,16 +14,18 @@ from typing import Sequence
 
 import jax
 
-from lbt import config as config_lib
-from lbt import files, lease as lease_lib, logs, parallel
+from lbt.io import layout
+from lbt.engine import config as config_lib
+from lbt.io import files, logs
+from lbt.io import lease as lease_lib
+from lbt.engine import parallel
 from lbt.errors import ConfigError, WorkdirBusy, WriteError
 
-CONFIG_JSON = "config.json"
 
 
 def check_location(workdir: str) -> None:
   """Refuses a workdir lbt cannot write, before anything is created: a local or
-  shared-filesystem directory, or gs://BUCKET/DIR (lbt.files.check_location)."""
+  shared-filesystem directory, or gs://BUCKET/DIR (lbt.io.files.check_location)."""
   files.check_location(workdir, "--workdir")
 
 
@@ -35,12 +37,12 @@ def check_config(config, workdir: str, allow_changes: Sequence[str],
   command has none (a study: edit the study file back, or use a new directory).
   """
   try:
-    text = files.read_text(os.path.join(workdir, CONFIG_JSON))
+    text = files.read_text(os.path.join(workdir, layout.CONFIG))
     if text is None:
       return
     old = json.loads(text)
   except (OSError, ValueError) as e:
-    raise ConfigError("--workdir", workdir, f"a workdir whose {CONFIG_JSON} "
+    raise ConfigError("--workdir", workdir, f"a workdir whose {layout.CONFIG} "
                       f"reads as JSON ({e}); fix or remove that file") from None
   new = json.loads(config.to_json())
   # A field added to lbt after the workdir was written, set to what its
@@ -66,7 +68,7 @@ def check_config(config, workdir: str, allow_changes: Sequence[str],
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     files.makedirs(workdir)
-    files.write_text_atomic(os.path.join(workdir, CONFIG_JSON),
+    files.write_text_atomic(os.path.join(workdir, layout.CONFIG),
                             config.to_json(indent=2, sort_keys=True))
 
 
@@ -74,7 +76,7 @@ def write_config(config, workdir: str) -> None:
 def hold(workdir: str):
   """One trainer per workdir, library tracebacks to its log file.
 
-  Process 0 holds the workdir's lease (lbt.lease.lock) for the whole run;
+  Process 0 holds the workdir's lease (lbt.io.lease.lock) for the whole run;
   the processes agree before anything is written, so a second trainer is
   refused with one line naming the holder. Python logging (orbax's tracebacks
   among it) goes to `lbt.log` in the workdir, not to the console. Yields the
@@ -92,7 +94,7 @@ def hold(workdir: str):
       raise failure or WorkdirBusy(
           "--workdir", workdir, "a workdir that process 0 could lock (see its error)")
     stack.enter_context(logs.capture_logs(
-        workdir, name="lbt.log" if is_main else f"lbt.process_{jax.process_index()}.log"))
+        workdir, name=layout.process_log(jax.process_index())))
     yield held
 
 
