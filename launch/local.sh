@@ -68,7 +68,7 @@ case "$command" in
       status=$?
     if [ -e "$dir/report/report.md" ]; then
       echo "lbt: report $dir/report/report.md"
-      "$PY" -c 'import sys; from lbt import report; print(report.main_table(sys.argv[1]))' "$dir"
+      "$PY" -c 'import sys; from lbt.reports import study_report; print(study_report.main_table(sys.argv[1]))' "$dir"
     fi
     exit "$status" ;;
   test)

@@ -147,7 +147,7 @@ class Commands:
     local = os.path.join(a.report_dir, a.name)
     if a.study:
       build = self.ssh("0", "cd ~/lbt && python3 -c " + shlex.quote(
-          f"from lbt.report import build_report; print(build_report({json.dumps(a.workdir)}))"))
+          f"from lbt.reports.study_report import build_report; print(build_report({json.dumps(a.workdir)}))"))
       return [build, ["mkdir", "-p", local],
               ["gcloud", "storage", "cp", "-r", f"{a.workdir}/report", local]]
     return [["mkdir", "-p", local],

@@ -4,33 +4,73 @@
       [--only=GLOB,...] [--shard=I/N] [--target_accuracy=X] \
       [--devices_per_point=D] [--compilation_cache=DIR|none]
 
-How points are validated, claimed, run side by side and recorded:
-`lbt.studies.runner`; the report: `lbt.reports.study_report`.
+A study runs in three parts, each resumable and split by --shard: its plain
+points (validated, claimed, run side by side and recorded:
+`lbt.studies.runner`), the trials of its searched cells, wave after wave
+(`lbt.studies.search_runner`), and the steps-to-target protocols its file
+declares with `get_limits(arg)` (`lbt.studies.limit_protocol`, each into
+DIR/limits/<label>/); then the report (`lbt.reports.study_report`).
 """
 
 import os
 import sys
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import jax
-import ml_collections
 
+from lbt.engine import programs
 from lbt.errors import ConfigError
-from lbt.io import cli, files
+from lbt.io import cli, files, layout
 from lbt.reports import study_report
-from lbt.studies import runner
+from lbt.studies import limit_protocol, runner, search_runner
+from lbt.studies import points as points_lib
 from lbt.studies.results import FAILED
 from lbt.studies.runner import parse_shard
 
 
-def run_study(points: Mapping[str, ml_collections.ConfigDict], workdir: str,
+def run_study(points: Mapping[str, object], workdir: str, *,
+              limits: Optional[Mapping[str, limit_protocol.Protocol]] = None,
               **options) -> Dict[str, str]:
-  """Runs a study's selected points (`lbt.studies.runner.run_points`, which
-  takes the same options) and rebuilds its report; point name -> status."""
-  statuses = runner.run_points(points, workdir, **options)
-  if statuses is not None and jax.process_index() == 0:
+  """Runs a study: its selected plain points (`lbt.studies.runner.run_points`,
+  which takes the same options), its searched cells, its steps-to-target
+  protocols (`limits`: label -> protocol), then rebuilds its report; returns
+  plain point name -> status."""
+  study = points_lib.study_points(points)
+  search_runner.check_searches(study)
+  statuses = runner.run_points(study, workdir, **options)
+  matching = runner.select_points(list(study), options.get("only", ()))
+  cells = [c for c in search_runner.cells_of(study) if c.label in matching]
+  shard = options.get("shard", (0, 1))
+  cache = runner.cache_directory(workdir, options.get("compilation_cache", ""))
+  with programs.compilation_cache(cache):
+    search_runner.run_cells(cells, workdir, shard=shard,
+                            groups=runner.device_groups(options.get("devices_per_point", 0)))
+    for label, protocol in (limits or {}).items():
+      limit_protocol.run_limit(protocol, os.path.join(workdir, layout.LIMITS, label),
+                               shard=shard, study_id=f"{options.get('study_id')} {label}")
+  if (statuses is not None or cells or limits) and jax.process_index() == 0:
     print(f"lbt.study: report {study_report.build_report(workdir)}", flush=True)
   return statuses or {}
+
+
+def study_limits(spec: str, get_limits) -> Dict[str, limit_protocol.Protocol]:
+  """The steps-to-target protocols a study file declares (`get_limits(arg)`,
+  optional): label -> protocol."""
+  if get_limits is None:
+    return {}
+  _, has_arg, arg = spec.partition(":")
+  try:
+    limits = get_limits(arg) if has_arg else get_limits()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError("--study", spec, f"a file whose get_limits() runs ({type(e).__name__}: "
+                      f"{cli.one_line(e)})") from None
+  if not isinstance(limits, Mapping) or not all(
+      isinstance(p, limit_protocol.Protocol) for p in limits.values()):
+    raise ConfigError("--study", spec, "a file whose get_limits(arg) returns a dict of "
+                      "label -> lbt.studies.limit_protocol.Protocol")
+  return dict(limits)
 
 
 def _flags():
@@ -75,10 +115,11 @@ def main(argv: Sequence[str]) -> int:
     shard = parse_shard(values.shard)
     points, constants = cli.load_python_file(values.study, flag="--study",
                                              function="get_study",
-                                             constants=("TARGET_ACCURACY",))
+                                             constants=("TARGET_ACCURACY", "get_limits"))
     if not isinstance(points, Mapping):
       raise ConfigError("--study", values.study, "a file whose get_study(arg) returns a "
-                        f"dict of point name -> ConfigDict (got {type(points).__name__})")
+                        "dict of point name -> lbt.studies.points.Point (got "
+                        f"{type(points).__name__})")
     for field, target in (("--target_accuracy", values.target_accuracy),
                           ("TARGET_ACCURACY", constants["TARGET_ACCURACY"])):
       if target is not None and (isinstance(target, bool) or not isinstance(target, float)
@@ -89,7 +130,8 @@ def main(argv: Sequence[str]) -> int:
                              study_target=constants["TARGET_ACCURACY"],
                              study_id=cli.file_id(values.study),
                              compilation_cache=values.compilation_cache,
-                             devices_per_point=values.devices_per_point))
+                             devices_per_point=values.devices_per_point,
+                             limits=study_limits(values.study, constants["get_limits"])))
 
   cli.exit_on_signals()
   status = cli.run(command)

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import types
 
 import jax
 import ml_collections
@@ -26,11 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def plan_of(schedule, *, batch=1000, pool=10000, micro=100, epochs=4.0, steps=0):
-  config = ml_collections.ConfigDict({"batch_size": batch, "microbatch_size": micro,
-                                      "num_epochs": epochs, "num_train_steps": steps,
-                                      "batch_schedule": schedule})
-  return batch_schedule.create_plan(config, pool_size=pool, microbatch=micro,
-                                    constant_updates=0)
+  """The plan of a run whose facts (what validation derives) are these."""
+  spec = batch_schedule.section(ml_collections.ConfigDict({"batch_schedule": schedule}))
+  facts = types.SimpleNamespace(
+      batch_schedule=spec, train_examples=pool, microbatch_size=micro, num_epochs=epochs,
+      num_train_steps=steps, batch_size=batch,
+      batch_limits=batch_schedule.limits(spec, batch, micro, pool))
+  return batch_schedule.create_plan(facts)
 
 
 def run_plan(plan):
@@ -224,26 +226,16 @@ def get_config(arg=None):
 """
 
 
-def start(config_file, workdir, extra=()):
+def start(config_file, workdir, extra=(), fault=None):
+  """lbt.main on the config; `fault`: the moment it stops at (LBT_FAULT)."""
   env = dict(os.environ, PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env.pop("LBT_FAULT", None)
+  if fault:
+    env["LBT_FAULT"] = fault
   return subprocess.Popen([sys.executable, "-m", "lbt.main", f"--config={config_file}",
                            f"--workdir={workdir}", *extra], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_update(process, workdir, update, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    assert process.poll() is None, process.communicate()
-    try:
-      records = metrics.read_jsonl(str(workdir), "train")
-    except (ValueError, FileNotFoundError):
-      records = []
-    if records and records[-1]["step"] >= update:
-      return
-    time.sleep(0.05)
-  raise AssertionError(f"update {update} not reached")
 
 
 def final_state(workdir):
@@ -263,10 +255,10 @@ def test_sigkill_after_a_batch_change_resumes_bit_identically(data_dir, tmp_path
   config_file.write_text(CONFIG_FILE.format(data_dir=data_dir, schedule=schedule,
                                             epochs=epochs))
   workdir = tmp_path / "killed"
-  process = start(config_file, workdir)
-  wait_for_update(process, workdir, kill_after + 1)  # checkpoint kill_after is whole
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  # Killed after update kill_after + 1: the checkpoint of kill_after is the last.
+  process = start(config_file, workdir, fault=f"update:{kill_after + 1}")
+  process.communicate(timeout=400)
+  assert process.returncode == -signal.SIGKILL
   killed_at = metrics.read_jsonl(str(workdir), "train")[-1]["step"]
   reference = start(config_file, tmp_path / "reference")
   resumed = start(config_file, workdir)

@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 
 from lbt.engine import batch_schedule
+from lbt.engine import config as config_lib
 from lbt.data import DATASETS, Pipeline, fashion_mnist
 
 
 def make_pipeline(data_dir, process_index=0, process_count=1, **kw):
+  """A pipeline given the sizes a run's facts would give it (a microbatch of
+  the whole batch unless set; the updates per epoch of the pool)."""
   args = dict(data_dir=data_dir, cache=True, seed=3, batch_size=512,
               eval_batch_size=3000)
   args.update(kw)
+  args.setdefault("microbatch_size", args["batch_size"])
+  args.setdefault("steps_per_epoch", config_lib.updates_per_epoch(
+      60000 - args.get("validation_examples", 0), args["batch_size"]))
   return Pipeline(DATASETS.get("fashion_mnist"), process_index=process_index,
                   process_count=process_count, **args)
 

@@ -1,19 +1,17 @@
-"""lbt.limit end to end on a tiny MLP: the protocol's waves, its files, and a
-kill -9 in the middle of the search that the rerun turns into the same answer."""
+"""lbt.limit end to end on a tiny MLP: the protocol's waves, its files, and
+kills at every moment of the search that the reruns turn into the same answer."""
 
 import json
+import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from lbt.io import layout
 from lbt import limit
-from lbt.studies import search_rules
+from lbt.studies import limit_protocol, search_rules
+import kill_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,42 +57,210 @@ def test_each_batch_is_searched_to_a_bracket_and_the_batches_double(reference):
       continue
     tried = sorted(float(lr) for lr in row["learning_rates"])
     assert all(float(np.log2(lr / tried[0])).is_integer() for lr in tried)
-    assert tried[0] < row["best_learning_rate"] < tried[-1] or row["trials"] >= 10
+    assert_bracket_as_recorded(row)
   best = {r["batch"]: r["updates_to_target"] for r in summary["batches"]}
   stop = search_rules.next_batch(best, start=8192, max_batch=50000)
   assert stop is None  # The protocol ran until the batch range said it was done.
+
+
+def assert_bracket_as_recorded(row):
+  """The row's bracketed and bracket_reason are the rule's on its trials, and
+  by hand: bracketed is a finished trial one 2x step below the best and a
+  finished or diverged one a step above (or an edge flat within the tie);
+  the search ends unbracketed only at the trial cap or at a divergence one
+  step below the best."""
+  outcomes = {float(lr): v for lr, v in row["learning_rates"].items()}
+  trials = [search_rules.Trial(lr, search_rules.REACHED, updates_to_target=v)
+            if isinstance(v, int) else search_rules.Trial(lr, v) for lr, v in outcomes.items()]
+  state = search_rules.bracket(trials, max_trials=search_rules.DEFAULT_MAX_TRIALS)
+  assert (row["bracketed"], row["bracket_reason"]) == (state.bracketed, state.reason)
+  best = row["best_learning_rate"]
+  below = [v for lr, v in outcomes.items() if best / 2 * (1 - 1e-6) <= lr < best * (1 - 1e-6)]
+  above = [v for lr, v in outcomes.items() if best * (1 + 1e-6) < lr <= 2 * best * (1 + 1e-6)]
+  by_hand = any(v != search_rules.DIVERGED for v in below) and bool(above)
+  assert row["bracketed"] == by_hand or "flat within tie" in row["bracket_reason"]
+  if not row["bracketed"]:
+    assert row["trials"] >= 10 or "divergence below" in row["bracket_reason"]
 
 
 def test_limit_json_has_the_documented_fields(reference):
   workdir, summary = reference
   for key in ("b_crit", "b_crit_low", "b_crit_high", "s_min", "e_min", "target", "batches"):
     assert key in summary
+  assert summary["s_min"] is not None and summary["level"] == 0.9  # a fit, with its interval
+  b_crit, low = inf_if_none(summary["b_crit"]), summary["b_crit_low"]
+  high = inf_if_none(summary["b_crit_high"])
+  assert 0 <= low <= b_crit <= high
+  assert summary["bounded"] == {(True, True): "two-sided", (True, False): "lower only",
+                                (False, True): "upper only", (False, False): "none"}[
+                                    (low > 0, high < math.inf)]
+  assert summary["interval_note"].endswith(".")
   for row in summary["batches"]:
     assert {"batch", "best_learning_rate", "updates_to_target", "examples_to_target",
-            "reached"} <= set(row)
+            "reached", "bracketed", "bracket_reason"} <= set(row)
+    assert isinstance(row["bracketed"], bool) and row["bracket_reason"]
     if row["reached"]:
       assert row["examples_to_target"] == row["updates_to_target"] * row["batch"]
-  assert os.path.exists(os.path.join(workdir, "report", "limit.md"))
+  with open(os.path.join(workdir, "report", "limit.md")) as f:
+    text = f.read()
+  assert summary["interval_note"] in text and "best LR bracketed" in text
 
 
-def test_kill_9_mid_search_then_rerun_gives_the_same_limit_json(tiny, reference,
-                                                                 tmp_path):
-  _, expected = reference
+def inf_if_none(value):
+  return math.inf if value is None else value
+
+
+# S(B) of sweeps whose fit is degenerate: rising over the three batches the
+# rule measures before it stops (E_min < 0), and falling faster than 1/B to
+# the training set's size (S_min < 0).
+DEGENERATE = {"rising": (lambda b: 212 * (b / 8192) ** 0.09, "upper only", "at most"),
+              "steeper": (lambda b: 800 * (8192 / b) ** 1.1, "lower only", "at least")}
+
+
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_a_sweep_with_a_degenerate_fit_still_writes_limit_json(tiny, tmp_path, monkeypatch,
+                                                              case):
+  s_of_b, bounded, words = DEGENERATE[case]
+
+  def measured(protocol, workdir):  # Each batch bracketed at its guess.
+    by_batch, best, anchor = {}, {}, None
+    while (batch := search_rules.next_batch(best, start=protocol.start_batch,
+                                             max_batch=protocol.max_batch)):
+      guess = protocol.guess(batch, anchor)
+      best[batch] = round(s_of_b(batch))
+      by_batch[batch] = {
+          "low": search_rules.Trial(guess / 2, search_rules.NOT_REACHED),
+          "best": search_rules.Trial(guess, search_rules.REACHED, updates_to_target=best[batch],
+                                     examples_to_target=best[batch] * batch),
+          "high": search_rules.Trial(2 * guess, search_rules.DIVERGED)}
+      anchor = (batch, guess)
+    return by_batch
+
+  monkeypatch.setattr(limit_protocol, "measured", measured)
+  monkeypatch.setattr(limit_protocol, "_at_target",
+                      lambda *_: {"b_simple": None, "evaluated_every": 10})
+  workdir = str(tmp_path / case)
+  os.makedirs(workdir)  # as the trials' waves would have
+  assert limit.main(["lbt.limit", f"--config={tiny}", f"--workdir={workdir}"]) == 0
+  with open(os.path.join(workdir, layout.LIMIT)) as f:
+    summary = json.load(f)
+  assert summary["bounded"] == bounded and all(r["bracketed"] for r in summary["batches"])
+  if bounded == "upper only":
+    assert len(summary["batches"]) == 3 and summary["e_min"] < 0
+    assert (summary["b_crit"], summary["b_crit_low"]) == (0.0, 0.0)
+  else:
+    assert summary["s_min"] < 0 and summary["b_crit"] is None
+    assert summary["b_crit_high"] is None and summary["b_crit_low"] > 8192
+  with open(os.path.join(workdir, "report", "limit.md")) as f:
+    text = f.read()
+  assert summary["interval_note"] in text and words in text
+
+
+class ToyProtocol:
+  """What next_wave asks of a protocol, for a model of trials: batches 1024
+  to 16384, the linear scaling rule from the previous batch's best."""
+  start_batch, max_batch = 1024, 16384
+
+  def guess(self, batch, anchor=None):
+    return 0.1 if anchor is None else anchor[1] * batch / anchor[0]
+
+  def name(self, batch, learning_rate):
+    return f"b{batch}-lr{learning_rate:.6g}"
+
+
+def toy_trial(batch, learning_rate, cap):
+  """A trial stopped at update `cap` (None: run to its end). The optimum
+  grows as the square root of the batch, so the linear rule overshoots;
+  more than 1.5 steps above it a run diverges at once, more than 1.5 below
+  it much later than any reach, and in between it reaches at a count
+  rounded to 10."""
+  k = math.log2(learning_rate / (0.2 * (batch / 1024) ** 0.5))
+  reach, diverge = None, None
+  if k > 1.5:
+    diverge = 3
+  elif k < -1.5:
+    diverge = 5000
+  else:
+    reach = int(60 * (1 + k * k) * (1 + 2048 / batch)) // 10 * 10
+  if diverge is not None and (cap is None or diverge <= cap):
+    return search_rules.Trial(learning_rate, search_rules.DIVERGED, diverged_at=diverge)
+  if reach is not None and (cap is None or reach <= cap):
+    return search_rules.Trial(learning_rate, search_rules.REACHED, updates_to_target=reach,
+                              examples_to_target=reach * batch)
+  return search_rules.Trial(learning_rate, search_rules.NOT_REACHED)
+
+
+def toy_limit(one_by_one):
+  """The protocol's waves on the toy: one by one, each trial capped at its
+  batch's best so far (one host); or every wave's trials to their end
+  (--shard, where no trial of a wave has ended when the others start).
+  Returns the waves, the trials as they ended, and what limit.json records."""
+  protocol, by_batch, waves = ToyProtocol(), {}, []
+  while (wave := limit_protocol.next_wave(protocol, by_batch)):
+    waves.append(wave)
+    for name, batch, learning_rate in wave:
+      trials = by_batch.setdefault(batch, {})
+      best = search_rules.best_trial(limit_protocol._finished(trials))
+      cap = best.updates_to_target if one_by_one and best is not None else None
+      trials[name] = toy_trial(batch, learning_rate, cap)
+  rows = {}
+  for batch, trials in by_batch.items():
+    finished = limit_protocol._finished(trials)
+    best = search_rules.best_trial(finished)
+    rows[batch] = (best, search_rules.bracket(finished), sorted(
+        finished, key=lambda t: t.learning_rate))
+  return waves, by_batch, rows
+
+
+def test_one_host_and_shards_search_the_same_way_and_record_the_same():
+  serial_waves, serial_trials, serial_rows = toy_limit(one_by_one=True)
+  shard_waves, shard_trials, shard_rows = toy_limit(one_by_one=False)
+  # The runs differ: capped trials ended unreached where, run on, they
+  # reached later or diverged late ...
+  assert serial_trials != shard_trials
+  ended = {(b, n): (serial_trials[b][n].status, shard_trials[b][n].status)
+           for b in serial_trials for n in serial_trials[b] if n in shard_trials.get(b, {})}
+  assert (search_rules.NOT_REACHED, search_rules.DIVERGED) in ended.values()
+  assert (search_rules.NOT_REACHED, search_rules.REACHED) in ended.values()
+  # ... and still the same waves, the same best, bracket and rates per batch.
+  assert [sorted(w) for w in serial_waves] == [sorted(w) for w in shard_waves]
+  assert serial_rows == shard_rows
+  assert sorted(serial_rows) == [1024, 2048, 4096, 8192, 16384]
+  assert all(state.bracketed for _, state, _ in serial_rows.values())
+
+
+# Each kill lands in the run the previous one left (a moment's count is per
+# process): every phase of the protocol, each followed by the rerun the next
+# kill stops, the last by one to the end.
+KILLS = (
+    "write:2",       # the first trial's config.json written beside itself, not renamed
+    "claim:1",       # one trial of the first wave claimed, the others not
+    "setup:1",       # a trial set up, before its first update
+    "update:3",      # between two checkpoints
+    "checkpoint:2",  # right after a checkpoint
+    "ended:1",       # a trial's last update checkpointed, its summary not written
+    "point_end:1",   # a trial ended, its row not written
+    "database:1",    # results.sqlite written beside itself, not renamed
+    "row:1",         # a row in place, the next trial not started
+    "limit:1",       # every trial ended, limit.json not written
+    "write:1",       # limit.json written beside itself, not renamed
+    "report:1",      # limit.md's plots written, limit.md not
+)
+
+
+def test_a_kill_at_every_moment_of_the_protocol_then_a_rerun_gives_the_same_limit(
+    tiny, reference, tmp_path):
+  """After each kill the runs that ended, ended as uninterrupted ones; the
+  last rerun writes the uninterrupted limit.json and limit.md."""
+  reference_dir, expected = reference
   workdir = str(tmp_path / "killed")
-  command = [sys.executable, "-m", "lbt.limit", f"--config={tiny}", f"--workdir={workdir}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-  started = 0
-  for line in process.stdout:  # Killed while the third trial trains.
-    started += line.startswith("lbt.limit: ") and "(batch" in line
-    if started == 3:
-      time.sleep(1.5)
-      process.send_signal(signal.SIGKILL)
-      break
-  process.wait()
-  assert process.returncode == -signal.SIGKILL
-  rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+  command = kill_sweep.python("lbt.limit", f"--config={tiny}", f"--workdir={workdir}")
+  kill_sweep.sweep(command, KILLS, str(tmp_path / "moments"), lambda fault:
+                   kill_sweep.assert_ended_as(workdir, reference_dir, fault))
+  rerun = kill_sweep.run(command)
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
   with open(os.path.join(workdir, layout.LIMIT)) as f:
     assert json.load(f) == expected
+  kill_sweep.assert_ended_as(workdir, reference_dir, "the last rerun")
+  report = lambda d: open(os.path.join(d, layout.REPORT, layout.LIMIT_MD)).read()
+  assert report(workdir) == report(reference_dir)

@@ -190,8 +190,10 @@ def test_bad_points_raise_config_error(module, arg, field):
 def test_limit_study_names_every_point():
   study = imagenet_limit.get_study("lars+momentum,tpu=v4,chips=16")
   assert len(study) == 2 * len(imagenet_resnet50.BATCH_SIZES)
-  assert study["lars-b819200"].batch_size == 819200
-  assert study["momentum-b1281167"].batch_size == 1_281_167
+  assert study["lars-b819200"].config.batch_size == 819200
+  assert study["momentum-b1281167"].config.batch_size == 1_281_167
+  assert study["lars-b819200"].role == {"section": "sweep", "cell": "lars-b819200",
+                                        "optimizer": "lars", "batch": 819200}
   assert len(imagenet_limit.get_study()) == 7 * 13
 
 
@@ -200,7 +202,9 @@ def test_recipe_ladder_changes_one_ingredient_per_step():
   names = list(study)
   assert names == ["momentum-b819200-recipe0"] + [
       f"lars-b819200-recipe{k}" for k in range(1, 9)]
-  base = study[names[0]]
+  assert [(p.role["rung"], p.role["change"]) for p in study.values()][:4] == [
+      (0, "baseline"), (1, "lars"), (2, "exclude_bn_and_biases"), (3, "poly")]
+  base = study[names[0]].config
   assert base.to_dict() == imagenet_resnet50.get_config(
       "momentum,batch=819200,tpu=v4,chips=512").to_dict()
   expected = [
@@ -216,12 +220,12 @@ def test_recipe_ladder_changes_one_ingredient_per_step():
       {"num_epochs"},
   ]
   for k, fields in enumerate(expected, start=1):
-    before, after = study[names[k - 1]].to_dict(), study[names[k]].to_dict()
+    before, after = study[names[k - 1]].config.to_dict(), study[names[k]].config.to_dict()
     assert set(lbt_config.changed_fields(before, after)) == fields, k
-  final = study[names[-1]]
+  final = study[names[-1]].config
   # sqrt scaling from 2^1.5 at 256: 2^1.5 * sqrt(3200) = 160 at 819,200.
   assert optim.effective_learning_rate(final.optimizer, 819200) == pytest.approx(160.0)
   assert (final.schedule.warmup_epochs, final.num_epochs) == (36.0, 92.0)
   assert final.optimizer.momentum == 0.9537213777059405
-  for config in study.values():
+  for config, _ in study.values():
     assert _validates(config, 512)

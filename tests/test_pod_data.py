@@ -27,7 +27,8 @@ def mock_tfds(monkeypatch):
 
 def pipelines(name, tmp_path, count, **kw):
   args = dict(data_dir=str(tmp_path), cache=False, seed=5, batch_size=32,
-              microbatch_size=16, eval_batch_size=24, image_size=16, num_devices=8)
+              microbatch_size=16, steps_per_epoch=96 // 32, eval_batch_size=24,
+              image_size=16, num_devices=8)
   args.update(kw)
   return [Pipeline(DATASETS.get(name), process_index=p, process_count=count, **args)
           for p in range(count)]

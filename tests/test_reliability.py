@@ -47,9 +47,14 @@ def write_config_file(tmp_path, data_dir, num_steps=25):
   return str(path)
 
 
-def start(config_file, workdir, devices=8, extra=()):
+def start(config_file, workdir, devices=8, extra=(), fault=None):
+  """lbt.main on the config; `fault`: the moment it stops at (LBT_FAULT,
+  lbt.io.faults), e.g. "update:6" (killed after its 6th update)."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              PYTHONPATH=REPO)
+  env.pop("LBT_FAULT", None)
+  if fault:
+    env["LBT_FAULT"] = fault
   return subprocess.Popen(
       [sys.executable, "-m", "lbt.main", f"--config={config_file}",
        f"--workdir={workdir}", *extra],
@@ -60,20 +65,6 @@ def last_logged_update(workdir):
   records = metrics.read_jsonl(str(workdir), "train") if os.path.exists(
       os.path.join(workdir, layout.METRICS)) else []
   return records[-1]["step"] if records else 0
-
-
-def wait_for_update(process, workdir, update, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if process.poll() is not None:
-      raise AssertionError(f"run ended early: {process.communicate()}")
-    try:
-      if last_logged_update(workdir) >= update:
-        return
-    except ValueError:  # A line being written.
-      pass
-    time.sleep(0.05)
-  raise AssertionError(f"update {update} not reached")
 
 
 def final_params(workdir):
@@ -87,12 +78,15 @@ def test_sigkill_at_three_updates_then_resume_is_bit_identical(data_dir, tmp_pat
   assert reference.wait() == 0, reference.communicate()
 
   workdir = tmp_path / "killed"
-  # Update 6 is mid-epoch, 10 ends epoch 1, 17 is mid-epoch 2.
-  for update in (6, 10, 17):
-    process = start(config_file, workdir)
-    wait_for_update(process, workdir, update)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+  # Update 6 is mid-epoch, 10 ends epoch 1, 17 is mid-epoch 2. Each run
+  # resumes from the checkpoint before its kill (every 4 updates) and counts
+  # its updates from there.
+  for update, resumed in ((6, 0), (10, 4), (17, 8)):
+    process = start(config_file, workdir, fault=f"update:{update - resumed}")
+    process.communicate(timeout=400)
+    assert process.returncode == -signal.SIGKILL
+    saved = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert saved == update - update % 4  # Killed after that update, not later.
   process = start(config_file, workdir)
   out, err = process.communicate()
   assert process.returncode == 0, err
@@ -108,13 +102,11 @@ def test_sigkill_at_three_updates_then_resume_is_bit_identical(data_dir, tmp_pat
 def test_sigterm_checkpoints_at_the_next_update_and_resumes(data_dir, tmp_path):
   config_file = write_config_file(tmp_path, data_dir, num_steps=40)
   workdir = tmp_path / "preempted"
-  process = start(config_file, workdir)
-  wait_for_update(process, workdir, 5)
-  process.send_signal(signal.SIGTERM)
-  out, err = process.communicate(timeout=120)
+  process = start(config_file, workdir, fault="update:5:TERM")  # As update 5 ends.
+  out, err = process.communicate(timeout=400)
   assert process.returncode == 143, err
   saved = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-  assert saved >= 5 and "SIGTERM: saved the checkpoint of update" in err
+  assert saved == 5 and "SIGTERM: saved the checkpoint of update" in err
   assert f"update {saved}" in err
   # Every update logged before the signal is in that checkpoint.
   assert saved == last_logged_update(workdir)
@@ -255,18 +247,17 @@ def test_sigterm_on_one_host_of_two_saves_the_same_update_on_both_and_resumes(
   uninterrupted two-process run."""
   config_file = write_config_file(tmp_path, data_dir, num_steps=14)
 
-  def two_processes(workdir):
+  def two_processes(workdir, fault_on_1=None):
     port = free_port()
     return [start(config_file, workdir, devices=4,
                   extra=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                         f"--process_id={i}"]) for i in range(2)]
+                         f"--process_id={i}"], fault=fault_on_1 if i else None)
+            for i in range(2)]
 
   reference = two_processes(tmp_path / "reference")
   for process in reference:
     assert process.wait(timeout=400) == 0, process.communicate()[1][-2000:]
-  runs = two_processes(tmp_path / "preempted")
-  wait_for_update(runs[0], tmp_path / "preempted", 3)
-  runs[1].send_signal(signal.SIGTERM)  # not process 0
+  runs = two_processes(tmp_path / "preempted", "update:3:TERM")  # not process 0
   errors = [p.communicate(timeout=240)[1] for p in runs]
   assert [p.returncode for p in runs] == [143, 143], errors[0][-1500:] + errors[1][-1500:]
   saved = [int(e.split("saved the checkpoint of update ")[1].split(";")[0].split()[0])
@@ -281,19 +272,24 @@ def test_sigterm_on_one_host_of_two_saves_the_same_update_on_both_and_resumes(
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0, 6.0])
-def test_ctrl_c_at_any_moment_of_start_up_exits_130_with_one_line(data_dir, tmp_path,
-                                                                  delay):
-  """From the first line of main: imports, JAX start-up, restore, compile."""
-  # Long enough to be running still at the last delay on an idle machine.
-  config_file = write_config_file(tmp_path, data_dir, num_steps=400)
-  process = start(config_file, tmp_path / "run")
-  time.sleep(delay)
-  process.send_signal(signal.SIGINT)
-  _, err = process.communicate(timeout=120)
+@pytest.mark.parametrize("fault,saved", [
+    ("start:1:INT", []), ("setup:1:INT", []), ("update:1:INT", []),
+    ("checkpoint:1:INT", ["4"])])
+def test_ctrl_c_at_each_moment_of_a_run_exits_130_with_one_line(data_dir, tmp_path, fault,
+                                                                saved):
+  """Before the flags are read and JAX starts, once the run is set up (the
+  state restored, nothing compiled), after its first update (compiled; in the
+  loop Ctrl-C stops at the end of the update) and after a checkpoint, which
+  stays the last one."""
+  config_file = write_config_file(tmp_path, data_dir, num_steps=12)
+  process = start(config_file, tmp_path / "run", fault=fault)
+  _, err = process.communicate(timeout=300)
   assert process.returncode == 130, err[-2000:]
   assert "Traceback" not in err and "Segmentation" not in err, err[-2000:]
-  assert "lbt: interrupted" in err
+  assert len([l for l in err.splitlines() if l.startswith("lbt: interrupted")]) == 1, err
+  checkpoints = tmp_path / "run" / "checkpoints"
+  found = os.listdir(checkpoints) if checkpoints.exists() else []
+  assert sorted(d for d in found if d.isdigit()) == saved
 
 
 def test_two_trainers_on_one_workdir_one_runs_the_other_is_refused(data_dir, tmp_path):

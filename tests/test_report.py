@@ -20,8 +20,10 @@ TARGET = 0.85
 
 def write_point(workdir, name, arg, *, updates, evals, final_distance=None,
                 validation=None, diverged_at=None, train_extra=None, summary_extra=None,
-                **changes):
-  """A point workdir as the trainer leaves it: config.json and metrics.jsonl.
+                role=None, **changes):
+  """A point workdir as the trainer leaves it: config.json and metrics.jsonl,
+  and role.json when `role` is given (else none: a workdir from before roles,
+  which the report migrates from the name).
 
   The distance from init follows 0.5·log t + final_distance − 0.5·log(updates);
   `train_extra(t)` adds fields to update t's record, `summary_extra` to the summary.
@@ -37,6 +39,9 @@ def write_point(workdir, name, arg, *, updates, evals, final_distance=None,
   os.makedirs(point_dir)
   with open(os.path.join(point_dir, "config.json"), "w") as f:
     f.write(config.to_json())
+  if role is not None:
+    with open(os.path.join(point_dir, layout.ROLE), "w") as f:
+      json.dump(role, f)
   final_distance = final_distance or 5.0
   last = diverged_at or updates
   records = [{"step": 0, "kind": "run", "num_train_steps": updates, "steps_per_epoch":
@@ -164,8 +169,9 @@ def test_report_command(synthetic, capsys, tmp_path):
 
 def test_a_tuned_grid_of_one_learning_rate_is_starred_as_untuned():
   def entry(batch, members):
-    row = {"name": f"adam-b{batch}-tuned-lr1", "variant": "tuned", "optimizer": "adam",
-           "batch_size": batch, "status": "finished", "final_accuracy": 0.5}
+    row = {"name": f"adam-b{batch}-tuned-lr1", "section": "sweep", "learning_rate": 1.0,
+           "cell": f"adam-b{batch}-tuned", "optimizer": "adam", "batch_size": batch,
+           "status": "finished", "final_accuracy": 0.5}
     return {"row": row, "members": [row] * members, "criterion": None}
 
   table = study_report.accuracy_table({"a": entry(256, 1), "b": entry(8192, 3)})

@@ -49,7 +49,7 @@ def test_num_train_steps_over_num_epochs_is_said_in_one_line(make_config, tmp_pa
                    "num_epochs=5 is not used"]
   epochs_only = config_lib.validate(tiny(make_config, num_epochs=0.05), num_devices=8)
   assert (epochs_only.num_train_steps, epochs_only.length_from) == (3, "num_epochs")
-  assert epochs_only.length_note(0.05) is None
+  assert epochs_only.length_note() is None
 
 
 def target_config(make_config, value, **overrides):
@@ -108,18 +108,11 @@ def test_a_target_needs_a_validation_split(make_config):
 
 
 KILLED_RUN = """
-import os, sys
+import sys
 sys.path.insert(0, {repo!r})
-from lbt import checkpoint
-real_save = checkpoint.save
-def save(manager, step, *args, **kwargs):
-  real_save(manager, step, *args, **kwargs)
-  if step == {kill_at}:
-    os.kill(os.getpid(), 9)
-checkpoint.save = save
 import ml_collections
 from configs import fashion_mnist
-from lbt import train
+from lbt.engine import train
 config = fashion_mnist.get_config("momentum,batch=1000,model=mlp")
 config.dataset.data_dir = {data_dir!r}
 config.model.hidden_sizes = (32,)
@@ -127,28 +120,43 @@ config.eval_batch_size, config.log_every_steps, config.eval_every_steps = 5000, 
 config.num_epochs, config.checkpoint_every_steps = 2.0, 2
 config.dataset.validation_examples = 5000
 config.stop_at_target = ml_collections.ConfigDict({{"value": 0.7, "every": 1}})
-train.train_and_evaluate(config, {workdir!r})
+train.train_and_evaluate(config, {workdir!r}, max_updates={max_updates})
 """
 
 
-def test_kill_9_before_the_crossing_then_rerun_finds_the_same_crossing(
-    make_config, data_dir, tmp_path):
+@pytest.mark.parametrize("fault,capped", [("checkpoint:1", False), ("ended:1", False),
+                                          ("ended:1", True)])
+def test_kill_9_before_or_at_the_stop_then_rerun_stops_at_the_same_update(
+    make_config, data_dir, tmp_path, fault, capped):
+  """Killed after the checkpoint of update 2, before the crossing; or after
+  the checkpoint of the update the run stops at, before its summary: at the
+  crossing, or at a cap one update before it (a tuning trial's). The rerun
+  stops at the same update for the same reason, each update logged once."""
   reference = str(tmp_path / "reference")
-  train.train_and_evaluate(target_config(make_config, 0.7, checkpoint_every_steps=2),
-                           reference)
+  config = target_config(make_config, 0.7, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, reference)
   crossing = metrics.read_jsonl(reference, "target")[0]["step"]
   assert crossing > 2
+  max_updates = crossing - 1 if capped else 0
+  if capped:
+    reference = str(tmp_path / "capped")
+    train.train_and_evaluate(config, reference, max_updates=max_updates)
   workdir = str(tmp_path / "killed")
-  script = KILLED_RUN.format(repo=REPO, kill_at=2, data_dir=data_dir, workdir=workdir)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  script = KILLED_RUN.format(repo=REPO, data_dir=data_dir, workdir=workdir,
+                             max_updates=max_updates)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", LBT_FAULT=fault)
   first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
   assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
-  again = KILLED_RUN.format(repo=REPO, kill_at=-1, data_dir=data_dir, workdir=workdir)
-  rerun = subprocess.run([sys.executable, "-c", again], env=env, capture_output=True)
+  del env["LBT_FAULT"]
+  rerun = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
+  stop = lambda w: [(r["num_train_steps"], r["stopped_by"])
+                    for r in metrics.read_jsonl(w, "summary")]
+  assert stop(workdir) == stop(reference) == [
+      (max_updates, "max_updates") if capped else (crossing, "target")]
   same = metrics.read_jsonl(workdir, "target")
   assert [(r["step"], r["value"]) for r in same] == [
       (r["step"], r["value"]) for r in metrics.read_jsonl(reference, "target")]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     steps = [json.loads(l)["step"] for l in f if '"kind": "train"' in l]
-  assert steps == list(range(1, crossing + 1))  # Each update once.
+  assert steps == list(range(1, stop(reference)[0][0] + 1))  # Each update once.

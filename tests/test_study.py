@@ -1,15 +1,15 @@
 """The study runner: skip, resume after SIGKILL, divergence as a result, shards,
 and results.sqlite rows equal to what each point's metrics.jsonl says."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from lbt.io import cli, metrics
+from lbt.io import cli, layout, metrics
 from lbt.studies import results
 from lbt.studies import runner
 from lbt import study
@@ -24,8 +24,12 @@ def rows_without_timing(workdir):
   return {r["name"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
 
 
-def start(study_file, workdir):
+def start(study_file, workdir, fault=None):
+  """lbt.study on the study; `fault`: the moment it stops at (LBT_FAULT)."""
   env = dict(os.environ, PYTHONPATH=REPO)  # XLA_FLAGS: conftest's 8 devices.
+  env.pop("LBT_FAULT", None)
+  if fault:
+    env["LBT_FAULT"] = fault
   return subprocess.Popen(
       [sys.executable, "-m", "lbt.study", f"--study={study_file}", f"--workdir={workdir}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,6 +60,11 @@ def test_rows_equal_each_points_metrics(uninterrupted):
     assert row["epochs"] == pytest.approx(run["num_train_steps"] / run["steps_per_epoch"])
     assert row["batch_size"] == run["batch_size"]
     assert row["effective_learning_rate"] == run["effective_learning_rate"]
+    # The role the study file declared, written before the point trained.
+    with open(os.path.join(workdir, row["name"], layout.ROLE)) as f:
+      assert json.load(f) == {"section": "sweep", "cell": row["name"],
+                              "optimizer": row["optimizer"], "batch": row["batch_size"]}
+    assert (row["section"], row["cell"], row["learning_rate"]) == ("sweep", row["name"], None)
     if row["status"] != "finished":
       continue
     summary = [r for r in records if r["kind"] == "summary"][-1]
@@ -73,14 +82,12 @@ def test_rows_equal_each_points_metrics(uninterrupted):
 def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_path):
   workdir = str(tmp_path / "killed")
   victim = os.path.join(workdir, "lars-b6000")
-  process = start(study_file, workdir)
-  deadline = time.time() + 120
-  while time.time() < deadline and process.poll() is None:
-    if len(metrics.read_jsonl(victim, "train")) >= 12:
-      break
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.communicate()
+  # Killed once the first two points ended and lars-b6000 is set up, then,
+  # running alone, after its update 12 (its last checkpoint is of update 10).
+  for fault in ("setup:3", "update:12"):
+    process = start(study_file, workdir, fault)
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, fault
   assert results.point_status(victim) == "running"  # Killed mid-way, not finished.
   assert results.point_status(os.path.join(workdir, "momentum-b12000")) == "finished"
 
@@ -97,8 +104,8 @@ def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_pa
 def test_two_shards_together_give_the_unsharded_rows(study_file, uninterrupted, tmp_path):
   points = load(study_file)
   workdir = str(tmp_path / "sharded")
-  first = runner.run_study(points, workdir, shard=(0, 2))
-  second = runner.run_study(points, workdir, shard=(1, 2))
+  first = study.run_study(points, workdir, shard=(0, 2))
+  second = study.run_study(points, workdir, shard=(1, 2))
   assert set(first) == {"momentum-b12000", "lars-b6000"}
   assert set(second) == {"sgd-b6000"}
   assert rows_without_timing(workdir) == rows_without_timing(uninterrupted[0])
@@ -107,12 +114,12 @@ def test_two_shards_together_give_the_unsharded_rows(study_file, uninterrupted, 
 def test_a_bad_point_stops_the_study_before_any_compute(study_file, tmp_path, capsys):
   bad = tmp_path / "bad_study.py"
   bad.write_text(open(study_file).read() + "\n\ndef get_bad(arg=None):\n"
-                 "  points = get_study()\n  points['lars-b6000'].batch_size = 70000\n"
+                 "  points = get_study()\n  points['lars-b6000'].config.batch_size = 70000\n"
                  "  return points\n")
   workdir = tmp_path / "bad"
   points = cli.load_python_file(str(bad), flag="--study", function="get_bad")
   with pytest.raises(ConfigError, match=r"point lars-b6000: batch_size=70000"):
-    runner.run_study(points, str(workdir))
+    study.run_study(points, str(workdir))
   assert not os.path.exists(workdir / "momentum-b12000")
   status = study.main(["lbt.study", f"--study={bad}", f"--workdir={workdir}",
                        "--shard=2/2"])

@@ -30,7 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # holds until stdin closes while checking the lease, and reports a lost lease.
 HOLDER = """
 import os, sys, time
-from lbt import errors, lease as lease_lib
+from lbt import errors
+from lbt.io import lease as lease_lib
 path, timeout, beat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 while not os.path.exists(os.path.join(os.path.dirname(path), "GO")):
   time.sleep(0.005)
@@ -109,6 +110,103 @@ def test_lease_of_a_killed_holder_is_taken_over_at_once(tmp_path):
     assert f"pid {killed.pid}" in lease.took_over and "is gone" in lease.took_over
     assert json.loads((path / layout.LOCK).read_text())["pid"] == os.getpid()
   assert not (path / layout.LOCK).exists()
+
+
+def wait_for_state(pid, state, task=None):
+  """Polls /proc until the process (or one of its threads) is in `state`:
+  'Z' a zombie (then also until its other threads are gone), 'T' stopped.
+  Returns once the kernel says so, not after a guessed delay."""
+  stat = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
+  deadline = time.monotonic() + 30
+  while True:
+    with open(stat) as f:
+      now = f.read().rsplit(")", 1)[1].split()[0]
+    whole = task or state != "Z" or os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    if now == state and whole:
+      return
+    assert time.monotonic() < deadline, f"{stat} stayed {now}, never {state}"
+    time.sleep(0.005)
+
+
+def test_lease_of_a_zombie_holder_is_taken_over_at_once_and_a_stopped_one_kept(
+    tmp_path, capsys):
+  # Killed, and its parent (this test, as a scheduler or a container's first
+  # process may) does not reap it: its pid lives on, its heartbeat is fresh.
+  path = tmp_path / "run"
+  zombie = holder(path)
+  go(tmp_path)
+  assert zombie.stdout.readline().startswith("held")
+  zombie.send_signal(signal.SIGKILL)
+  try:
+    wait_for_state(zombie.pid, "Z")
+    os.kill(zombie.pid, 0)  # The pid still answers.
+    held = json.loads((path / layout.LOCK).read_text())
+    assert held["pid"] == zombie.pid and time.time() - held["heartbeat"] < 30
+    capsys.readouterr()
+    with lease_lib.lock(str(path)) as lease:  # timeout_s=60: at once, not by expiry.
+      assert f"pid {zombie.pid}" in lease.took_over and "a zombie" in lease.took_over
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 1 and "took over the lock" in said[0] and "zombie" in said[0]
+  finally:
+    zombie.wait()
+
+  # Stopped (SIGSTOP) is alive: it keeps its lease until the heartbeat timeout.
+  stopped = holder(path)
+  assert stopped.stdout.readline().startswith("held")
+  stopped.send_signal(signal.SIGSTOP)
+  try:
+    wait_for_state(stopped.pid, "T")
+    with pytest.raises(errors.WorkdirBusy, match=f"pid {stopped.pid} on host"):
+      with lease_lib.lock(str(path)):
+        pass
+    assert json.loads((path / layout.LOCK).read_text())["pid"] == stopped.pid
+  finally:
+    stopped.send_signal(signal.SIGCONT)
+    stopped.stdin.close()
+  assert stopped.wait(timeout=30) == 0
+  assert not (path / layout.LOCK).exists()
+
+
+# Its main thread exits, another thread lives on (reading stdin) and holds.
+LEADER_EXITS = """
+import ctypes, sys, threading
+threading.Thread(target=sys.stdin.read).start()
+print(threading.get_native_id(), flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_holder_whose_main_thread_exited_is_alive_until_all_threads_have(tmp_path):
+  # /proc/PID/stat then says 'Z' although the process runs.
+  process = subprocess.Popen([sys.executable, "-c", LEADER_EXITS], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+  try:
+    main_thread = int(process.stdout.readline())
+    wait_for_state(process.pid, "Z", task=main_thread)
+    # pylint: disable-next=protected-access
+    me, start = lease_lib._identity(), lease_lib._pid_start(process.pid)
+    write_lease(tmp_path, **{**me, "pid": process.pid, "pid_start": start})
+    with pytest.raises(errors.WorkdirBusy, match=f"pid {process.pid} on host"):
+      with lease_lib.lock(str(tmp_path)):
+        pass
+    process.stdin.close()  # Its last thread ends: now a zombie, unreaped.
+    wait_for_state(process.pid, "Z")
+    with lease_lib.lock(str(tmp_path)) as lease:
+      assert "a zombie" in lease.took_over
+  finally:
+    process.stdin.close()
+    process.wait()
+
+
+def test_lease_of_a_reused_pid_is_taken_over_at_once(tmp_path):
+  me = lease_lib._identity()  # pylint: disable=protected-access
+  write_lease(tmp_path, **me)  # This very process, another token: alive.
+  with pytest.raises(errors.WorkdirBusy, match=f"pid {os.getpid()} on host"):
+    with lease_lib.lock(str(tmp_path)):
+      pass
+  write_lease(tmp_path, **{**me, "pid_start": str(int(me["pid_start"]) - 1)})
+  with lease_lib.lock(str(tmp_path)) as lease:  # Its pid now names a later process.
+    assert "the pid was reused" in lease.took_over
 
 
 def test_stalled_holder_loses_the_lease_and_stops(tmp_path):

@@ -5,10 +5,12 @@ from lbt.io import cli
 # Timings differ between runs; every other column must be equal.
 TIMING = ("wall_time_s", "examples_per_second")
 
-# Three points of a tiny MLP at 10 updates per epoch: the second diverges (its
-# LR ramps up to 1e3), the third runs long enough to be killed mid-way.
+# Three points of a tiny MLP at 10 updates per epoch, each a cell of the batch
+# sweep (lbt.studies.points): the second diverges (its LR ramps up to 1e3), the
+# third runs long enough to be killed mid-way.
 STUDY_FILE = """
 from configs import fashion_mnist
+from lbt.studies import points as points_lib
 
 def point(arg, steps, eval_every, checkpoint_every=100):
   config = fashion_mnist.get_config(arg + ",model=mlp")
@@ -20,14 +22,15 @@ def point(arg, steps, eval_every, checkpoint_every=100):
   config.log_every_steps = 1
   config.eval_batch_size = 5000
   config.dataset.data_dir = {data_dir!r}
-  return config
+  return points_lib.point(config, "sweep",
+                          cell=f"{{config.optimizer.name}}-b{{config.batch_size}}")
 
 def get_study(arg=None):
   points = {{"momentum-b12000": point("momentum,batch=12000", 4, 2),
              "sgd-b6000": point("sgd,batch=6000", 12, 4),
              "lars-b6000": point("lars,batch=6000", 30, 10, checkpoint_every=5)}}
-  points["sgd-b6000"].optimizer.learning_rate = 1e3
-  points["sgd-b6000"].schedule.warmup_epochs = 1.0
+  points["sgd-b6000"].config.optimizer.learning_rate = 1e3
+  points["sgd-b6000"].config.schedule.warmup_epochs = 1.0
   return points
 """
 

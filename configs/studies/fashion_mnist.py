@@ -1,44 +1,56 @@
-"""The default Fashion-MNIST batch-size study: every batch from 128 to the full 60,000.
+"""The default Fashion-MNIST batch-size study, every compared number tuned.
 
   python -m lbt.study --study=configs/studies/fashion_mnist.py --workdir=studies/fashion_mnist
   python -m lbt.study --study=configs/studies/fashion_mnist.py:quick --workdir=studies/quick
+  python -m lbt.study --study=configs/studies/fashion_mnist.py:full --workdir=studies/full
+  python -m lbt.study --study=configs/studies/fashion_mnist.py:untuned --workdir=studies/rule
 
 Model: the MLP of `configs/fashion_mnist.py` with two hidden layers of 128
-(Hoffer et al.'s F1 family, narrowed): on a 2-core CPU an epoch costs about 2 s
-at any batch, against ~5 s for 512 units and ~25 s for LeNet-5, and the whole
-study has to fit in 20 minutes. Points (names `<optimizer>-b<batch>[-variant]`):
+(Hoffer et al.'s F1 family, narrowed): on a 2-core CPU an epoch costs about
+2 s at any batch. Every run holds out VALIDATION_EXAMPLES of the 60,000
+training images: the validation split chooses, the test set only reports, and
+the full batch is the 50,000 left.
 
-- the batch sweep: momentum (Goyal's baseline, linear scaling), LARS, LAMB and
-  Adam (sqrt scaling) at every power of two from 128 to 32,768 and at 60,000,
-  for EPOCHS epochs each (cosine decay, 1 warmup epoch): equal epochs, so the
-  larger the batch the fewer the updates, as in the paper;
-- a learning-rate grid (×0.5, ×1, ×2 of the base LR) for momentum and LARS at
-  B = TUNED_BATCH, chosen by the report on a 10,000-example validation split
-  held out from the training set (`-tuned-lr<base lr>`); every other point
-  uses its optimizer's scaling rule untuned;
-- the recipe ladder at 60,000 (`-recipe<k>`, see LADDER), for LADDER_EPOCHS;
-- Hoffer et al.'s test at HOFFER_BATCH against B0 = 128 (`-sqrt`, `-sqrt-gbn`,
-  `-regime`): the largest batch whose regime adaptation (HOFFER_BATCH/128 times
-  the epochs, the schedule stretched the same way) fits the 20-minute budget;
-- the gradient noise scale over training (`momentum-b128-noise`): the sweep's
-  smallest momentum point with `noise_scale_split`, whose two halves of each
-  batch give B_simple (McCandlish et al. 2018); BatchNorm then normalizes over
-  64 examples, so it is a point of its own, not the sweep's;
-- batch-size schedules at equal examples (`-batch-constant`, `-batch-steps`,
-  `-batch-noise`): momentum from B = SCHEDULE_BATCH for SCHEDULE_EPOCHS with one
-  cosine LR schedule in epochs, the batch constant, grown ×4 at fixed epochs
-  (Smith et al. 2018), or following B_simple (`noise_scale`), each with
-  microbatches of SCHEDULE_MICROBATCH.
+Every cell whose number the report compares is searched
+(`lbt.studies.cell_search`): its base learning rate on a power-of-two grid
+around the best of its neighbouring cell, extended until bracketed, refined
+once to √2 steps, the same rule and the same trial cap for every optimizer.
+The cells (each a `lbt.studies.points.Point` whose role names its section):
 
-`:quick` is a subset that runs in under 3 minutes.
+- the sweep: momentum, Nesterov, LARS, LAMB and Adam at BATCHES for EPOCHS
+  epochs (cosine decay, warmup WARMUP_EPOCHS): equal epochs, so the larger
+  the batch the fewer the updates; each batch's search starts from the best
+  learning rate of the previous batch;
+- the recipe ladder at the full batch (LADDER), each rung tuned from the
+  previous rung's best; the rungs whose ingredient is a learning-rate rule
+  (Goyal's linear rule at rung 0, square-root scaling with LEGW warmup) also
+  run once at the rule's own learning rate, for how far the rule is from the
+  optimum;
+- Hoffer et al.'s remedies at HOFFER_BATCH against B0 = SMALL_BATCH, each tuned;
+- batch-size schedules at equal examples, each tuned;
+- the seed-to-seed spread: SEED_CELLS rerun at their chosen learning rate
+  with two more seeds;
+- the gradient noise scale over training (one point, `noise_scale_split`);
+- the critical batch: the steps-to-target protocol of `lbt.limit` for each
+  optimizer (`get_limits`, constant learning rate, no warmup), run into
+  DIR/limits/<optimizer>/.
+
+`:quick` is the same machinery on fewer cells (about 4 minutes), `:full` the
+sweep at every power of two (about twice the default's sweep), `:untuned` the
+study as it was before the searches: every point at its scaling rule's
+learning rate.
 """
 
+
+import dataclasses
 from typing import Dict
 
 import ml_collections
 
 from configs import fashion_mnist
 from lbt.errors import ConfigError
+from lbt.studies import cell_search, limit_protocol
+from lbt.studies import points as points_lib
 
 OPTIMIZERS = ("momentum", "lars", "lamb", "adam")
 BATCHES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 60000)
@@ -76,31 +88,38 @@ def _evaluate_often(config) -> None:
   config.eval_every_steps = max(1, updates // EVALUATIONS)
 
 
-def _log_every_update(points: Dict[str, ml_collections.ConfigDict]) -> None:
+def _log_every_update(points: Dict[str, points_lib.Point]) -> None:
   """The report's diffusion section fits ‖w_t − w_0‖ over every update of the
-  momentum sweep and Hoffer et al.'s points: those write their full
+  momentum sweep (untuned) and Hoffer et al.'s points: those write their full
   diagnostics at every update (the others only every `log_every_steps`)."""
-  for name, config in points.items():
-    if name.startswith("momentum-") and ("-" not in name[len("momentum-"):]
-                                         or name.endswith(("-sqrt", "-sqrt-gbn", "-regime"))):
+  for config, role, _ in points.values():
+    sweep = role["section"] == "sweep" and "learning_rate" not in role
+    if role["optimizer"] == "momentum" and (sweep or role["section"] == "hoffer"):
       config.log_every_steps = 1
+
+
+def sweep(optimizers, batches, epochs: float = EPOCHS) -> Dict[str, points_lib.Point]:
+  """The batch sweep: one untuned point per optimizer and batch, each its own cell."""
+  return {f"{o}-b{b}": points_lib.point(point(o, b, epochs), "sweep", cell=f"{o}-b{b}")
+          for o in optimizers for b in batches}
 
 
 def _copy(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(config.to_dict())
 
 
-def tuned_grid(optimizer: str, batch: int, factors=TUNED_FACTORS) -> Dict[str, ml_collections.ConfigDict]:
+def tuned_grid(optimizer: str, batch: int, factors=TUNED_FACTORS) -> Dict[str, points_lib.Point]:
   """Base learning rates around the default, trained on 50,000 examples and
-  compared on the 10,000 held out."""
+  compared on the 10,000 held out: the trials of one tuned cell."""
   base = point(optimizer, batch)
-  grid = {}
+  cell, grid = f"{optimizer}-b{batch}-tuned", {}
   for factor in factors:
     config = _copy(base)
     config.dataset.validation_examples = VALIDATION_EXAMPLES
     config.optimizer.learning_rate = base.optimizer.learning_rate * factor
     _evaluate_often(config)
-    grid[f"{optimizer}-b{batch}-tuned-lr{config.optimizer.learning_rate:g}"] = config
+    grid[f"{cell}-lr{config.optimizer.learning_rate:g}"] = points_lib.point(
+        config, "sweep", cell=cell, learning_rate=config.optimizer.learning_rate)
   return grid
 
 
@@ -157,11 +176,15 @@ def ladder(batch: int = LADDER_BATCH, epochs: float = LADDER_EPOCHS, steps: int 
   config.schedule = dict(name="multistep", warmup_epochs=round(epochs * 5 / 90),
                          decay_epochs=[round(epochs * f, 3) for f in (1 / 3, 2 / 3, 8 / 9)],
                          decay_factor=0.1)
-  points = {f"momentum-b{batch}-recipe0": config}
-  for k, change in enumerate(LADDER[:steps], start=1):
+  rungs = [("baseline", config)]
+  for change in LADDER[:steps]:
     config = _copy(config)
     change(config)
-    points[f"{config.optimizer.name}-b{batch}-recipe{k}"] = config
+    rungs.append((change.__name__.lstrip("_"), config))
+  points = {}
+  for k, (change, config) in enumerate(rungs):
+    cell = f"{config.optimizer.name}-b{batch}-recipe{k}"
+    points[cell] = points_lib.point(config, "ladder", cell=cell, rung=k, change=change)
   return points
 
 
@@ -178,14 +201,18 @@ def hoffer(batch: int = HOFFER_BATCH, small: int = SMALL_BATCH, epochs: float = 
   regime.num_epochs = epochs * batch / small
   regime.schedule.warmup_epochs *= batch / small
   _evaluate_often(regime)
-  return {f"momentum-b{batch}-sqrt": sqrt, f"momentum-b{batch}-sqrt-gbn": gbn,
-          f"momentum-b{batch}-regime": regime}
+  points = {}
+  for variant, config in (("sqrt", sqrt), ("sqrt-gbn", gbn), ("regime", regime)):
+    cell = f"momentum-b{batch}-{variant}"
+    points[cell] = points_lib.point(config, "hoffer", cell=cell, variant=variant)
+  return points
 
 
 def noise_scale(batch: int = NOISE_BATCH, epochs: float = EPOCHS):
   config = point("momentum", batch, epochs)
   config.noise_scale_split = True
-  return {f"momentum-b{batch}-noise": config}
+  cell = f"momentum-b{batch}-noise"
+  return {cell: points_lib.point(config, "noise", cell=cell)}
 
 
 def batch_schedules(batch: int = SCHEDULE_BATCH, epochs: float = SCHEDULE_EPOCHS):
@@ -196,21 +223,148 @@ def batch_schedules(batch: int = SCHEDULE_BATCH, epochs: float = SCHEDULE_EPOCHS
     config.microbatch_size = SCHEDULE_MICROBATCH
     config.batch_schedule = schedule
     config.eval_every_steps = SCHEDULE_EVALUATION_EVERY
-    points[f"momentum-b{batch}-batch-{name}"] = config
+    cell = f"momentum-b{batch}-batch-{name}"
+    points[cell] = points_lib.point(config, "schedule", cell=cell, schedule=name)
   return points
 
 
-def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
-  if arg not in (None, "", "quick"):
-    raise ConfigError("--study argument", arg, "none (the default study) or 'quick'")
+# ---- the tuned study ----
+
+TUNED_OPTIMIZERS = ("momentum", "nesterov", "lars", "lamb", "adam")
+FULL_BATCH = 60000 - VALIDATION_EXAMPLES  # the whole training split after the hold-out
+TUNED_BATCHES = (128, 512, 2048, 8192, 32768, FULL_BATCH)  # x4 steps (`:full`: every x2)
+ALL_BATCHES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, FULL_BATCH)
+TUNED_LADDER_EPOCHS = 10.0
+# Every optimizer's cell gets the same search: at most this many trials.
+SEARCH = cell_search.Search(max_trials=8, refine=True)
+SEED_CELLS = ("momentum-b128", "momentum-b8192", "adam-b2048")
+SEEDS = (1, 2)
+# The steps-to-target protocol of every optimizer (as
+# configs/studies/fashion_mnist_critical.py): constant LR, no warmup.
+LIMIT_START_BATCH, LIMIT_BUDGET_EPOCHS, LIMIT_BUDGET_UPDATES = 128, 10.0, 300
+
+
+def tuned_point(optimizer: str, batch: int, epochs: float = EPOCHS) -> ml_collections.ConfigDict:
+  """A sweep point trained on the 50,000 and scored on the 10,000 held out."""
+  config = point(optimizer, batch, epochs)
+  config.dataset.validation_examples = VALIDATION_EXAMPLES
+  _evaluate_often(config)
+  return config
+
+
+def searched(config, section: str, cell: str, *, anchor=None, search=SEARCH,
+             **fields) -> points_lib.Point:
+  """A cell whose base learning rate is searched (the config's is the guess
+  when there is no anchor)."""
+  if cell in SEED_CELLS:
+    search = dataclasses.replace(search, seeds=SEEDS)
+  return points_lib.point(config, section, cell=cell,
+                          search=dataclasses.replace(search, anchor=anchor), **fields)
+
+
+def tuned_sweep(optimizers, batches, epochs: float = EPOCHS, search=SEARCH):
+  """Every optimizer at every batch, each batch's search anchored on the
+  previous batch's best."""
+  points = {}
+  for o in optimizers:
+    previous = None
+    for b in batches:
+      cell = f"{o}-b{b}"
+      points[cell] = searched(tuned_point(o, b, epochs), "sweep", cell, anchor=previous,
+                              search=search)
+      previous = cell
+  return points
+
+
+def tuned_ladder(batch: int = FULL_BATCH, epochs: float = TUNED_LADDER_EPOCHS,
+                 steps: int = len(LADDER), search=SEARCH):
+  """Each rung searched from the previous rung's best; the rungs whose
+  ingredient is a learning-rate rule also run at the rule's own LR."""
+  points = {}
+  previous = None
+  for cell, point_ in ladder(batch, epochs, steps).items():
+    config, role, _ = point_
+    config.dataset.validation_examples = VALIDATION_EXAMPLES
+    _evaluate_often(config)
+    fields = {k: role[k] for k in ("rung", "change")}
+    points[cell] = searched(config, "ladder", cell, anchor=previous, search=search, **fields)
+    if role["change"] in LR_RULES:
+      points[f"{cell}-rule"] = points_lib.point(
+          _copy(config), "ladder", cell=f"{cell}/rule", rule=LR_RULES[role["change"]], **fields)
+    previous = cell
+  return points
+
+
+LR_RULES = {"baseline": "linear (Goyal et al.)", "sqrt_legw": "square root with LEGW warmup"}
+
+
+def tuned_hoffer(batch: int = HOFFER_BATCH, small: int = SMALL_BATCH, epochs: float = EPOCHS):
+  """Hoffer et al.'s remedies, each tuned (the sqrt rule is then only the guess)."""
+  search = dataclasses.replace(SEARCH, max_trials=6, refine=False)
+  points = {}
+  for cell, (config, role, _) in hoffer(batch, small, epochs).items():
+    config.dataset.validation_examples = VALIDATION_EXAMPLES
+    _evaluate_often(config)
+    points[cell] = searched(config, "hoffer", cell, search=search, variant=role["variant"])
+  return points
+
+
+def tuned_schedules(batch: int = SCHEDULE_BATCH, epochs: float = SCHEDULE_EPOCHS):
+  search = dataclasses.replace(SEARCH, max_trials=6, refine=False)
+  points = {}
+  for cell, (config, role, _) in batch_schedules(batch, epochs).items():
+    config.dataset.validation_examples = VALIDATION_EXAMPLES
+    points[cell] = searched(config, "schedule", cell, search=search,
+                            schedule=role["schedule"])
+  return points
+
+
+def limit_config(optimizer: str, batch: int = LIMIT_START_BATCH) -> ml_collections.ConfigDict:
+  """The base config of one optimizer's steps-to-target protocol."""
+  config = fashion_mnist.get_config(f"{optimizer},batch={batch},model=mlp")
+  config.model.hidden_sizes = HIDDEN
+  config.dataset.validation_examples = VALIDATION_EXAMPLES
+  config.eval_batch_size = 5000
+  config.schedule = ml_collections.ConfigDict({"name": "constant", "warmup_epochs": 0.0})
+  return config
+
+
+def get_limits(arg: str = None) -> Dict[str, limit_protocol.Protocol]:
+  """The steps-to-target protocols `lbt.study` runs into DIR/limits/<label>/."""
+  if arg == "untuned":
+    return {}
+  optimizers = ("momentum",) if arg == "quick" else TUNED_OPTIMIZERS
+  start = 512 if arg == "quick" else LIMIT_START_BATCH
+  epochs = 4.0 if arg == "quick" else LIMIT_BUDGET_EPOCHS
+  return {o: limit_protocol.Protocol(limit_config(o, start), TARGET_ACCURACY, epochs,
+                                     LIMIT_BUDGET_UPDATES) for o in optimizers}
+
+
+def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
+  if arg not in (None, "", "quick", "full", "untuned"):
+    raise ConfigError("--study argument", arg, "none (the default, tuned study), 'quick', "
+                      "'full' (every batch) or 'untuned' (every point at its rule's LR)")
+  if arg == "untuned":
+    return untuned_study()
   if arg == "quick":
-    points = {f"{o}-b{b}": point(o, b, 2.0) for o in ("momentum", "lars")
-              for b in (256, 1024, 8192, 60000)}
-    points.update(hoffer(batch=1024, small=256, epochs=2.0))
-    points.update(ladder(epochs=5.0, steps=1))
+    quick = dataclasses.replace(SEARCH, max_trials=5, refine=False)
+    points = tuned_sweep(("momentum", "lars"), (256, 2048, FULL_BATCH), 2.0, search=quick)
+    points.update(tuned_ladder(epochs=4.0, steps=1, search=quick))
     _log_every_update(points)
     return points
-  points = {f"{o}-b{b}": point(o, b) for o in OPTIMIZERS for b in BATCHES}
+  points = tuned_sweep(TUNED_OPTIMIZERS, ALL_BATCHES if arg == "full" else TUNED_BATCHES)
+  points.update(tuned_ladder(epochs=LADDER_EPOCHS if arg == "full" else TUNED_LADDER_EPOCHS))
+  points.update(tuned_hoffer())
+  points.update(noise_scale())
+  points.update(tuned_schedules())
+  _log_every_update(points)
+  return points
+
+
+def untuned_study() -> Dict[str, points_lib.Point]:
+  """The study before its searches: every point at its scaling rule's LR
+  (a ×0.5/×1/×2 grid at TUNED_BATCH for momentum and LARS only)."""
+  points = sweep(OPTIMIZERS, BATCHES)
   for optimizer in ("momentum", "lars"):
     points.update(tuned_grid(optimizer, TUNED_BATCH))
   points.update(ladder())

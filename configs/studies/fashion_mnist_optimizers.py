@@ -22,10 +22,11 @@ reference batch B0 of every scaling rule, each optimizer runs its default
 third grid would cost a quarter of the budget. The full batch is therefore
 50,000, one update per epoch.
 
-Points are built by the default study's `tuned_grid`, so they are named as its
-tuned grid is, `<optimizer>-b<batch>-tuned-lr<base lr>` (`lbt.study.grid_of`
-strips the `-lr...` to find the grid); the report's accuracy table then shows
-each (optimizer, batch) at its chosen LR, "(LR tuned)", batch by batch.
+Points are built by the default study's `tuned_grid`: each (optimizer, batch)
+is one tuned cell whose trials' roles carry their learning rates
+(`lbt.studies.points`), labelled `<optimizer>-b<batch>-tuned-lr<base lr>`; the
+report's accuracy table then shows each cell at its chosen LR, "(LR tuned)",
+batch by batch.
 
 Budget: 16 optimizers x (1 + 3 + 3) = 112 points. Measured on the shared
 2-core CPU (one device, load average ~8 from other jobs), `--shard=0/16` of a
@@ -43,11 +44,10 @@ References:
 
 from typing import Dict
 
-import ml_collections
-
 from configs.studies import fashion_mnist as default_study
 from lbt import optim
 from lbt.errors import ConfigError
+from lbt.studies import points as points_lib
 
 VALIDATION_EXAMPLES = default_study.VALIDATION_EXAMPLES  # 10,000 held out
 FULL_BATCH = 60000 - VALIDATION_EXAMPLES
@@ -61,7 +61,7 @@ def optimizers() -> tuple:
   return tuple(optim.OPTIMIZERS.names())
 
 
-def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
+def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
   if arg not in (None, "", "quick"):
     raise ConfigError("--study argument", arg, "none (the whole study) or 'quick'")
   if arg == "quick":

@@ -13,11 +13,10 @@ et al. 2020), the batch sizes (`batches`, "+"-separated; default 1K to
 
 from typing import Dict
 
-import ml_collections
-
 from configs import imagenet_resnet50
 from lbt.engine.config import parse_point
 from lbt.errors import ConfigError
+from lbt.studies import points as points_lib
 
 # Momentum SGD (Goyal's baseline), Nesterov, the adaptive family with Goyal's
 # schedule added, and the layer-wise LARS and LAMB (You et al. 2020).
@@ -44,12 +43,14 @@ def split_list(field: str, raw: str, allowed) -> list:
   return items
 
 
-def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
+def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
   study = parse_point(arg, optimizer="+".join(OPTIMIZERS), batches="", tpu="v3",
                       chips=8, mem_gib=0.0)
   optimizers = split_list("optimizer", study.optimizer, OPTIMIZERS)
   batches = (split_list("batches", study.batches, imagenet_resnet50.BATCH_SIZES)
              if study.batches else list(imagenet_resnet50.BATCH_SIZES))
   machine = f"tpu={study.tpu},chips={study.chips},mem_gib={study.mem_gib}"
-  return {point_name(opt, batch): imagenet_resnet50.get_config(f"{opt},batch={batch},{machine}")
-          for opt in optimizers for batch in batches}
+  # Each point is a cell of the batch sweep, the report's accuracy table.
+  return {point_name(opt, batch): points_lib.point(
+      imagenet_resnet50.get_config(f"{opt},batch={batch},{machine}"), "sweep",
+      cell=point_name(opt, batch)) for opt in optimizers for batch in batches}

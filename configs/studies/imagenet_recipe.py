@@ -6,9 +6,11 @@
 The paper's recipe gains 18% top-1 over its baseline at the huge batch, but its
 steps are not retrieved (You et al. 2020, §3). This study is an INFERENCE from
 that section: step k adds ingredient k to step k-1, so the gain of each ingredient is the
-difference of two neighbouring points. Points are named `<optimizer>-b<batch>-
-recipe<k>` (step 0 uses momentum, steps 1-8 LARS: the paper names LARS or
-LAMB for step 1, and steps 4, 7 and 8 take MLPerf's LARS table). The argument
+difference of two neighbouring points. Each point's role is its rung k and
+the ingredient it adds (`lbt.studies.points`); points are labelled
+`<optimizer>-b<batch>-recipe<k>` (step 0 uses momentum, steps 1-8 LARS: the
+paper names LARS or LAMB for step 1, and steps 4, 7 and 8 take MLPerf's LARS
+table). The argument
 picks `batch` and the machine (`tpu`, `chips`, `mem_gib`).
 
   0 Goyal et al.: momentum 0.9, lr 0.1 x B/256, 5 warmup epochs, x0.1 at
@@ -33,6 +35,7 @@ import ml_collections
 from configs import imagenet_resnet50
 from lbt import optim
 from lbt.engine.config import parse_point
+from lbt.studies import points as points_lib
 
 # LARS-ImageNet-PyTorch README: base LR 2^2 at B = 512 under sqrt scaling,
 # i.e. 2^1.5 at B0 = 256; warmup 10/2^6 epochs at 512, i.e. 10 epochs at 32K.
@@ -90,13 +93,17 @@ STEPS: List[Callable] = [_lars, _exclude_bn_and_biases, _poly, _longer_warmup,
                          _more_epochs]
 
 
-def get_study(arg: str = None) -> Dict[str, ml_collections.ConfigDict]:
+def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
   study = parse_point(arg, batch=819200, tpu="v3", chips=8, mem_gib=0.0)
   machine = f"tpu={study.tpu},chips={study.chips},mem_gib={study.mem_gib}"
   config = imagenet_resnet50.get_config(f"momentum,batch={study.batch},{machine}")
-  points = {f"momentum-b{study.batch}-recipe0": config}
-  for k, change in enumerate(STEPS, start=1):
+  rungs = [("baseline", config)]
+  for change in STEPS:
     config = ml_collections.ConfigDict(config.to_dict())
     change(config)
-    points[f"lars-b{study.batch}-recipe{k}"] = config
+    rungs.append((change.__name__.lstrip("_"), config))
+  points = {}
+  for k, (change, config) in enumerate(rungs):
+    cell = f"{config.optimizer.name}-b{study.batch}-recipe{k}"
+    points[cell] = points_lib.point(config, "ladder", cell=cell, rung=k, change=change)
   return points

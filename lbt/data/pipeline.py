@@ -218,17 +218,17 @@ class TrainBatches:
   """
 
   def __init__(self, source, pool: np.ndarray, spec: DatasetSpec, seed: int,
-               batch_size: int, microbatch_size: int, process_index: int,
-               process_count: int, image_size: int = 0, num_devices: int = 1,
-               split: bool = False):
+               batch_size: int, microbatch_size: int, steps_per_epoch: int,
+               process_index: int, process_count: int, image_size: int = 0,
+               num_devices: int = 1, split: bool = False, shuffle: bool = True):
     self.source, self.pool, self.spec, self.seed = source, pool, spec, seed
-    self.split = split
+    self.split, self.shuffle = split, shuffle
     self.image_size = image_size or spec.image_shape[0]
     self.batch_size, self.microbatch_size = batch_size, microbatch_size
     self.num_devices, self.process_count = num_devices, process_count
     self.process_index = process_index
     self.num_microbatches, self.padded_microbatch, self.padded = self.layout(batch_size)
-    self.steps_per_epoch = len(pool) // batch_size
+    self.steps_per_epoch = steps_per_epoch
 
   def layout(self, batch: int):
     """(microbatches, padded microbatch, whether padded) of a batch."""
@@ -238,6 +238,10 @@ class TrainBatches:
 
   @functools.lru_cache(maxsize=2)
   def permutation(self, epoch: int) -> np.ndarray:
+    """The pool in epoch `epoch`'s order: a permutation seeded by (seed,
+    epoch), or the pool's own order in every epoch without `shuffle`."""
+    if not self.shuffle:
+      return self.pool
     order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pool))
     return self.pool[order]
 
@@ -355,13 +359,20 @@ class TrainStream:
 
 
 class Pipeline:
-  """Train, validation and eval batches of one dataset, as seen by one process."""
+  """Train, validation and eval batches of one dataset, as seen by one process.
+
+  The sizes are the run's as validation derived them (lbt.engine.config's
+  RunFacts): `microbatch_size` is the microbatch the run accumulates (the
+  batch itself when it does not), `steps_per_epoch` the updates of
+  `batch_size` in one epoch of the pool; the pipeline derives neither.
+  """
 
   def __init__(self, spec: DatasetSpec, *, data_dir: str, cache: bool, seed: int,
-               batch_size: int, eval_batch_size: int, microbatch_size: int = 0,
+               batch_size: int, eval_batch_size: int, microbatch_size: int,
+               steps_per_epoch: int,
                validation_examples: int = 0, process_index: int = 0,
                process_count: int = 1, image_size: int = 0, num_devices: int = 1,
-               noise_scale_split: bool = False):
+               noise_scale_split: bool = False, shuffle: bool = True):
     self.spec = spec
     self.image_size = image_size or spec.image_shape[0]
     self.eval_batch_size = eval_batch_size
@@ -370,8 +381,9 @@ class Pipeline:
     self.eval_source = load_source(spec, data_dir, spec.eval_split, cache)
     pool, self.validation_indices = split_validation(len(train), validation_examples)
     self.train_batches = TrainBatches(
-        train, pool, spec, seed, batch_size, microbatch_size or batch_size,
-        process_index, process_count, image_size, num_devices, noise_scale_split)
+        train, pool, spec, seed, batch_size, microbatch_size, steps_per_epoch,
+        process_index, process_count, image_size, num_devices, noise_scale_split,
+        shuffle)
     self.steps_per_epoch = self.train_batches.steps_per_epoch
     self.num_microbatches = self.train_batches.num_microbatches
 

@@ -136,7 +136,7 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
         _positive_int(value) and value <= train_examples and value % microbatch == 0):
       _fail(key, value, f"0 ({'batch_size' if key == 'min_batch' else 'the training pool'})"
             f" or a multiple of the microbatch ({microbatch}) in [1, {train_examples}]")
-  low, high = limits(config, train_examples)
+  low, high = limits(spec, config.batch_size, microbatch, train_examples)
   if high < low:
     _fail("max_batch", spec["max_batch"], f"at least min_batch ({low})")
   if not low <= config.batch_size <= high:
@@ -152,12 +152,12 @@ def check(config, *, train_examples: int, microbatch: int, split: bool) -> None:
                       "noise_scale_split=True)")
 
 
-def limits(config, train_examples: int):
-  """(min_batch, max_batch) of a noise_scale schedule, zeros resolved."""
-  spec = section(config)
-  micro = config.microbatch_size or config.batch_size
-  return (spec.get("min_batch") or config.batch_size,
-          spec.get("max_batch") or max(micro, train_examples // micro * micro))
+def limits(schedule: Mapping[str, Any], batch_size: int, microbatch: int,
+           train_examples: int):
+  """(min_batch, max_batch) of a noise_scale schedule (`section`), zeros
+  resolved: batch_size, and the largest multiple of the microbatch in the pool."""
+  largest = max(microbatch, train_examples // microbatch * microbatch)
+  return schedule.get("min_batch") or batch_size, schedule.get("max_batch") or largest
 
 
 @dataclasses.dataclass
@@ -305,22 +305,16 @@ def constant_plan(batch_size: int, pool_size: int, num_updates: int) -> BatchPla
                    batch_size, batch_size, history=[[0, batch_size]])
 
 
-def create_plan(config, *, pool_size: int, microbatch: int,
-                constant_updates: int) -> BatchPlan:
-  """The plan of a validated config.
-
-  Args:
-    config: the run config.
-    pool_size: the training pool.
-    microbatch: the global microbatch the run uses.
-    constant_updates: the length of a constant-batch run in updates
-      (`config.num_train_steps(...)`).
-  """
-  spec = section(config)
-  low, high = limits(config, pool_size)
-  length = constant_updates if spec["name"] == "constant" else 0
-  return BatchPlan(spec, pool_size, microbatch, float(config.num_epochs), length,
-                   low, high, history=[[0, config.batch_size]])
+def create_plan(facts) -> BatchPlan:
+  """The plan of a run from its `lbt.engine.config.RunFacts` (this module sits
+  below config.py, so it takes them as they come): the schedule, the pool,
+  the microbatch, the length and a noise_scale batch's bounds, as validation
+  derived them."""
+  schedule = dict(facts.batch_schedule)
+  length = facts.num_train_steps if schedule["name"] == "constant" else 0
+  low, high = facts.batch_limits
+  return BatchPlan(schedule, facts.train_examples, facts.microbatch_size, facts.num_epochs,
+                   length, low, high, history=[[0, facts.batch_size]])
 
 
 def planned_updates(plan: BatchPlan, limit: Optional[int] = None) -> int:

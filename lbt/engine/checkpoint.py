@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 
 from lbt.io import layout
 from lbt import errors
-from lbt.io import files
+from lbt.io import faults, files
 from lbt.engine import parallel
 
 STATE, DATA, INTEGRITY = "state", "data", "integrity"
@@ -202,6 +202,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
     kept = [s for s in manager.all_steps() if s != step]
     raise CheckpointSaveError(step, str(manager.directory), files.reason(e),
                               max(kept) if kept else None) from None
+  faults.moment("checkpoint")
 
 
 def _restore_verified(manager, step: int, abstract_state, data_iterator):

@@ -16,13 +16,15 @@ the loss's label smoothing, and the microbatch against what the optimizer
 needs. It calls the other owners once: `lbt.models.create` (the options'
 values and bn.ghost_size's range), `lbt.optim.check` (the optimizer section),
 `lbt.engine.adversarial.check` (the optional loss.adversarial section, its
-defaults filled in there) and `lbt.optim.create_schedule` (the schedule
+defaults filled in there), `lbt.engine.regularizers.check` (the optional
+loss.gradient_penalty) and `lbt.optim.create_schedule` (the schedule
 against the run's length). No check
 is written twice: a builder checks only the fields it owns and takes the rest
 as valid.
 """
 
 import dataclasses
+import json
 import math
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -48,12 +50,12 @@ OPTIONAL_FIELDS = {"batch_schedule": batch_schedule.DEFAULT, "noise_scale_split"
 TARGET_METRICS = ("validation_accuracy", "validation_loss")
 TARGET_DEFAULTS = {"metric": "validation_accuracy", "every": 0}
 SECTION_FIELDS = {
-    "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size"),
-    "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial")}
+    "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size", "shuffle"),
+    "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial", "gradient_penalty")}
 # Dataset fields a config may leave out, and the value that means.
 # The step counter (and optax's) is int32.
 MAX_UPDATES = 2**31 - 2
-DATASET_DEFAULTS = {"validation_examples": 0, "image_size": 0}
+DATASET_DEFAULTS = {"validation_examples": 0, "image_size": 0, "shuffle": True}
 # Datasets whose decoded split cannot be held as one stacked array, and why.
 UNCACHEABLE = {"imagenet2012": "its decoded images differ in size and cannot be "
                                "stacked; decoding is per example"}
@@ -99,12 +101,10 @@ def num_train_steps(config, steps_per_epoch: int) -> int:
   return max(1, int(round(config.num_epochs * steps_per_epoch)))
 
 
-def stop_at_target(config) -> Optional[Dict[str, Any]]:
-  """The stop_at_target section with its defaults, or None when the run has none."""
-  given = config.get("stop_at_target")
-  if given is None:
-    return None
-  return {**TARGET_DEFAULTS, **(given.to_dict() if hasattr(given, "to_dict") else dict(given))}
+def updates_per_epoch(train_examples: int, batch: int) -> int:
+  """Updates of `batch` in one epoch (each epoch drops its last
+  train_examples mod batch examples): the one rule, for the run and the limit."""
+  return train_examples // batch
 
 
 def model_options(config) -> Dict[str, Any]:
@@ -132,12 +132,18 @@ def _integer(field: str, value, minimum: int) -> None:
   _require(ok, field, value, "a non-negative integer" if minimum == 0 else "a positive integer")
 
 
+# Facts of the device count too: a resume on another count does not compare them.
+DEVICE_FACTS = ("num_devices", "layouts")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunFacts:
   """What validation derived from a config, once: every layer reads these.
 
-  The loop, the batch plan, the study's time estimate and the report take
-  their numbers from here instead of deriving them again.
+  The pipeline, the batch plan, the loop, the study's time estimate, the
+  limit and the results take their numbers from here instead of deriving
+  them again; the run writes them beside config.json (layout.FACTS), and a
+  resume checks them (lbt.engine.workdir.check_facts).
   """
   train_examples: int  # the training split less the validation hold-out
   validation_examples: int
@@ -145,27 +151,37 @@ class RunFacts:
   batch_size: int
   microbatch_size: int  # of one accumulation step (batch_size when 0 in the config)
   noise_scale_split: bool
+  num_devices: int  # the devices the layouts are for
   # (batch, microbatches, padded microbatch) of every batch the run may take.
   layouts: Tuple[Tuple[int, int, int], ...]
   steps_per_epoch: int  # updates of batch_size in one epoch of train_examples
+  num_epochs: float  # the config's; what a changing-batch run lasts
   num_train_steps: int  # the run's length in updates (a changing batch: a guess)
   length_from: str  # "num_epochs" or "num_train_steps": which field set it
   examples: int  # examples the run trains on
   peak_learning_rate: float  # the base LR after the scaling rule, at batch_size
   batch_schedule: Dict[str, Any]  # the section, its defaults filled in
+  batch_limits: Tuple[int, int]  # a noise_scale batch's bounds; else (batch, batch)
   adversarial: Optional[Dict[str, Any]]  # loss.adversarial filled in; None when off
+  # metric, value, every (updates between its evaluations, 0 resolved); None: absent
+  stop_at_target: Optional[Dict[str, Any]]
+  gradient_penalty: Optional[Dict[str, Any]] = None  # loss.gradient_penalty filled; None: off
+
+  def to_dict(self) -> Dict[str, Any]:
+    """The facts as JSON values (tuples as lists): what facts.json holds."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
 
   def layout(self, batch: int) -> Tuple[int, int]:
     """(microbatches, padded microbatch) of one of the run's batches."""
     return next((n, size) for b, n, size in self.layouts if b == batch)
 
-  def length_note(self, num_epochs: float) -> Optional[str]:
+  def length_note(self) -> Optional[str]:
     """One line when num_train_steps overrides num_epochs, else None."""
     if self.length_from != "num_train_steps":
       return None
     return (f"lbt: the run lasts num_train_steps={self.num_train_steps} updates "
             f"({self.num_train_steps / self.steps_per_epoch:.3g} epochs); "
-            f"num_epochs={num_epochs:g} is not used")
+            f"num_epochs={self.num_epochs:g} is not used")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> RunFacts:
@@ -177,34 +193,37 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> RunFacts
   """
   # Imported here: the registries import jax/flax, which config files (they
   # import this module) should not pull in before the command line is parsed.
-  from lbt.engine import adversarial
+  from lbt.engine import adversarial, regularizers
   from lbt import data, optim
   _check_layout(config)
   spec = _check_dataset(config, data)
   _check_sizes(config)
   train_examples = num_train_examples(config, spec)
-  micro, split, layouts = _check_batches(config, train_examples, num_devices)
-  _check_model(config, spec, layouts)
+  micro, split, limits, layouts = _check_batches(config, train_examples, num_devices)
+  _check_model(config, spec, micro, layouts)
   adversarial_section = _check_loss(config, adversarial)
+  penalty = _check_penalty(config, regularizers, layouts, adversarial_section)
   optim.check(config.optimizer)
   _check_optimizer_needs(config, optim, micro, split, layouts)
-  steps_per_epoch = train_examples // config.batch_size
+  steps_per_epoch = updates_per_epoch(train_examples, config.batch_size)
   updates, length_from = _check_length(config, optim, steps_per_epoch)
-  _check_target(config)
   schedule = batch_schedule.section(config)
   constant = schedule["name"] == "constant"
   return RunFacts(
       train_examples=train_examples,
       validation_examples=dataset_field(config, "validation_examples"),
       num_classes=spec.num_classes, batch_size=config.batch_size, microbatch_size=micro,
-      noise_scale_split=split,
+      noise_scale_split=split, num_devices=num_devices,
       layouts=tuple((b, n, size) for b, (n, size) in sorted(layouts.items())),
-      steps_per_epoch=steps_per_epoch, num_train_steps=updates, length_from=length_from,
+      steps_per_epoch=steps_per_epoch, num_epochs=float(config.num_epochs),
+      num_train_steps=updates, length_from=length_from,
       examples=(updates * config.batch_size if constant
                 else int(config.num_epochs * train_examples)),
       peak_learning_rate=optim.effective_learning_rate(config.optimizer, config.batch_size),
-      batch_schedule=schedule, adversarial=(adversarial_section if adversarial_section
-                                            and adversarial_section["enabled"] else None))
+      batch_schedule=schedule, batch_limits=limits,
+      adversarial=(adversarial_section if adversarial_section
+                   and adversarial_section["enabled"] else None),
+      stop_at_target=_check_target(config, updates), gradient_penalty=penalty)
 
 
 def _check_layout(config) -> None:
@@ -239,6 +258,8 @@ def _check_dataset(config, data):
              f"{data.default_data_dir()})")
   _require(isinstance(config.dataset.cache, bool), "dataset.cache", config.dataset.cache,
            "True (decode the split once into memory) or False")
+  _require(isinstance(dataset_field(config, "shuffle"), bool), "dataset.shuffle",
+           dataset_field(config, "shuffle"), "True (a new order each epoch) or False (none)")
   held_out = dataset_field(config, "validation_examples")
   _integer("dataset.validation_examples", held_out, 0)
   _require(held_out < spec.num_train_examples, "dataset.validation_examples", held_out,
@@ -266,7 +287,8 @@ def _check_sizes(config) -> None:
 
 
 def _check_batches(config, train_examples: int, num_devices: int):
-  """The batch, microbatch and schedule; returns (microbatch, split, layouts)."""
+  """The batch, microbatch and schedule; returns (microbatch, split, a
+  noise_scale batch's bounds, layouts)."""
   batch, held_out = config.batch_size, dataset_field(config, "validation_examples")
   _require(batch <= train_examples, "batch_size", batch,
            f"at most the training set of {config.dataset.name} ({train_examples} "
@@ -280,15 +302,18 @@ def _check_batches(config, train_examples: int, num_devices: int):
            "noise scale) or False")
   batch_schedule.check(config, train_examples=train_examples,
                        microbatch=config.microbatch_size, split=split)
+  schedule = batch_schedule.section(config)
+  limits = (batch_schedule.limits(schedule, batch, micro, train_examples)
+            if schedule["name"] == "noise_scale" else (batch, batch))
   # A batch or microbatch that does not divide is padded (microbatch_layout).
   layouts = {b: slots.microbatch_layout(b, micro, num_devices, split)
-             for b in scheduled_batches(config, train_examples)}
+             for b in scheduled_batches(config, micro, limits)}
   _require(config.eval_batch_size % num_devices == 0, "eval_batch_size",
            config.eval_batch_size, f"a multiple of the device count ({num_devices})")
-  return micro, split, layouts
+  return micro, split, limits, layouts
 
 
-def _check_model(config, spec, layouts) -> None:
+def _check_model(config, spec, micro: int, layouts) -> None:
   """The model's name and dtype here; the options' names from the factory's
   signature; their values, and bn.ghost_size's range, by models.create."""
   from lbt import models  # pylint: disable=import-outside-toplevel
@@ -310,7 +335,6 @@ def _check_model(config, spec, layouts) -> None:
   except (TypeError, ValueError) as e:
     raise ConfigError("model", dict(model_kwargs), f"options {config.model.name} "
                       f"accepts ({str(e).splitlines()[0]})") from None
-  micro = config.microbatch_size or config.batch_size
   for b, (_, padded) in sorted(layouts.items()):
     _require(ghost == 0 or padded % ghost == 0, "bn.ghost_size", ghost,
              "0 (statistics over each microbatch) or a positive divisor of the "
@@ -330,6 +354,17 @@ def _check_loss(config, adversarial) -> Optional[Dict[str, Any]]:
   return adversarial.check(config.loss.adversarial)
 
 
+def _check_penalty(config, regularizers, layouts, adversarial) -> Optional[Dict[str, Any]]:
+  """loss.gradient_penalty, by its owner `regularizers.check`; None when absent or off."""
+  section = config.loss.get("gradient_penalty")
+  _require(section is None or isinstance(section, ml_collections.ConfigDict),
+           "loss.gradient_penalty", section, "a section (ConfigDict)")
+  return None if section is None else regularizers.check(
+      section, ghost_size=config.bn.ghost_size, microbatches=dict(
+          (b, padded) for b, (_, padded) in layouts.items()),
+      adversarial=bool(adversarial and adversarial["enabled"]))
+
+
 def _check_optimizer_needs(config, optim, micro: int, split: bool, layouts) -> None:
   """The microbatch against what the optimizer needs (GSNR: >= 2 microbatches)."""
   if "num_microbatches" not in optim.needs(config.optimizer):
@@ -342,11 +377,15 @@ def _check_optimizer_needs(config, optim, micro: int, split: bool, layouts) -> N
            "microbatch gradients (GSNR, Jiang et al. 2023)")
 
 
-def _check_target(config) -> None:
-  """stop_at_target: a metric of the validation split, a value, an interval."""
-  target = stop_at_target(config)
-  if target is None:
-    return
+def _check_target(config, updates: int) -> Optional[Dict[str, Any]]:
+  """stop_at_target: a metric of the validation split, a value, an interval;
+  returns the section filled in, `every` 0 resolved to about 500 evaluations
+  over the run's `updates` (every update when it has at most 500)."""
+  given = config.get("stop_at_target")
+  if given is None:
+    return None
+  target = {**TARGET_DEFAULTS,
+            **(given.to_dict() if hasattr(given, "to_dict") else dict(given))}
   for key in target:
     _require(key in ("metric", "value", "every"), f"stop_at_target.{key}", target[key],
              "not a field lbt reads; stop_at_target has: metric, value, every")
@@ -362,6 +401,7 @@ def _check_target(config) -> None:
   _require(dataset_field(config, "validation_examples") > 0, "dataset.validation_examples",
            dataset_field(config, "validation_examples"),
            "> 0 with stop_at_target: the target is measured on the validation split")
+  return {**target, "every": target["every"] or max(1, -(-updates // 500))}
 
 
 def _check_length(config, optim, steps_per_epoch: int) -> Tuple[int, str]:
@@ -376,17 +416,17 @@ def _check_length(config, optim, steps_per_epoch: int) -> Tuple[int, str]:
   return updates, field
 
 
-def scheduled_batches(config, train_examples: int) -> Tuple[int, ...]:
+def scheduled_batches(config, micro: int, limits: Tuple[int, int]) -> Tuple[int, ...]:
   """Every batch size a run may take, as far as the config fixes them (for
-  noise_scale: its bounds and the multiples of the microbatch between)."""
+  noise_scale: its bounds `limits` and the multiples of the microbatch
+  `micro` between)."""
   spec = batch_schedule.section(config)
   if spec["name"] == "steps":
     return tuple(sorted({config.batch_size, *spec["batch_sizes"]}))
   if spec["name"] == "noise_scale":
-    low, high = batch_schedule.limits(config, train_examples)
-    m = config.microbatch_size
+    low, high = limits
     return tuple(sorted({config.batch_size, low, high,
-                         *range(m * max(1, -(-low // m)), high, m)}))
+                         *range(micro * max(1, -(-low // micro)), high, micro)}))
   return (config.batch_size,)
 
 

@@ -41,7 +41,8 @@ def dispatch_ahead(mesh) -> int:
 
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    label_smoothing: float, needs: Sequence[str] = (),
-                   adversarial: Optional[Dict[str, Any]] = None) -> Callable:
+                   adversarial: Optional[Dict[str, Any]] = None,
+                   gradient_penalty: Optional[Dict[str, Any]] = None) -> Callable:
   """The jitted update: `update(state, microbatches, params_init, lr_position,
   num_microbatches=<this>, full_diagnostics=True) -> (state, metrics)`
   (`lr_position`: where on the schedule this update's learning rate is;
@@ -69,13 +70,16 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
 
   learning_rate = jax.jit(learning_rate_at, out_shardings=replicated)
   add = functools.partial(step.add_microbatch, apply_fn=model.apply,
-                          label_smoothing=label_smoothing, adversarial=adversarial)
+                          label_smoothing=label_smoothing, adversarial=adversarial,
+                          gradient_penalty=gradient_penalty)
   fused = jax.jit(functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
                                     label_smoothing=label_smoothing,
-                                    needs=needs, adversarial=adversarial),
+                                    needs=needs, adversarial=adversarial,
+                                    gradient_penalty=gradient_penalty),
                   in_shardings=(replicated, sharded, replicated, replicated, replicated),
                   out_shardings=(replicated, replicated), donate_argnums=(0,))
-  start_fn = jax.jit(functools.partial(step.start_update, needs=needs),
+  start_fn = jax.jit(functools.partial(step.start_update, needs=needs,
+                                       gradient_penalty=gradient_penalty),
                      out_shardings=replicated)
   # `add` also returns its microbatch count, a scalar the host can wait on
   # (the sums themselves are donated to the next call).
@@ -87,7 +91,8 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    out_shardings=replicated, donate_argnums=(1,))
   def finish_update(state, sums, params_init, lr, full_diagnostics, num_microbatches):
     return step.finish_update(state, sums, params_init, lr, full_diagnostics, tx=tx,
-                              num_microbatches=num_microbatches)
+                              num_microbatches=num_microbatches,
+                              gradient_penalty=gradient_penalty)
 
   finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 5,
                       out_shardings=(replicated, replicated), static_argnums=(5,),

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from lbt.engine import adversarial as conadv
+from lbt.engine import regularizers
 from lbt import optim
 
 Metrics = Dict[str, jax.Array]
@@ -68,6 +69,10 @@ class GradientSum(flax.struct.PyTreeNode):
       for optimizers that need it (the GSNR family); else None.
     per_example_grad_norm: per tensor, the sum over examples of the
       per-example gradient norm, kept only for CLARS; else None.
+    penalty_grads: the gradient of ½ Σ_b n_b ‖∇L_b‖² over the blocks added
+      so far, kept only with `loss.gradient_penalty` (lbt.engine.regularizers),
+      whose coefficient may follow the learning rate: so it is kept apart from
+      `grads` until `finish_update` knows the update's rate; else None.
   """
   grads: Any
   batch_stats: Any
@@ -78,6 +83,7 @@ class GradientSum(flax.struct.PyTreeNode):
   microbatch_grad_sq_norm: jax.Array
   microbatch_grad_sq: Any = None
   per_example_grad_norm: Any = None
+  penalty_grads: Any = None
 
 
 def init_variables(rng: jax.Array, model, input_shape: Tuple[int, ...]):
@@ -150,11 +156,14 @@ def mean_per_example_grad_norm(example_loss: Callable[..., jax.Array], params,
   return jax.tree.map(mean_norm, grads)
 
 
-def start_update(state: TrainState, needs: Sequence[str] = ()) -> GradientSum:
+def start_update(state: TrainState, needs: Sequence[str] = (),
+                 gradient_penalty: Optional[Mapping[str, Any]] = None) -> GradientSum:
   """Empty sums for a new update, carrying the state's BN statistics.
 
   `needs` names the statistics the optimizer asks for beyond the gradient
-  (`optim.needs(...)`: 'microbatch_grad_sq', 'per_example_grad_norm').
+  (`optim.needs(...)`: 'microbatch_grad_sq', 'per_example_grad_norm');
+  `gradient_penalty` (the filled `loss.gradient_penalty`, or None) adds the
+  penalty's gradient sum.
   """
   zero = lambda dtype: jnp.zeros([], dtype)
   zeros_like_params = lambda shape: jax.tree.map(
@@ -166,7 +175,8 @@ def start_update(state: TrainState, needs: Sequence[str] = ()) -> GradientSum:
       microbatch_grad_sq=(zeros_like_params(jnp.shape)
                           if "microbatch_grad_sq" in needs else None),
       per_example_grad_norm=(zeros_like_params(lambda p: ())
-                             if "per_example_grad_norm" in needs else None))
+                             if "per_example_grad_norm" in needs else None),
+      penalty_grads=zeros_like_params(jnp.shape) if gradient_penalty else None)
 
 
 def per_example_grad_norm_sum(apply_fn: Callable, state: TrainState, batch_stats,
@@ -219,7 +229,8 @@ def adversarial_inputs(apply_fn: Callable, state: TrainState, batch_stats,
 def add_microbatch(state: TrainState, sums: GradientSum,
                    microbatch: Dict[str, jax.Array], *, apply_fn: Callable,
                    label_smoothing: float,
-                   adversarial: Optional[Mapping[str, Any]] = None) -> GradientSum:
+                   adversarial: Optional[Mapping[str, Any]] = None,
+                   gradient_penalty: Optional[Mapping[str, Any]] = None) -> GradientSum:
   """Adds one microbatch's summed loss gradient (and what the optimizer needs
   besides, as `start_update` set up) to `sums`.
 
@@ -231,6 +242,9 @@ def add_microbatch(state: TrainState, sums: GradientSum,
     label_smoothing: of the cross-entropy targets.
     adversarial: the `loss.adversarial` section when ConAdv is on, else None:
       the loss is then (1 - a) * clean + a * adversarial, a = its `weight`.
+    gradient_penalty: the filled `loss.gradient_penalty` when on, else None:
+      the penalty's gradient over this microbatch's blocks is then added to
+      `penalty_grads` (as `start_update` set up).
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), sums.microbatches)
   adversarial_images = None
@@ -270,13 +284,18 @@ def add_microbatch(state: TrainState, sums: GradientSum,
   if norms is not None:
     norms = jax.tree.map(jnp.add, norms, per_example_grad_norm_sum(
         apply_fn, state, sums.batch_stats, microbatch, label_smoothing))
+  penalty = sums.penalty_grads
+  if penalty is not None:
+    penalty = jax.tree.map(jnp.add, penalty, regularizers.penalty_gradient(
+        apply_fn, state.params, sums.batch_stats, microbatch, rng, cross_entropy,
+        label_smoothing, gradient_penalty["block"]))
   return GradientSum(
       grads=jax.tree.map(jnp.add, sums.grads, grads), batch_stats=batch_stats,
       loss=sums.loss + loss, correct=sums.correct + correct,
       examples=sums.examples + jnp.asarray(count, jnp.int32), microbatches=sums.microbatches + 1,
       microbatch_grad_sq_norm=sums.microbatch_grad_sq_norm
       + jnp.square(tree_norm(grads) / count),
-      microbatch_grad_sq=grad_sq, per_example_grad_norm=norms)
+      microbatch_grad_sq=grad_sq, per_example_grad_norm=norms, penalty_grads=penalty)
 
 
 # Diagnostics computed only on the updates whose metrics are written in full
@@ -305,7 +324,9 @@ def diagnostics(params, updates, params_init, opt_state, full: jax.Array) -> Met
 
 def finish_update(state: TrainState, sums: GradientSum, params_init, learning_rate,
                   full_diagnostics=True, *, tx: optax.GradientTransformation,
-                  num_microbatches: int = 1) -> Tuple[TrainState, Metrics]:
+                  num_microbatches: int = 1,
+                  gradient_penalty: Optional[Mapping[str, Any]] = None
+                  ) -> Tuple[TrainState, Metrics]:
   """Turns the summed gradient into one optimizer update and its metrics.
 
   `learning_rate` is this update's (a traced scalar, from the schedule's own
@@ -315,6 +336,8 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, learning_ra
   `full_diagnostics` (a traced bool) adds FULL_DIAGNOSTICS to the metrics;
   without it they are zeros, and the loop writes them only where full.
   `num_microbatches` (static) is what optimizers of the GSNR family check.
+  With `gradient_penalty`, the gradient is that of the loss plus
+  λ/2 · mean_b ‖∇L_b‖², λ from the section and this update's learning rate.
 
   A non-finite loss or gradient (or, on a full update, parameter) is reported
   in `metrics['finite']`; the loop stops at its next look, before any save or
@@ -324,6 +347,10 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, learning_ra
   microbatches = sums.microbatches.astype(jnp.float32)
   grads = jax.tree.map(lambda g, p: (g / examples).astype(p.dtype), sums.grads,
                        state.params)
+  if sums.penalty_grads is not None:
+    strength = regularizers.coefficient(gradient_penalty, learning_rate)
+    grads = jax.tree.map(lambda g, q: g + (strength * q / examples).astype(g.dtype),
+                         grads, sums.penalty_grads)
   extra = {}
   if sums.microbatch_grad_sq is not None:
     extra["microbatch_grad_sq"] = jax.tree.map(lambda s: s / microbatches,
@@ -360,7 +387,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
                learning_rate, full_diagnostics=True, *, apply_fn: Callable,
                tx: optax.GradientTransformation, label_smoothing: float,
                needs: Sequence[str] = (),
-               adversarial: Optional[Mapping[str, Any]] = None
+               adversarial: Optional[Mapping[str, Any]] = None,
+               gradient_penalty: Optional[Mapping[str, Any]] = None
                ) -> Tuple[TrainState, Metrics]:
   """One optimizer update on a batch given whole (no accumulation).
 
@@ -375,13 +403,16 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], params_init,
     label_smoothing: of the cross-entropy targets.
     needs: statistics the optimizer needs besides the gradient.
     adversarial: the `loss.adversarial` section when ConAdv is on, else None.
+    gradient_penalty: the filled `loss.gradient_penalty` when on, else None.
 
   Returns:
     The new state and this update's metrics (scalars).
   """
-  sums = add_microbatch(state, start_update(state, needs), batch, apply_fn=apply_fn,
-                        label_smoothing=label_smoothing, adversarial=adversarial)
-  return finish_update(state, sums, params_init, learning_rate, full_diagnostics, tx=tx)
+  sums = add_microbatch(state, start_update(state, needs, gradient_penalty), batch,
+                        apply_fn=apply_fn, label_smoothing=label_smoothing,
+                        adversarial=adversarial, gradient_penalty=gradient_penalty)
+  return finish_update(state, sums, params_init, learning_rate, full_diagnostics, tx=tx,
+                       gradient_penalty=gradient_penalty)
 
 
 def eval_step(state: TrainState, batch: Dict[str, jax.Array], *,

@@ -4,7 +4,8 @@
 stage reads), holds the workdir (lbt.engine.workdir), then `set_up` builds the data
 pipeline, the model, the optimizer, the jitted programs (lbt.engine.programs) and
 the state, resuming from the last checkpoint; `train_loop` runs the updates,
-writes metrics (lbt.engine.train_metrics), evaluates and checkpoints; `finish`
+each doing what lbt.engine.update_plan decides for it: writes metrics
+(lbt.engine.train_metrics), evaluates and checkpoints; `finish`
 evaluates on the test set and writes the summary. The step itself is pure
 (lbt.engine.step); the I/O is here.
 
@@ -28,9 +29,10 @@ from lbt.stats import steps_to_target
 from lbt.engine import batch_schedule, checkpoint
 from lbt import data
 from lbt.engine import config as config_lib
+from lbt.io import faults
 from lbt.io import metrics as metrics_lib
 from lbt import optim
-from lbt.engine import parallel, programs, step, train_metrics
+from lbt.engine import parallel, programs, step, train_metrics, update_plan
 from lbt.engine import workdir as workdir_lib
 from lbt.errors import ConfigError, Preempted
 from lbt.io.preemption import PreemptionNotice
@@ -48,7 +50,8 @@ class Placement:
 
 @dataclasses.dataclass
 class Run:
-  """What the loop needs of a run once it is set up (see `set_up`)."""
+  """What the loop needs of a run once it is set up (see `set_up`): `config`
+  for the settings as given, `facts` for every value derived from them."""
   config: Any
   facts: config_lib.RunFacts
   workdir: str
@@ -65,8 +68,7 @@ class Run:
   progress: metrics_lib.Progress
   start_step: int
   start_examples: int
-  max_updates: int
-  target_every: int  # updates between validation evaluations of stop_at_target
+  cadence: update_plan.Cadence  # its intervals and cap: what each update does
   stopped: Optional[str]  # why the resumed run had stopped at its checkpoint, if it had
   placement: Optional[Placement]  # None: the whole mesh, this run alone
 
@@ -114,9 +116,11 @@ def train_and_evaluate(config, workdir: str, allow_config_change: Sequence[str] 
     facts = config_lib.validate(config, num_devices=len(placement.devices) if placement
                                 else jax.device_count())
   workdir_lib.check_location(workdir)
-  workdir_lib.check_config(config, workdir, allow_config_change)  # reads only
+  changed = workdir_lib.check_config(config, workdir, allow_config_change)  # reads only
+  workdir_lib.check_facts(facts, workdir, changed)
   with workdir_lib.hold(workdir) as lease:
     run, state = set_up(config, facts, workdir, lease, max_updates, placement)
+    faults.moment("setup")
     try:
       state, final, stop = train_loop(run, state)
       summary = finish(run, state, final, stop, start_time)
@@ -139,9 +143,7 @@ def set_up(config, facts, workdir: str, lease, max_updates: int,
   a checkpoint; returns (Run, state)."""
   mesh = parallel.create_mesh(placement.devices if placement else None)
   pipeline = create_pipeline(config, facts, mesh)
-  plan = batch_schedule.create_plan(config, pool_size=len(pipeline.train_batches.pool),
-                                    microbatch=facts.microbatch_size,
-                                    constant_updates=facts.num_train_steps)
+  plan = batch_schedule.create_plan(facts)
   model = programs.build_model(config, facts.num_classes)
   schedule = optim.create_schedule(config.schedule, facts.peak_learning_rate,
                                    facts.steps_per_epoch, facts.num_train_steps)
@@ -150,13 +152,15 @@ def set_up(config, facts, workdir: str, lease, max_updates: int,
   state = _initial_state(config, facts, pipeline, mesh, model, tx)
   params_init = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
   workdir_lib.write_config(config, workdir)
+  workdir_lib.write_facts(facts, workdir)
   manager = checkpoint.create_manager(workdir, config.checkpoint_keep)
   stream = pipeline.train_stream(plan)
   state, start_step = _resume(workdir, manager, state, stream, plan)
   update_fn = programs.compile_update(
       model, tx, schedule, mesh, 1, config.loss.label_smoothing,
-      needs=optim.needs(config.optimizer), adversarial=facts.adversarial)
-  stopped = _stopped_at(workdir, start_step, max_updates)
+      needs=optim.needs(config.optimizer), adversarial=facts.adversarial,
+      gradient_penalty=facts.gradient_penalty)
+  stopped = _stopped_at(workdir, start_step, max_updates, plan.finished())
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0,
                                      resume_step=start_step)
   planned = start_step + batch_schedule.planned_updates(plan)  # noise_scale: a guess
@@ -164,7 +168,7 @@ def set_up(config, facts, workdir: str, lease, max_updates: int,
                                   enabled=jax.process_index() == 0 and placement is None)
   run = Run(config, facts, workdir, lease, mesh, pipeline, plan, stream, update_fn,
             programs.compile_eval(model, mesh), params_init, manager, writer, progress,
-            start_step, plan.examples(), max_updates, _target_every(config, facts),
+            start_step, plan.examples(), update_plan.cadence_of(config, facts, max_updates),
             stopped, placement)
   _announce(run, planned)
   return run, state
@@ -178,14 +182,21 @@ def create_pipeline(config, facts, mesh) -> data.Pipeline:
     if jax.process_index() == 0:
       data.prepare(spec, config.dataset.data_dir)
     parallel.barrier("lbt: data prepared")
-  return data.Pipeline(
+  pipeline = data.Pipeline(
       spec, data_dir=config.dataset.data_dir, cache=config.dataset.cache, seed=config.seed,
       batch_size=facts.batch_size, microbatch_size=facts.microbatch_size,
-      validation_examples=facts.validation_examples,
+      steps_per_epoch=facts.steps_per_epoch, validation_examples=facts.validation_examples,
       image_size=config_lib.dataset_field(config, "image_size"),
       eval_batch_size=config.eval_batch_size, num_devices=mesh.size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      noise_scale_split=facts.noise_scale_split)
+      noise_scale_split=facts.noise_scale_split,
+      shuffle=config_lib.dataset_field(config, "shuffle"))
+  if len(pipeline.train_batches.pool) != facts.train_examples:  # the facts' one source
+    raise ConfigError("dataset.data_dir", config.dataset.data_dir,
+                      f"a copy of {config.dataset.name} with {facts.train_examples} training "
+                      f"examples after the hold-out (this one has "
+                      f"{len(pipeline.train_batches.pool)})")
+  return pipeline
 
 
 def _initial_state(config, facts, pipeline, mesh, model, tx):
@@ -227,36 +238,29 @@ def _resume(workdir: str, manager, state, stream, plan):
   return state, start_step
 
 
-def _stopped_at(workdir: str, start_step: int, max_updates: int) -> Optional[str]:
-  """Whether the run had stopped at its checkpoint before its end: at its
-  target, or at a cap this call does not raise (every process agrees)."""
+def _stopped_at(workdir: str, start_step: int, max_updates: int,
+                finished: bool) -> Optional[str]:
+  """Whether the run had stopped at its checkpoint before its plan's end
+  (`finished`: the plan ends there): at its target (the checkpoint's update
+  has its `target` record, written before the checkpoint), or at a cap this
+  call keeps (`max_updates` at or below it). Read from what the checkpoint
+  covers, not from the summary: a run killed between its last checkpoint and
+  its summary would otherwise train past its stop (every process agrees)."""
   stopped = None
   if jax.process_index() == 0 and start_step:
-    last = next(iter(metrics_lib.read_jsonl(workdir, "summary")[-1:]), {})
-    if last.get("step") == start_step and last.get("stopped_by") == "target":
+    if any(r["step"] == start_step for r in metrics_lib.read_jsonl(workdir, "target")):
       stopped = "target"
-    elif (last.get("step") == start_step and last.get("stopped_by") == "max_updates"
-          and 0 < max_updates <= start_step):
+    elif 0 < max_updates <= start_step and not finished:
       stopped = "max_updates"
   code = parallel.any_process(stopped == "target") * 2 + parallel.any_process(
       stopped == "max_updates")
   return {2: "target", 1: "max_updates"}.get(code)
 
 
-def _target_every(config, facts) -> int:
-  """Updates between the validation evaluations that look for the target:
-  the section's `every`, or about 500 evaluations over the run (every update
-  when the run has at most 500)."""
-  target = config_lib.stop_at_target(config)
-  if target is None:
-    return 0
-  return target["every"] or max(1, -(-facts.num_train_steps // 500))
-
-
 def _announce(run: Run, planned: int) -> None:
   """The console lines of a starting run and its `run` record."""
   config, facts = run.config, run.facts
-  notes = [facts.length_note(config.num_epochs),
+  notes = [facts.length_note(),
            optim.warmup_note(config.schedule, facts.steps_per_epoch, facts.num_train_steps)]
   for note in filter(None, notes):
     if run.is_main:
@@ -276,16 +280,12 @@ def _announce(run: Run, planned: int) -> None:
       "effective_learning_rate": facts.peak_learning_rate,
       "steps_per_epoch": facts.steps_per_epoch, "num_train_steps": planned,
       "num_microbatches": run.pipeline.train_batches.layout(batch)[0],
-      "batch_size": batch, "target_eval_every": run.target_every,
-      "max_updates": run.max_updates, **layout,
+      "batch_size": batch, "target_eval_every": run.cadence.target_every,
+      "max_updates": run.cadence.max_updates, **layout,
       **{f"previous_{k}": v for k, v in moved.items()}})
 
 
 # ---- the loop ----
-
-def _every(n: int, done: int) -> bool:
-  return n > 0 and done % n == 0
-
 
 def train_loop(run: Run, state):
   """Runs the updates from the resumed one to the end, a target or a cap.
@@ -294,7 +294,7 @@ def train_loop(run: Run, state):
     (state, the test metrics of the last evaluation or None, why it stopped:
     "end", "target" or "max_updates").
   """
-  config, plan = run.config, run.plan
+  plan = run.plan
   ahead = programs.dispatch_ahead(run.mesh)
   buffer, final, stop = train_metrics.TrainMetrics(run), None, run.stopped
   shared = run.placement.preemption if run.placement else None
@@ -302,31 +302,26 @@ def train_loop(run: Run, state):
     while stop is None and not plan.finished():
       slot = run.stream.next_update()
       done, count = slot.update + 1, run.stream.num_microbatches(slot)
-      full = _writes_in_full(run, done)
+      actions = update_plan.decide(run.cadence, done, last=plan.finished())
       microbatches = parallel.prefetch_to_mesh(run.stream, run.mesh, count)
       state, step_metrics = run.update_fn(
           state, microbatches, run.params_init,
           plan.schedule_position(slot, run.facts.steps_per_epoch), num_microbatches=count,
-          full_diagnostics=full)
-      buffer.add(step_metrics, slot.batch, count, full)
+          full_diagnostics=actions.full_diagnostics)
+      buffer.add(step_metrics, slot.batch, count, actions.full_diagnostics)
       buffer.wait_for(ahead)
       if plan.is_decision_point():
         # The next batch, and so whether the run ends here, follows every estimate.
         buffer.flush(done)
         run.progress.set_total(done + batch_schedule.planned_updates(plan))
-      stop = "end" if plan.finished() else None
-      look_for_target = _every(run.target_every, done) or (stop and run.target_every)
-      evaluate_now = _every(config.eval_every_steps, done) or stop
-      if _every(config.log_every_steps, done) or evaluate_now or look_for_target:
+        actions = actions.revised(run.cadence, last=plan.finished())
+      if actions.flush:
         buffer.flush(done)
-      validation = _validate(run, state, done) if look_for_target else None
-      if validation is not None and _reached_target(run, validation, done):
-        stop = "target"
-      elif run.max_updates and done >= run.max_updates and not stop:
-        stop = "max_updates"
-      if evaluate_now or stop:
+      validation = _validate(run, state, done) if actions.target_check else None
+      stop = actions.stop(validation is not None and _reached_target(run, validation, done))
+      if actions.evaluate or stop:
         final = evaluate_all(run, state, done, validation)
-      if _every(config.checkpoint_every_steps, done) or stop:
+      if actions.checkpoint or stop:
         workdir_lib.check_lease(run.lease)
         # Every update up to the checkpoint is written (and checked finite, and
         # its noise estimate in the plan the checkpoint saves): a resume
@@ -334,23 +329,13 @@ def train_loop(run: Run, state):
         buffer.flush(done)
         run.writer.flush()
         checkpoint.save(run.manager, done, state, run.stream)
+      faults.moment("ended" if stop else "update")
       if preemption.reached(done) and not stop:
         buffer.flush(done)
         run.writer.flush()
         checkpoint.save(run.manager, done, state, run.stream)
         raise Preempted(f"SIGTERM: saved the checkpoint of update {done}")
   return state, final, stop or "end"
-
-
-def _writes_in_full(run: Run, done: int) -> bool:
-  """Whether update `done` computes and writes `step.FULL_DIAGNOSTICS`: a log,
-  evaluation, target, checkpoint or last update (the plan has taken its slot,
-  so it knows whether it is the last); the others write only what the
-  divergence guard and the curves need."""
-  config = run.config
-  return bool(any(_every(n, done) for n in (config.log_every_steps, config.eval_every_steps,
-                                             config.checkpoint_every_steps, run.target_every))
-              or run.plan.finished() or 0 < run.max_updates <= done)
 
 
 def _validate(run: Run, state, done: int) -> Dict[str, float]:
@@ -364,7 +349,7 @@ def _validate(run: Run, state, done: int) -> Dict[str, float]:
 def _reached_target(run: Run, validation: Dict[str, float], done: int) -> bool:
   """True (and a `target` record) when update `done`'s validation metric
   reaches stop_at_target's value: called at each evaluated update, in order."""
-  target = config_lib.stop_at_target(run.config)
+  target = run.facts.stop_at_target
   value = validation[target["metric"].split("_", 1)[1]]
   reached = steps_to_target.reaches(
       value, target["value"], "max" if target["metric"].endswith("accuracy") else "min")
@@ -372,7 +357,7 @@ def _reached_target(run: Run, validation: Dict[str, float], done: int) -> bool:
     run.writer.write(done, "target", {"metric": target["metric"], "value": value,
                                       "target": target["value"],
                                       "examples": run.plan.examples(),
-                                      "every": run.target_every})
+                                      "every": target["every"]})
   return bool(reached)
 
 

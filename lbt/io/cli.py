@@ -21,13 +21,13 @@ from absl import flags
 import ml_collections
 
 from lbt import errors
-from lbt.io import preemption
+from lbt.io import faults, preemption
 from lbt.errors import ConfigError
 
 EXIT_OK = 0
 
 # The repository root, so that config files can `import configs.<benchmark>`.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def one_line(text) -> str:
@@ -57,6 +57,7 @@ def run(command: Callable[[], object]) -> int:
   re-raised with its traceback (a bug, not an outcome).
   """
   try:
+    faults.moment("start")
     command()
   except BaseException as e:  # pylint: disable=broad-except
     status = errors.exit_status(e)

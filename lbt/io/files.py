@@ -22,6 +22,7 @@ from typing import Optional
 from etils import epath
 
 from lbt.errors import ConfigError, WriteError
+from lbt.io import faults
 
 # Operating-system texts a library may bury in its own message (tensorstore does).
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -156,6 +157,7 @@ def write_bytes_atomic(path: str, data: bytes, what: Optional[str] = None) -> No
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+      faults.moment("write")
       os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):

@@ -20,10 +20,16 @@ REPORT = "report"                 # report.md, limit.md and their PNGs
 REPORT_MD = "report.md"
 LIMIT = "limit.json"              # lbt.limit's summary
 LIMIT_MD = "limit.md"
+WAVE = "wave.json"                # lbt.limit: its latest wave of trials, written whole
 COMPILATION_CACHE = "compilation_cache"
+LIMITS = "limits"                 # one steps-to-target protocol per folder (lbt.study)
+CRITICAL = "critical.json"        # lbt.limit --study: each optimizer's limit.json
+CRITICAL_MD = "critical.md"
+FULL_BATCH = "full_batch.json"    # a full-batch study's summary (lbt.studies.full_batch)
 
 # A point may not be named like the study directory's own files.
-RESERVED = (STUDY, DATABASE, REPORT, LIMIT, LOCK, LOG, COMPILATION_CACHE)
+RESERVED = (STUDY, DATABASE, REPORT, LIMIT, LOCK, LOG, COMPILATION_CACHE, LIMITS, CRITICAL,
+            CRITICAL_MD, WAVE, FULL_BATCH)
 
 
 def process_log(index: int) -> str:

@@ -13,8 +13,10 @@ filesystem (NFS, Filestore), where `flock`/`fcntl` locks are unreliable:
 - Heartbeat: a daemon thread rewrites it every `heartbeat_s` (temporary file,
   `os.replace`) after checking it is still its own; if not, the lease is lost
   and `Lease.check()` raises.
-- Stale: a heartbeat older than `timeout_s`, or a holder gone from this very
-  host (same boot and pid namespace; pid dead or reused). A taker moves it
+- Stale: a heartbeat older than `timeout_s`, or a holder dead on this very
+  host (same boot and pid namespace; pid gone, reused, or a zombie: killed
+  with a parent that does not reap it). A stopped holder (SIGSTOP) lives, by
+  its heartbeat, until the timeout. A taker moves it
   aside with an atomic `os.rename` to a name of its own (of several takers only
   one finds the file), checks that what moved is the lease it judged stale
   (inode, mtime, bytes), else puts it back with `os.link` (which never
@@ -70,11 +72,45 @@ def _identity() -> dict:
           "pid_namespace": namespace, "pid_start": _pid_start(pid)}
 
 
+def _stat(path: str) -> list:
+  """The fields of a /proc stat file after the command name, state first ([]
+  if unreadable); the name may hold spaces and parentheses."""
+  text = _read_text(path)
+  return text.rsplit(")", 1)[-1].split() if ")" in text else []
+
+
 def _pid_start(pid: int) -> str:
   """The process's start time in clock ticks since boot ('' if unknown): a
   reused pid has another one."""
-  text = _read_text(f"/proc/{pid}/stat")
-  return text.rsplit(")", 1)[-1].split()[19] if ")" in text else ""
+  fields = _stat(f"/proc/{pid}/stat")
+  return fields[19] if len(fields) > 19 else ""
+
+
+_PF_EXITING = 0x4  # Linux's flag of a thread inside exit (include/linux/sched.h).
+
+
+def _exited(pid: int) -> Optional[str]:
+  """How the process has exited though its pid remains, or None if it runs.
+
+  A killed trainer is a zombie while its parent lives without waiting for it,
+  or, when the parent died too, in a container whose first process reaps no
+  orphans. Every thread counts: a main thread that exits alone shows as a
+  zombie while the others run; after a kill, the last threads may still be
+  tearing the process down, inside exit, where they write nothing more (one
+  not yet inside, that may finish a rename, keeps the process alive).
+  """
+  try:
+    tasks = os.listdir(f"/proc/{pid}/task")
+  except OSError:
+    return None
+  for tid in tasks:
+    fields = _stat(f"/proc/{pid}/task/{tid}/stat")
+    if fields and fields[0] not in "ZX" and not int(fields[6]) & _PF_EXITING:
+      return None
+  leader = _stat(f"/proc/{pid}/stat")
+  if not tasks or not leader:
+    return None
+  return "a zombie, not yet reaped" if leader[0] == "Z" else "exiting"
 
 
 def _read_lease(path: str):
@@ -111,6 +147,9 @@ def _stale(fields: dict, timeout_s: float) -> Optional[str]:
       alive = True
     if not alive:
       return f"its process {pid} on this host is gone"
+    exited = _exited(pid)
+    if exited:
+      return f"its process {pid} on this host is gone ({exited})"
     if fields.get("pid_start") and _pid_start(pid) not in ("", fields["pid_start"]):
       return f"its process {pid} on this host is gone (the pid was reused)"
   age = time.time() - float(fields["heartbeat"])

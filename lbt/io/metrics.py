@@ -27,6 +27,7 @@ from typing import Dict, Iterable, Optional
 import jax
 import numpy as np
 from tensorboardX.proto import event_pb2, summary_pb2
+from tensorboardX import summary as tb_summary
 from tensorboardX.record_writer import masked_crc32c
 import tqdm
 
@@ -77,9 +78,11 @@ class _EventFile:
                      struct.pack("<I", masked_crc32c(data)))
 
   def add(self, step: int, scalars: Dict[str, float]) -> None:
-    summary = summary_pb2.Summary(value=[
+    self.add_summary(step, summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=tag, simple_value=value)
-        for tag, value in scalars.items()])
+        for tag, value in scalars.items()]))
+
+  def add_summary(self, step: int, summary) -> None:
     self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
     if self._remote and self._file.size > REMOTE_EVENTS_BYTES:
       self._file.close()
@@ -206,3 +209,21 @@ class Progress:
 
   def close(self) -> None:
     self.bar.close()
+
+
+def write_hparams(workdir: str, hparams: Dict[str, object], scores: Dict[str, float]) -> None:
+  """One run's hyperparameters and final scores for TensorBoard's HParams
+  dashboard, as an events file of its own in the run's TensorBoard folder: a
+  study directory opened in TensorBoard then lists every search's trials
+  (learning rate and cell against the validation and test metrics)."""
+  values = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
+  tags = {f"hparams/{k}": float(v) for k, v in scores.items()
+          if v is not None and math.isfinite(v)}
+  experiment, start, end = tb_summary.hparams(values, tags)
+  events = _EventFile(os.path.join(workdir, layout.TENSORBOARD, "hparams"))
+  try:
+    for summary in (experiment, start, end):
+      events.add_summary(0, summary)
+    events.add(0, tags)
+  finally:
+    events.close()

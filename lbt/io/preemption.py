@@ -2,6 +2,7 @@
 the next update, on every process alike; Ctrl-C stops at the end of an update.
 Outside the training loop `exit_on_signals` applies: leave at once with one line."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,9 +16,13 @@ def exit_now(signum, frame) -> None:
   a KeyboardInterrupt can land inside JAX's or orbax's start-up or shut-down."""
   del frame
   name = "interrupted" if signum == signal.SIGINT else "SIGTERM"
-  print(f"lbt: {name} outside the training loop; nothing was lost: rerun the same "
-        "command to resume from the last checkpoint.", file=sys.stderr, flush=True)
-  os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED)
+  line = (f"lbt: {name} outside the training loop; nothing was lost: rerun the same "
+          "command to resume from the last checkpoint.")
+  tqdm = sys.modules.get("tqdm")
+  # A run's progress bar is cleared first, so that the line stands alone.
+  with (tqdm.tqdm.external_write_mode(file=sys.stderr) if tqdm else contextlib.nullcontext()):
+    print(line, file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED)
 
 
 def exit_on_signals() -> None:

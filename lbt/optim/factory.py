@@ -6,7 +6,8 @@ Config fields other than the four below are the factory's hyperparameters.
 
 Each field has one owner that checks it: `optimizer.name` is checked by
 `check`; learning_rate, scaling and base_batch_size by
-`effective_learning_rate`, which reads them; the hyperparameters (keys and
+`effective_learning_rate`, which reads them; clip_norm by `clip_norm`, which
+`create` reads; the hyperparameters (keys and
 ranges) by `create_by_name`, the one door to a factory; `exclude` by
 `masks.compile_exclude` inside the factory. `check` reaches every one of them
 without training, so `lbt.engine.config.validate` calls only `check`.
@@ -25,7 +26,7 @@ from lbt.registry import Registry
 OPTIMIZERS: Registry = Registry("optimizer")
 
 # Keys of optimizer_config consumed here rather than passed to the factory.
-RESERVED_KEYS = ("name", "learning_rate", "scaling", "base_batch_size")
+RESERVED_KEYS = ("name", "learning_rate", "scaling", "base_batch_size", "clip_norm")
 SCALING_RULES = ("linear", "sqrt", "none")
 
 
@@ -144,15 +145,35 @@ def check(optimizer_config: Mapping,
     schedules.check_schedule(schedule_config)
 
 
+def clip_norm(optimizer_config: Mapping) -> float:
+  """optimizer.clip_norm: the largest L2 norm of the whole gradient (0 or
+  absent: no clipping). ConfigError for a bad value."""
+  value = _field(optimizer_config, "clip_norm")
+  if value is None:
+    return 0.0
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not math.isfinite(value) or value < 0):
+    raise ConfigError("optimizer.clip_norm", value,
+                      "a finite number >= 0: the largest global L2 norm of the "
+                      "gradient (0: no clipping)")
+  return float(value)
+
+
 def create(optimizer_config: Mapping, schedule: optax.ScalarOrSchedule
            ) -> optax.GradientTransformation:
   """The configured optimizer, with `schedule` (or a float) as learning rate.
 
   optimizer_config.learning_rate is not read here: the trainer turns it into
   the peak of `schedule` via effective_learning_rate and create_schedule.
+  With `clip_norm` > 0 the gradient is first scaled to at most that global L2
+  norm (optax.clip_by_global_norm; Geiping et al. 2022 clip the full-batch
+  gradient to 0.25), before the optimizer adds its weight decay; without it
+  the chain is the optimizer's alone.
   """
-  return create_by_name(optimizer_config["name"], schedule,
-                        **_hyperparameters(optimizer_config))
+  tx = create_by_name(optimizer_config["name"], schedule,
+                      **_hyperparameters(optimizer_config))
+  limit = clip_norm(optimizer_config)
+  return optax.chain(optax.clip_by_global_norm(limit), tx) if limit else tx
 
 
 def create_with_learning_rate_input(optimizer_config: Mapping

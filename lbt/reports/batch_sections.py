@@ -1,13 +1,11 @@
-"""Where the batch stops paying off: the report's three measurements of it.
+"""The report's sections on the batch during training (the critical batch
+itself is measured by the steps-to-target protocol, `limit_sections`):
 
-- Steps to target across the sweep: S(B) = S_min·(1 + B_noise/B) fitted to the
-  updates each batch needed to reach the target accuracy, E_min = S_min·B_noise
-  and the critical batch B_crit = E_min/S_min, with Shallue et al.'s three
-  regimes marked on the fitted curve.
 - The gradient noise scale B_simple = tr(Σ)/|G|², which the trainer logs every
   update of an accumulated (or `noise_scale_split`) run, over training and at
-  the update where the run reached the target, compared with B_crit.
-- Batch-size schedules at equal examples (points `-batch-<schedule>`): updates
+  the update where the run reached the target, compared with the measured B_crit.
+- Batch-size schedules at equal examples (points of section `schedule`,
+  `lbt.studies.points`): updates
   used and final accuracy of a constant batch against `steps` and `noise_scale`.
 
 Each function draws its PNG and writes its sentences from the measured numbers
@@ -23,125 +21,15 @@ References:
     https://arxiv.org/abs/1711.00489
 """
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lbt.reports import plots
 from lbt.stats import noise_scale
-from lbt.stats import steps_to_target
-from lbt.stats.steps_to_target import REGIME_FACTOR
 
-SCHEDULE_PREFIX = "batch-"
-
-Fit = Tuple[float, float]  # (S_min, B_noise)
-
-
-def _shade_regimes(ax, b_crit: float, low: float, high: float) -> None:
-  edges = [b_crit / REGIME_FACTOR, b_crit * REGIME_FACTOR]
-  spans = [(low, edges[0], "perfect scaling"), (edges[0], edges[1], "diminishing returns"),
-           (edges[1], high, "maximal parallelism")]
-  for (a, b, label), shade in zip(spans, ("#e8f4e8", "#fdf3e1", "#f6e3e3")):
-    if b > a:
-      ax.axvspan(max(a, low), min(b, high), color=shade, zorder=0, label=label)
-
-
-def section_target(series: Dict[str, List[dict]], report_dir: str
-                   ) -> Tuple[str, Dict[str, Fit]]:
-  """Updates and examples to the target across the sweep, and the fits.
-
-  Args:
-    series: optimizer label -> the sweep's chosen rows (`report.sweep`).
-    report_dir: where the PNG goes.
-
-  Returns:
-    (markdown section, label -> (S_min, B_noise) for the series that fit).
-  """
-  plt = plots.pyplot()
-  fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-  text, target, fits = [], None, {}
-  for label, rows in series.items():
-    reached = [r for r in rows if r["updates_to_target"] is not None]
-    target = target or next((r["target_accuracy"] for r in rows), None)
-    missed = [r["batch_size"] for r in rows if r["updates_to_target"] is None]
-    if not reached:
-      text.append(f"- **{label}**: no batch reached the target.")
-      continue
-    b = np.array([r["batch_size"] for r in reached], float)
-    s = np.array([r["updates_to_target"] for r in reached], float)
-    line, = ax_s.loglog(b, s, "o-", label=label)
-    ax_e.loglog(b, s * b, "o-", color=line.get_color(), label=label)
-    perfect = s[0] * b[0] / b
-    ax_s.loglog(b, perfect, ":", color=line.get_color())
-    ax_e.loglog(b, perfect * b, ":", color=line.get_color())
-    ratio = ", ".join(f"B={int(x)}: {y:.2g}×" for x, y in zip(b, s / perfect))
-    sentence = (f"- **{label}**: updates to target / perfect scaling from B={int(b[0])}: "
-                f"{ratio}" + (f"; never reached at B={', '.join(map(str, missed))}"
-                              if missed else ""))
-    if np.unique(b).size >= 3:
-      fit = steps_to_target.fit_limit(b, s)
-      s_min, b_noise = fit.s_min, fit.b_crit
-    if np.unique(b).size >= 3 and not 0 < b_noise < math.inf:
-      sentence += (f". The fit S(B) = S_min(1 + B_noise/B) gives no positive S_min and "
-                   f"B_noise (S_min = {s_min:.3g}, B_noise = {b_noise:.3g}): these batches "
-                   "scale perfectly or too noisily to place a critical batch; it lies beyond "
-                   f"B={int(b.max())} or cannot be told")
-    elif np.unique(b).size >= 3:
-      fits[label] = (s_min, b_noise)
-      grid = np.geomspace(b.min(), max(b.max(), 4 * b_noise), 60)
-      ax_s.loglog(grid, s_min * (1 + b_noise / grid), "--", color=line.get_color())
-      ax_e.loglog(grid, s_min * (grid + b_noise), "--", color=line.get_color())
-      # Every fit's regime bounds and B_crit, as ticks on its own curve.
-      ticks = np.array([b_noise / REGIME_FACTOR, b_noise, b_noise * REGIME_FACTOR])
-      ticks = ticks[(ticks >= grid[0]) & (ticks <= grid[-1])]
-      ax_s.loglog(ticks, s_min * (1 + b_noise / ticks), "|", ms=12, color=line.get_color())
-      ax_e.loglog(ticks, s_min * (ticks + b_noise), "|", ms=12, color=line.get_color())
-      sentence += (f". Fit S(B) = S_min(1 + B_noise/B): S_min = {s_min:.3g}, E_min = "
-                   f"{s_min * b_noise:.3g} examples, critical batch B_crit = E_min/S_min = "
-                   f"{b_noise:.3g}" + _extrapolation(b_noise, b))
-    text.append(sentence + ".")
-  shaded = next(iter(fits), None)  # The first optimizer's regimes (the baseline's).
-  if shaded is not None and fits[shaded][1] > 0:
-    for ax in (ax_s, ax_e):
-      low, high = ax.get_xlim()
-      _shade_regimes(ax, fits[shaded][1], low, high)
-      ax.set_xlim(low, high)
-  for ax, what in ((ax_s, "updates"), (ax_e, "examples")):
-    ax.set(xlabel="batch size", ylabel=f"{what} to target",
-           title=f"{what.capitalize()} to {plots.pct(target)}% test accuracy")
-    plots.legend(ax, fontsize=7)
-  image = plots.save(fig, report_dir, "updates_to_target.png")
-  return ("## 2. Updates and examples to the target accuracy\n\nTarget: "
-          f"{plots.pct(target)}% test accuracy (first evaluation reaching it). Perfect "
-          "scaling (dotted) halves the updates when the batch doubles; a ratio above 1× is "
-          "where returns diminish. Regimes of the fitted curve (dashed; Shallue et al. "
-          f"2019's, bounds ours): perfect scaling below B_crit/{REGIME_FACTOR:g} (updates "
-          f"within 10 % of E_min/B), maximal parallelism above {REGIME_FACTOR:g}·B_crit (within 10 % of "
-          f"S_min), diminishing returns between; shaded for "
-          f"{shaded or 'the first optimizer that fits'}, ticks on every fitted curve at "
-          f"B_crit/{REGIME_FACTOR:g}, B_crit and {REGIME_FACTOR:g}·B_crit.\n\n{image}"
-          "\n\n" + "\n".join(text) + "\n\n" + MEASURED_ELSEWHERE + "\n"), fits
-
-
-# What the sweep's fit is not, and where the measurement is.
-MEASURED_ELSEWHERE = (
-    "These points train for equal epochs at one learning rate each (the scaling "
-    "rule's, untuned): a batch that misses the target in its epochs is not shown to "
-    "be unable to reach it, and the fit above uses only the batches that reached it, "
-    "so a B_crit beyond them is an extrapolation, not a measurement. The measured "
-    "critical batch, each batch trained to the target on a validation split with its "
-    "learning rate searched until bracketed, is `python -m lbt.limit` (for this "
-    "study's MLP: `--study=configs/studies/fashion_mnist_critical.py`).")
-
-
-def _extrapolation(b_crit: float, measured: np.ndarray) -> str:
-  if b_crit > measured.max():
-    return (f" (beyond the largest batch that reached the target, {int(measured.max())}: "
-            "an extrapolation)")
-  if b_crit < measured.min():
-    return f" (below the smallest batch measured, {int(measured.min())}: an extrapolation)"
-  return ""
+# optimizer -> (its measured B_crit, whether it lies inside the batches measured).
+Limit = Tuple[float, bool]
 
 
 def _train_records(records: Dict[str, List[dict]], name: str) -> List[dict]:
@@ -154,14 +42,14 @@ def _value_at(records: Sequence[dict], update: int, key: str) -> Optional[float]
 
 
 def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
-                        fits: Dict[str, Fit],
+                        limits: Dict[str, Limit],
                         report_dir: str) -> str:
   """B_simple over training for every run that measured it, and against B_crit."""
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   text, curves = [], 0
   for row in rows:
-    if row["status"] != "finished" or row["variant"].startswith(SCHEDULE_PREFIX):
+    if row["status"] != "finished" or row["section"] == "schedule":
       continue
     measured = [r for r in _train_records(records, row["name"]) if "b_simple" in r]
     if not measured:
@@ -177,22 +65,18 @@ def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
                 "and all of training: " + ", ".join(
                     f"{v:.3g}" if v is not None else "—" for v in quartiles))
     reached = row["updates_to_target"]
-    fit = fits.get(row["optimizer"])
+    limit = limits.get(row["optimizer"])
     if reached is not None:
       at_target = _value_at(measured, reached, "b_simple")
       ax.plot([reached / per_epoch], [at_target], "k*", ms=8)
       sentence += (f"; at update {reached}, where it reached the target, B_simple = "
                    f"{at_target:.3g}")
-      if fit is not None:
-        sentence += (f". The {row['optimizer']} sweep's fitted B_crit is {fit[1]:.3g}: they "
-                     f"{noise_scale.agreement(at_target, fit[1])}")
-        largest = max(r["batch_size"] for r in rows if r["optimizer"] == row["optimizer"]
-                      and r["variant"] == "" and r["updates_to_target"] is not None)
-        if fit[1] > largest:
-          sentence += (f"; that B_crit lies beyond the largest batch that reached the "
-                       f"target ({largest}), so it is an extrapolation")
+      if limit is not None:
+        sentence += (f". The measured B_crit of {row['optimizer']} is {limit[0]:.3g} (§2"
+                     + ("" if limit[1] else ", outside the batches its protocol measured")
+                     + f"): they {noise_scale.agreement(at_target, limit[0])}")
       else:
-        sentence += f". No fitted B_crit for {row['optimizer']} to compare with"
+        sentence += f". No measured B_crit for {row['optimizer']} to compare with"
     else:
       sentence += "; it never reached the target, so no B_crit comparison at that stage"
     text.append(sentence + ".")
@@ -200,9 +84,9 @@ def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
     plots.pyplot().close(fig)
     return ("## 7. Gradient noise scale\n\nNo run of this study measured it (it needs "
             "microbatches, or `noise_scale_split`).\n")
-  for label, (_, b_noise) in fits.items():
-    ax.axhline(b_noise, ls="--", lw=0.8, color="gray")
-    ax.annotate(f"B_crit ({label})", (0, b_noise), fontsize=7, va="bottom")
+  for label, (b_crit, _) in limits.items():
+    ax.axhline(b_crit, ls="--", lw=0.8, color="gray")
+    ax.annotate(f"B_crit ({label})", (0, b_crit), fontsize=7, va="bottom")
   ax.set(xlabel="epoch", ylabel="B_simple (EMA)", yscale="log",
          title="Gradient noise scale during training (★: target reached)")
   plots.legend(ax, fontsize=7)
@@ -212,18 +96,17 @@ def section_noise_scale(records: Dict[str, List[dict]], rows: Sequence[dict],
           f"denominator averaged over updates with decay {noise_scale.NOISE_SCALE_DECAY:g} "
           "before dividing). Rule: B_simple and B_crit agree within a factor of "
           f"{noise_scale.AGREEMENT_FACTOR:g}; within 10× they agree in order of magnitude only. "
-          "A comparison with a B_crit of §2 that is an extrapolation is no test of "
-          "McCandlish et al.'s B_crit ≈ B_simple; `lbt.limit` compares B_simple with a "
-          "measured B_crit at the best learning rate of every batch.\n\n"
+          "B_crit here is the one §2 measured by steps to target; §2's protocol also "
+          "measures B_simple at the best learning rate of every batch.\n\n"
           f"{image}\n\n" + "\n".join(text) + "\n")
 
 
 def section_schedules(records: Dict[str, List[dict]], rows: Sequence[dict],
                       report_dir: str) -> str:
   """Constant batch vs `steps` vs `noise_scale` at equal examples."""
-  runs = [r for r in rows if r["variant"].startswith(SCHEDULE_PREFIX)]
+  runs = [r for r in rows if r["section"] == "schedule"]
   if not runs:
-    return ("## 8. Batch-size schedules\n\nNo schedule points (`-batch-<schedule>`) in "
+    return ("## 8. Batch-size schedules\n\nNo schedule points (section `schedule`) in "
             "this study.\n")
   plt = plots.pyplot()
   fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
@@ -243,7 +126,7 @@ def section_schedules(records: Dict[str, List[dict]], rows: Sequence[dict],
               [100 * r["accuracy"] for r in evals], "o-", ms=2, label=row["name"])
     updates = summary.get("num_train_steps", len(train))
     outcome = plots.pct(row["final_accuracy"]) if row["status"] == "finished" else row["status"]
-    table.append(f"| {row['name']} | {row['variant'][len(SCHEDULE_PREFIX):]} | "
+    table.append(f"| {row['name']} | {row['batch_schedule']} | "
                  f"{min(batches, default=0)}–{max(batches, default=0)} | {updates} | "
                  f"{summary.get('examples', int(examples[-1]) if len(examples) else 0)} | "
                  f"{outcome} |")
@@ -255,8 +138,7 @@ def section_schedules(records: Dict[str, List[dict]], rows: Sequence[dict],
   plots.legend(ax_a, fontsize=7)
   image = plots.save(fig, report_dir, "batch_schedules.png")
   text = []
-  constant = next((f for f in finished if f[0]["variant"] == SCHEDULE_PREFIX + "constant"),
-                  None)
+  constant = next((f for f in finished if f[0]["batch_schedule"] == "constant"), None)
   if constant and len(finished) > 1:
     base, base_updates = constant
     for row, updates in finished:

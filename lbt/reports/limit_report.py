@@ -11,8 +11,9 @@ from typing import Dict, Sequence
 import numpy as np
 
 from lbt.io import layout
-from lbt.io import files
+from lbt.io import faults, files
 from lbt.reports import plots
+from lbt.stats import steps_to_target
 
 
 def write_report(summary: dict, workdir: str) -> str:
@@ -22,23 +23,43 @@ def write_report(summary: dict, workdir: str) -> str:
   rows = [r for r in summary["batches"] if r["reached"]]
   images = _plots(summary, rows, report_dir) if rows else ""
   lines = ["| batch | best LR | updates to target (± evaluation interval) | "
-           "examples to target | trials | B_simple | learning rates tried (updates, or "
-           "outcome) |", "|---|---|---|---|---|---|---|"]
+           "examples to target | trials | best LR bracketed | B_simple | learning rates "
+           "tried (updates, or outcome) |", "|---|---|---|---|---|---|---|---|"]
   for r in summary["batches"]:
     tried = ", ".join(f"{lr}: {v}" for lr, v in r["learning_rates"].items())
     lines.append(f"| {r['batch']} | {_g(r['best_learning_rate'])} | "
                  f"{r['updates_to_target'] or 'not reached'}"
                  f"{_interval(r)} | "
-                 f"{r['examples_to_target'] or '—'} | {r['trials']} | "
+                 f"{r['examples_to_target'] or '—'} | {r['trials']} | {_bracketed(r)} | "
                  f"{_g(r['b_simple'])} | {tried} |")
   text = (f"# Where is the limit? `{summary['config']}`\n\n{headline(summary)}\n\n"
           "Steps to a validation accuracy of "
           f"{summary['target']:g} (Shallue et al. 2019), the learning rate tuned per batch "
-          "on a power-of-two grid bracketing its best; trials stopped at the best count "
-          "of their batch are 'not_reached'.\n\n" + "\n".join(lines) + f"\n\n{images}\n")
+          "on a power-of-two grid extended until a finished trial lies one step below its "
+          "best and a finished or diverged one a step above (the bracketed column says "
+          "where the search ended without that, and why); trials that had not reached the "
+          "target by their batch's best count are 'not_reached'.\n\n" + "\n".join(lines)
+          + f"\n\n{images}\n")
   path = os.path.join(report_dir, layout.LIMIT_MD)
+  faults.moment("report")
   files.write_text_atomic(path, text)
   return path
+
+
+def _bracketed(row: dict) -> str:
+  if "bracketed" not in row:
+    return "—"
+  return "yes" if row["bracketed"] else f"no: {row['bracket_reason']}"
+
+
+def _bounds(summary: dict) -> str:
+  """The interval in words: both ends, one (the other open), or none."""
+  low, high = _g(summary["b_crit_low"]), _g(summary["b_crit_high"])
+  return {steps_to_target.TWO_SIDED: f"{low}–{high}",
+          steps_to_target.LOWER_ONLY: f"at least {low}, no upper bound",
+          steps_to_target.UPPER_ONLY: f"at most {high}, no lower bound",
+          steps_to_target.UNBOUNDED: "no bound on either side"}.get(
+              summary.get("bounded"), f"{low}–{high}")
 
 
 def _interval(row: dict) -> str:
@@ -55,10 +76,11 @@ def headline(summary: dict) -> str:
     return f"No critical batch: {summary['fit']}."
   where = ("inside" if summary["inside_measured_range"] else "outside") + (
       " the measured range {}–{}".format(*summary["measured_range"]))
-  text = (f"B_crit = {_g(summary['b_crit'])} ({summary['level']:.0%} interval "
-          f"{_g(summary['b_crit_low'])}–{_g(summary['b_crit_high'])}, {summary['method']}), "
-          f"{where}; S_min = {_g(summary['s_min'])} updates, E_min = "
-          f"{_g(summary['e_min'])} examples.")
+  b_crit = "∞" if summary["b_crit"] is None else _g(summary["b_crit"])
+  note = f" {summary['interval_note']}" if summary.get("interval_note") else ""
+  text = (f"B_crit = {b_crit} ({summary['level']:.0%} interval: {_bounds(summary)}; "
+          f"{summary['method']}), {where}.{note} Fitted S_min = {_g(summary['s_min'])} "
+          f"updates, E_min = {_g(summary['e_min'])} examples.")
   stops = summary["doubling_stops_at"]
   text += (f" Doubling the batch stops paying (two doublings each < 10 % fewer updates) "
            f"from B = {stops}." if stops else " Doubling still paid at the largest batch "
@@ -105,8 +127,9 @@ def write_comparison(summaries: Dict[str, dict], workdir: str) -> str:
   lines = ["| optimizer | B_crit | interval | inside measured | S_min | E_min | "
            "doubling stops at | B_simple (median) |", "|---|---|---|---|---|---|---|---|"]
   for label, s in summaries.items():
-    lines.append(f"| {label} | {_g(s['b_crit'])} | {_g(s['b_crit_low'])}–"
-                 f"{_g(s['b_crit_high'])} | {s.get('inside_measured_range', '—')} | "
+    interval = _bounds(s) if s["s_min"] is not None else "—"
+    lines.append(f"| {label} | {_g(s['b_crit'])} | {interval} | "
+                 f"{s.get('inside_measured_range', '—')} | "
                  f"{_g(s['s_min'])} | {_g(s['e_min'])} | {s['doubling_stops_at'] or '—'} | "
                  f"{_g(s.get('b_simple_median'))} |")
   text = ("# The critical batch, measured per optimizer\n\n" + "\n".join(lines) + "\n\n"
@@ -124,5 +147,6 @@ def print_summary(summary: dict, workdir: str) -> None:
   print(f"lbt.limit: {headline(summary)}\nlbt.limit: {path}")
   for r in summary["batches"]:
     print(f"  B={r['batch']:>6}  best LR {_g(r['best_learning_rate']):>8}  "
-          f"updates {r['updates_to_target'] or 'not reached':>12}  trials {r['trials']}",
+          f"updates {r['updates_to_target'] or 'not reached':>12}  trials {r['trials']}"
+          + ("" if r.get("bracketed", True) else f"  not bracketed: {r['bracket_reason']}"),
           flush=True)

@@ -9,10 +9,12 @@ with matplotlib (Agg, no display, `lbt.reports.plots`) and writes its sentences
 from the measured numbers only, so a result that contradicts the paper is
 stated as such. The report never trains.
 
-Point names follow the study files' convention `<optimizer>-b<batch>[-<variant>]
-[-lr<base lr>]` (`lbt.studies.results.grid_of`, `variant_of`): the batch sweep has no
-variant (or `tuned`), the recipe ladder is `-recipe<k>`, Hoffer et al.'s test is
-`-sqrt`, `-sqrt-gbn` and `-regime` at one large batch.
+Each row carries its point's role (`lbt.studies.points`), and the sections
+find their points by it, never by name: the batch sweep is section `sweep`
+(a cell whose trials carry a learning rate is tuned), the recipe ladder
+`ladder` by rung, Hoffer et al.'s test `hoffer` by variant at one large batch,
+the batch schedules `schedule`. Rows of one cell are the trials of its
+learning rate; the report keeps one (`choose_learning_rates`).
 
 References:
   You et al. 2020, "The Limit of the Batch Size", https://arxiv.org/abs/2006.08517
@@ -21,21 +23,17 @@ References:
 import json
 import math
 import os
-import re
 from typing import Dict, List, Sequence
 
 import numpy as np
 
 from lbt.io import layout
 from lbt.engine import config as config_lib
-from lbt.io import files
-from lbt.reports import batch_sections, plots
+from lbt.io import faults, files
+from lbt.reports import batch_sections, full_batch, limit_sections, plots, tuned_sections
 from lbt.stats import diffusion
 from lbt.studies import results
-
-
-
-HOFFER_VARIANTS = ("sqrt", "sqrt-gbn", "regime")
+from lbt.studies.points import HOFFER_VARIANTS
 
 
 MIN_FIT_UPDATES = 8  # Fewer updates than this make a two-parameter fit meaningless.
@@ -50,35 +48,38 @@ HOFFER_LABELS = {"": "equal epochs (linear LR)", "sqrt": "+ sqrt LR scaling",
 
 
 def choose_learning_rates(rows: Sequence[dict]) -> Dict[str, dict]:
-  """grid -> {'row': chosen row, 'members': rows, 'criterion': text}.
+  """cell -> {'row': chosen row, 'members': rows, 'criterion': text}.
 
-  A grid of several base learning rates keeps the member with the best
+  A cell of several base learning rates keeps the member with the best
   validation accuracy (held out from the training set, never the test set);
   members without a validation split fall back to the lowest final training
   loss, and the criterion says so.
   """
-  grids: Dict[str, List[dict]] = {}
+  cells: Dict[str, List[dict]] = {}
   for row in rows:
-    grids.setdefault(row["grid"], []).append(row)
+    cells.setdefault(row["cell"], []).append(row)
   chosen = {}
-  for grid, members in grids.items():
+  for cell, members in cells.items():
     finished = [r for r in members if r["status"] == "finished"]
     if len(members) == 1 or not finished:
-      chosen[grid] = {"row": members[0] if not finished else finished[0],
+      chosen[cell] = {"row": members[0] if not finished else finished[0],
                       "members": members, "criterion": None}
     elif all(r["validation_accuracy"] is not None for r in finished):
-      best = max(finished, key=lambda r: r["validation_accuracy"])
-      chosen[grid] = {"row": best, "members": members, "criterion": "validation accuracy"}
+      tuned = tuned_sections.tuned_cell(cell, members)
+      chosen[cell] = {"row": tuned.best or finished[0], "members": members, "tuned": tuned,
+                      "criterion": "validation accuracy"}
     else:
       best = min(finished, key=lambda r: r["final_train_loss"] or math.inf)
-      chosen[grid] = {"row": best, "members": members,
+      chosen[cell] = {"row": best, "members": members,
                       "criterion": "final training loss (no validation split)"}
   return chosen
 
 
 def _grid_edge(entry: dict) -> str:
-  """A warning when the chosen learning rate is the smallest or largest tried:
-  the grid did not bracket the optimum."""
+  """A warning when the chosen learning rate is not bracketed by the search."""
+  if "tuned" in entry:
+    bracket = entry["tuned"].choice.bracket
+    return "" if bracket.bracketed else f" — **not bracketed: {bracket.reason}**"
   rates = sorted(m["base_learning_rate"] for m in entry["members"])
   chosen = entry["row"]["base_learning_rate"]
   if len(rates) < 2 or rates[0] < chosen < rates[-1]:
@@ -102,8 +103,8 @@ def sweep(chosen: Dict[str, dict]) -> Dict[str, List[dict]]:
   series: Dict[str, List[dict]] = {}
   for entry in chosen.values():
     row = entry["row"]
-    if row["variant"] in ("", "tuned"):
-      label = row["optimizer"] + (" (LR tuned)" if row["variant"] == "tuned" else "")
+    if row["section"] == "sweep":
+      label = row["optimizer"] + (" (LR tuned)" if _tuned(row) else "")
       series.setdefault(label, []).append(row)
   return {k: sorted(v, key=lambda r: r["batch_size"]) for k, v in series.items()}
 
@@ -116,16 +117,36 @@ def accuracy_table(chosen: Dict[str, dict]) -> str:
     return "(no batch-sweep points yet)"
   out = ["| optimizer | " + " | ".join(str(b) for b in batches) + " |",
          "|---|" + "---|" * len(batches)]
-  # A "tuned" grid of one learning rate was not tuned: its cell is starred.
+  # A tuned cell of one learning rate was not tuned: it is starred; a search
+  # that did not bracket its best is daggered; a tuned cell shows its trials.
   untuned = {e["row"]["name"] for e in chosen.values()
-             if e["row"]["variant"] == "tuned" and len(e["members"]) == 1}
+             if _tuned(e["row"]) and len(e["members"]) == 1}
+  by_name = {e["row"]["name"]: e for e in chosen.values()}
   for label, rows in lines.items():
     by_batch = {r["batch_size"]: _outcome(r) + ("*" if r["name"] in untuned else "")
-                for r in rows}
+                + _trials_mark(by_name[r["name"]]) for r in rows}
     out.append(f"| {label} | " + " | ".join(by_batch.get(b, "") for b in batches) + " |")
+  updates = {r["batch_size"]: r["updates"] for rows in lines.values() for r in rows
+             if r["updates"]}
+  out.append("| updates | " + " | ".join(str(updates.get(b, "")) for b in batches) + " |")
   if untuned:
     out.append("\n\\* one learning rate only: not tuned at this batch.")
+  if any("tuned" in e for e in chosen.values()):
+    out.append(f"\n(n): trials of the cell's search; {tuned_sections.UNBRACKETED}: its best "
+               "is not bracketed (reasons below).")
   return "\n".join(out)
+
+
+def _trials_mark(entry: dict) -> str:
+  tuned = entry.get("tuned")
+  if tuned is None or len(entry["members"]) == 1:
+    return ""
+  return f"{tuned.mark()} ({len(entry['members'])})"
+
+
+def _tuned(row: dict) -> bool:
+  """Whether the row is a trial of a tuned cell (its role has a learning rate)."""
+  return row["learning_rate"] is not None
 
 
 def _curves(records: Dict[str, list], name: str) -> Dict[str, list]:
@@ -178,9 +199,9 @@ def section_accuracy(chosen, report_dir: str) -> str:
 def section_curves(records, chosen, report_dir: str) -> str:
   plt = plots.pyplot()
   groups = dict(sweep(chosen))
-  # Schedule points are drawn against examples, in critical_batch's section.
-  others = [e["row"] for e in chosen.values() if e["row"]["variant"] not in ("", "tuned")
-            and not e["row"]["variant"].startswith(batch_sections.SCHEDULE_PREFIX)]
+  # Schedule points are drawn against examples, in batch_sections' section.
+  others = [e["row"] for e in chosen.values()
+            if e["row"]["section"] not in ("sweep", "schedule")]
   if others:
     groups["recipe ladder, Hoffer's test and other variants"] = others
   images = []
@@ -202,9 +223,10 @@ def section_curves(records, chosen, report_dir: str) -> str:
           ("\n\n".join(images) or "(no points yet)") + "\n")
 
 
-def _changes(before: dict, after: dict) -> str:
+def _changes(before: dict, after: dict, skip: Sequence[str] = ()) -> str:
   old, new = json.loads(before["config_json"]), json.loads(after["config_json"])
-  fields = [f for f in config_lib.changed_fields(old, new) if not f.startswith(BOOKKEEPING)]
+  fields = [f for f in config_lib.changed_fields(old, new)
+            if not f.startswith(BOOKKEEPING + tuple(skip))]
 
   def value(tree, field):
     for part in field.split("."):
@@ -214,38 +236,55 @@ def _changes(before: dict, after: dict) -> str:
 
 
 def section_ladder(chosen, report_dir: str) -> str:
-  steps = sorted((int(m[1]), e["row"]) for e in chosen.values()
-                 if (m := re.fullmatch(r"recipe(\d+)", e["row"]["variant"])))
-  if not steps:
-    return "## 4. The recipe ladder\n\nThis study has no `-recipe<k>` points.\n"
-  lines = ["| step | point | what changed | epochs | test accuracy (%) | gain (points) |",
-           "|---|---|---|---|---|---|"]
+  entries = sorted((e for e in chosen.values() if e["row"]["section"] == "ladder"
+                    and not e["row"].get("rule")), key=lambda e: e["row"]["rung"])
+  rules = {e["row"]["rung"]: e["row"] for e in chosen.values()
+           if e["row"]["section"] == "ladder" and e["row"].get("rule")}
+  if not entries:
+    return "## 4. The recipe ladder\n\nThis study has no recipe-ladder points.\n"
+  lines = ["| step | point | what changed | epochs | updates | test accuracy (%) | "
+           "gain (points) | base LR | at the rule's LR (%) |", "|---|---|---|---|---|---|---|---|---|"]
   previous, previous_accuracy, accuracies = None, None, []
-  for k, row in steps:
+  for entry in entries:
+    row, k = entry["row"], entry["row"]["rung"]
     accuracy = row["final_accuracy"] if row["status"] == "finished" else None
     gain = (f"{100 * (accuracy - (previous_accuracy or 0)):+.2f}"
             if previous is not None and accuracy is not None else "")
-    change = "baseline" if previous is None else _changes(previous, row)
-    lines.append(f"| {k} | `{row['name']}` | {change} | {row['epochs']:g} | "
-                 f"{_outcome(row)} | {gain} |")
+    change = "baseline" if previous is None else (
+        f"{row['change']}: {_changes(previous, row, ('optimizer.learning_rate',))}"
+        if "tuned" in entry
+        else _changes(previous, row))
+    rule = rules.get(k)
+    rule_text = f"{_outcome(rule)} ({rule['rule']})" if rule else ""
+    lines.append(f"| {k} | `{row['cell']}` | {change} | {row['epochs']:g} | "
+                 f"{row['updates'] or ''} | {_outcome(row)}{_trials_mark(entry)} | {gain} | "
+                 f"{row['base_learning_rate']:.4g} | {rule_text} |")
     previous, previous_accuracy = row, accuracy
     accuracies.append(0.0 if accuracy is None else 100 * accuracy)
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(8, 3.5))
-  ax.bar([str(k) for k, _ in steps], accuracies)
+  ax.bar([str(e["row"]["rung"]) for e in entries], accuracies)
+  batch = entries[0]["row"]["batch_size"]
   ax.set(xlabel="recipe step", ylabel="test accuracy (%)",
-         title=f"Recipe ladder at B={steps[0][1]['batch_size']} (0 = diverged)")
+         title=f"Recipe ladder at B={batch} (0 = diverged)")
   image = plots.save(fig, report_dir, "recipe_ladder.png")
   first, last = accuracies[0], accuracies[-1]
+  tuned = any("tuned" in e for e in entries)
+  how = ("Each rung's learning rate is searched on the validation split from the previous "
+         "rung's best, so a rung measures its ingredient at its own best learning rate; "
+         "the rungs whose ingredient is a learning-rate rule also ran once at the rule's "
+         "own learning rate (last column): how far the rule is from the optimum. "
+         if tuned else "")
   return ("## 4. The recipe ladder\n\nFrom the Goyal et al. baseline, each step adds one "
-          f"ingredient (the config fields it changes are listed) at B={steps[0][1]['batch_size']}:"
-          f"\n\n" + "\n".join(lines) + f"\n\n{image}\n\nThe ladder moves test accuracy from "
+          f"ingredient (the config fields it changes are listed, the learning rate aside) "
+          f"at B={batch}. {how}\n\n" + "\n".join(lines) +
+          f"\n\n{image}\n\nThe ladder moves test accuracy from "
           f"{first:.2f}% to {last:.2f}% ({last - first:+.2f} points).\n")
 
 
 def hoffer_rows(chosen) -> Dict[str, dict]:
   """setting -> row of Hoffer's test: small, '' (equal epochs), sqrt, sqrt-gbn, regime."""
-  tests = [e["row"] for e in chosen.values() if e["row"]["variant"] in HOFFER_VARIANTS]
+  tests = [e["row"] for e in chosen.values() if e["row"]["section"] == "hoffer"]
   if not tests:
     return {}
   optimizer, batch = tests[0]["optimizer"], tests[0]["batch_size"]
@@ -260,8 +299,8 @@ def hoffer_rows(chosen) -> Dict[str, dict]:
 def section_hoffer(chosen, report_dir: str) -> str:
   found = hoffer_rows(chosen)
   if "small" not in found or "" not in found:
-    return ("## 5. Hoffer et al.'s test\n\nThis study has no `-sqrt`/`-sqrt-gbn`/`-regime` "
-            "points next to a batch sweep of the same optimizer.\n")
+    return ("## 5. Hoffer et al.'s test\n\nThis study has no Hoffer-test points "
+            f"({'/'.join(HOFFER_VARIANTS)}) next to a batch sweep of the same optimizer.\n")
   small, large = found["small"], found[""]
   lines = ["| setting | batch | epochs | updates | test accuracy (%) | ‖w − w0‖ | gap closed |",
            "|---|---|---|---|---|---|---|",
@@ -318,7 +357,7 @@ def section_diffusion(records, chosen, report_dir: str) -> str:
     t = np.array([r["step"] for r in train], float)
     d = np.array([r["distance_from_init"] for r in train], float)
     log_fit, power_fit = diffusion.fit_log(t, d), diffusion.fit_power(t, d)
-    if row["variant"] == "":
+    if row["section"] == "sweep":
       fits.append((row["batch_size"], log_fit, power_fit))
     line, = ax.plot(t, d, lw=1, label=row["name"])
     ax.plot(t, log_fit.a * np.log(t) + log_fit.b, "--", lw=0.8, color=line.get_color())
@@ -365,19 +404,28 @@ def write(workdir: str, rows: Sequence[dict], records: Dict[str, list]) -> str:
             ("finished", "diverged", "failed", "running")}
   wall = sum(r["wall_time_s"] or 0 for r in rows)
   models = sorted({json.loads(r["config_json"])["model"]["name"] for r in rows})
-  header = (f"# Batch-size study: `{files.path(workdir)}`\n\n{len(rows)} points ("
+  header = (f"# Batch-size study: `{workdir}`\n\n{len(rows)} points ("
             + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
             f"), model {', '.join(models) or '—'}, {wall / 60:.1f} min of training in total. "
             "Every number below is read from the point workdirs (results.sqlite is "
             "derived from them).\n")
-  target, fits = batch_sections.section_target(sweep(chosen), report_dir)
-  sections = [header, section_accuracy(chosen, report_dir), target,
+  limits = limit_sections.load_limits(workdir)
+  measured = {label: (limit_sections.b_crit_of(s), bool(s.get("inside_measured_range")))
+              for label, s in limits.items() if limit_sections.b_crit_of(s) is not None}
+  rows_chosen = [e["row"] for e in chosen.values()]
+  sections = [header, section_accuracy(chosen, report_dir),
+              limit_sections.section_measured_limit(limits, report_dir),
               section_curves(records, chosen, report_dir),
               section_ladder(chosen, report_dir), section_hoffer(chosen, report_dir),
               section_diffusion(records, chosen, report_dir),
-              batch_sections.section_noise_scale(records, rows, fits, report_dir),
-              batch_sections.section_schedules(records, rows, report_dir)]
+              batch_sections.section_noise_scale(records, rows_chosen, measured, report_dir),
+              batch_sections.section_schedules(records, rows_chosen, report_dir),
+              tuned_sections.section_best_lr(rows, limits, report_dir),
+              tuned_sections.section_costs(rows)]
+  # This study's full-batch answer, or a sibling directory's (DIR/../*/full_batch.json).
+  sections += [s for s in [full_batch.section_for(workdir, rows, records, report_dir)] if s]
   path = os.path.join(report_dir, layout.REPORT_MD)
+  faults.moment("report")
   files.write_text_atomic(path, "\n".join(sections))
   return path
 

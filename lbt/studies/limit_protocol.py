@@ -12,15 +12,21 @@ The protocol of Shallue et al. 2019 read with McCandlish et al. 2018's model:
    back at chance) are results too.
 2. At each batch the learning rates form a grid in powers of two around the
    config's scaling rule's guess (applied to the best learning rate of the
-   previous batch; at the first batch, to the config's), extended while the
-   best trial lies at an edge (`lbt.studies.search_rules.next_learning_rates`); S(B) is the
-   best trial's updates. A trial that can no longer beat the best finished trial of its
-   batch stops at that trial's count (`max_updates`) and says so.
+   previous batch; at the first batch, to the config's), extended until the
+   best trial is bracketed (`lbt.studies.search_rules.next_learning_rates`);
+   S(B) is the best trial's updates, and limit.json says whether each
+   batch's best is bracketed, and why not. A trial that can no longer beat
+   the best finished trial of its batch stops at that trial's count
+   (`max_updates`) and says so; every trial is read as if stopped at the
+   batch's final best count (`search_rules.as_capped`), so the order the
+   trials ran in (one by one, or side by side with --shard) changes nothing.
 3. Batches double from the config's batch until two successive doublings
    each cut S(B) by less than 10 % or the training set is reached
    (`lbt.studies.search_rules.next_batch`).
 4. S(B) = S_min (1 + B_noise/B) is fitted to the measured batches only, with
-   a profile-likelihood interval for B_crit (`lbt.stats.steps_to_target.fit_limit`).
+   a profile-likelihood interval for B_crit
+   (`lbt.stats.steps_to_target.fit_limit`), and what the data bound: both
+   sides, one, or neither.
 5. Every trial runs its one-microbatch batches as two halves
    (noise_scale_split), so B_simple is measured at the best learning rate of
    every batch and compared with B_crit (`lbt.stats.noise_scale.agreement`).
@@ -45,8 +51,9 @@ from lbt import optim
 from lbt.engine import config as config_lib
 from lbt.engine import workdir as workdir_lib
 from lbt.errors import TrialFailed
-from lbt.io import files
+from lbt.io import faults, files
 from lbt.stats import noise_scale, steps_to_target
+from lbt.studies import points as points_lib
 from lbt.studies import results, runner, search_rules
 
 
@@ -68,9 +75,9 @@ class Protocol:
                budget_epochs: float, budget_updates: int):
     self.base, self.target = base, target
     self.budget_epochs, self.budget_updates = budget_epochs, budget_updates
-    facts = config_lib.validate(base, num_devices=jax.device_count())
-    self.start_batch, self.max_batch = base.batch_size, facts.train_examples
-    self.num_classes, self.train_examples = facts.num_classes, facts.train_examples
+    self.facts = config_lib.validate(base, num_devices=jax.device_count())
+    self.start_batch, self.max_batch = base.batch_size, self.facts.train_examples
+    self.num_classes, self.train_examples = self.facts.num_classes, self.facts.train_examples
     self.optimizer = base.optimizer.name
 
   def guess(self, batch: int, anchor: Optional[Tuple[int, float]] = None) -> float:
@@ -85,7 +92,13 @@ class Protocol:
     return optim.effective_learning_rate(optimizer, batch)
 
   def name(self, batch: int, learning_rate: float) -> str:
+    """The trial's label (its directory); its role says what it is."""
     return f"{self.optimizer}-b{batch}-target-lr{learning_rate:.6g}"
+
+  def point(self, batch: int, learning_rate: float) -> points_lib.Point:
+    """The trial and its role: a trial of the cell of its batch."""
+    return points_lib.point(self.trial(batch, learning_rate), "limit", cell=f"b{batch}",
+                            learning_rate=float(learning_rate))
 
   def trial(self, batch: int, learning_rate: float) -> ml_collections.ConfigDict:
     """The base config at `batch` and peak learning rate `learning_rate`
@@ -97,7 +110,7 @@ class Protocol:
     config.optimizer.learning_rate, config.optimizer.scaling = learning_rate, "none"
     config.schedule = ml_collections.ConfigDict(
         {"name": "constant", "warmup_epochs": self.base.schedule.get("warmup_epochs", 0.0)})
-    steps_per_epoch = self.train_examples // batch
+    steps_per_epoch = config_lib.updates_per_epoch(self.facts.train_examples, batch)
     config.num_epochs = self.budget_epochs
     config.num_train_steps = max(int(round(self.budget_epochs * steps_per_epoch)),
                                  self.budget_updates)
@@ -113,26 +126,30 @@ def trial_of(point: results.Point, num_classes: int) -> Optional[search_rules.Tr
   lr = point.config["optimizer"]["learning_rate"]
   target = point.last("target")
   if target:
-    return search_rules.Trial(lr, search_rules.REACHED, target["step"], target["examples"])
+    return search_rules.Trial(lr, search_rules.REACHED, updates_to_target=target["step"],
+                              examples_to_target=target["examples"])
   if point.last("diverged") or point.status == results.DIVERGED:
-    return search_rules.Trial(lr, search_rules.DIVERGED)
+    return search_rules.Trial(lr, search_rules.DIVERGED,
+                              diverged_at=point.last("diverged").get("step"))
   summary = point.last("summary")
   if not summary:
     return None
   final = summary.get("validation_accuracy")
   if summary.get("stopped_by") == "end" and final is not None and (
       final < CHANCE_FACTOR / num_classes):
-    return search_rules.Trial(lr, search_rules.DIVERGED)
+    return search_rules.Trial(lr, search_rules.DIVERGED,
+                              diverged_at=summary.get("num_train_steps"))
   return search_rules.Trial(lr, search_rules.NOT_REACHED)
 
 
 def measured(protocol: Protocol, workdir: str) -> Dict[int, Dict[str, object]]:
   """batch -> trial name -> its result (its learning rate as `_Unfinished`
   while it runs, or when it was killed before its end), for every trial with
-  a workdir in the directory."""
+  a workdir in the directory whose role is a limit trial of this config's optimizer."""
   by_batch: Dict[int, Dict[str, object]] = {}
   for name in results.point_names(workdir):
-    if not name.startswith(f"{protocol.optimizer}-b") or "-target-lr" not in name:
+    role = points_lib.read_role(os.path.join(workdir, name), name)
+    if role["section"] != "limit" or role["optimizer"] != protocol.optimizer:
       continue
     point = results.load_point(workdir, name)
     trial = trial_of(point, protocol.num_classes)
@@ -146,7 +163,11 @@ class _Unfinished(float):
 
 
 def _finished(trials) -> List[search_rules.Trial]:
-  return [t for t in trials.values() if isinstance(t, search_rules.Trial)]
+  """A batch's ended trials as if each was stopped at the batch's best count
+  (`search_rules.as_capped`): run one by one or side by side (--shard), the
+  same trials, so the same search and the same limit.json."""
+  return search_rules.as_capped([t for t in trials.values()
+                                 if isinstance(t, search_rules.Trial)])
 
 
 def next_wave(protocol: Protocol, by_batch) -> List[Tuple[str, int, float]]:
@@ -179,16 +200,16 @@ def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
   files.check_location(workdir, "--workdir")
   is_main = jax.process_index() == 0
   while True:
-    wave = next_wave(protocol, measured(protocol, workdir))
+    wave = _planned_wave(workdir) or next_wave(protocol, measured(protocol, workdir))
     if not wave:
       break
-    points = {name: protocol.trial(batch, lr) for name, batch, lr in wave}
+    points = {name: protocol.point(batch, lr) for name, batch, lr in wave}
     facts = runner.validate_points(points, workdir)
     if is_main:
       runner.claim_directory(workdir, study_id, list(points), protocol.target, None)
-      _claim_wave(workdir, points)
+      _claim_wave(workdir, wave, points)
     for name in runner.select_points(list(points), (), shard):
-      _run_trial(protocol, workdir, name, points[name], facts[name], is_main)
+      _run_trial(protocol, workdir, name, points[name].config, facts[name], is_main)
     _wait_for(workdir, list(points))
     failed = [n for n in points if results.point_status(os.path.join(workdir, n)) ==
               results.FAILED]
@@ -197,20 +218,40 @@ def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
                         f"{results.read_outcome(os.path.join(workdir, failed[0])).get('error')}"
                         "; fix the cause and rerun the same command")
   summary = summarize(protocol, workdir)
+  faults.moment("limit")
   if is_main:
     files.write_text_atomic(os.path.join(workdir, layout.LIMIT),
                             json.dumps(summary, indent=2, sort_keys=True))
   return summary
 
 
-def _claim_wave(workdir: str, points: Dict[str, ml_collections.ConfigDict]) -> None:
-  """Writes each trial's config.json before any of the wave trains: a kill
-  anywhere in the wave leaves all of it unfinished, so the rerun finishes the
+def _planned_wave(workdir: str) -> List[Tuple[str, int, float]]:
+  """The wave `_claim_wave` wrote last, (name, batch, learning rate), while a
+  trial of it has not ended; [] when none has that."""
+  try:
+    wave = json.loads(files.read_text(os.path.join(workdir, layout.WAVE)) or "[]")
+  except ValueError:
+    return []
+  ended = (results.FINISHED, results.DIVERGED)
+  if all(runner.agreed_status(os.path.join(workdir, name)) in ended for name, _, _ in wave):
+    return []
+  return [(name, int(batch), float(lr)) for name, batch, lr in wave]
+
+
+def _claim_wave(workdir: str, wave: Sequence[Tuple[str, int, float]],
+                points: Dict[str, points_lib.Point]) -> None:
+  """Writes the wave whole (wave.json), then each trial's role.json and
+  config.json, before any of it trains: a kill anywhere in the wave, its
+  claim included, leaves it planned and unfinished, so the rerun finishes the
   wave as planned instead of planning again from the trials that ended."""
-  for name, config in points.items():
+  files.write_text_atomic(os.path.join(workdir, layout.WAVE),
+                          json.dumps([list(trial) for trial in wave]))
+  for name, (config, role, _) in points.items():
     point_dir = os.path.join(workdir, name)
+    points_lib.write_role(point_dir, role)
     if not files.exists(os.path.join(point_dir, layout.CONFIG)):
       workdir_lib.write_config(config, point_dir)
+      faults.moment("claim")
 
 
 def _run_trial(protocol: Protocol, workdir: str, name: str, config, facts,
@@ -255,7 +296,9 @@ def summarize(protocol: Protocol, workdir: str) -> dict:
   for batch in sorted(by_batch):
     trials = _finished(by_batch[batch])
     best = search_rules.best_trial(trials)
+    bracket = search_rules.bracket(trials, max_trials=search_rules.DEFAULT_MAX_TRIALS)
     rows.append({"batch": batch, "reached": best is not None,
+                 "bracketed": bracket.bracketed, "bracket_reason": bracket.reason,
                  "best_learning_rate": best.learning_rate if best else None,
                  "updates_to_target": best.updates_to_target if best else None,
                  "examples_to_target": best.examples_to_target if best else None,
@@ -281,7 +324,9 @@ def summarize(protocol: Protocol, workdir: str) -> dict:
 def _fit_fields(fit: Optional[steps_to_target.LimitFit], rows: Sequence[dict]) -> dict:
   if fit is None:
     return {"b_crit": None, "b_crit_low": None, "b_crit_high": None, "s_min": None,
-            "e_min": None, "fit": "fewer than 3 batches reached the target: no fit"}
+            "e_min": None, "fit": "fewer than 3 batches reached the target: no fit",
+            "bounded": steps_to_target.UNBOUNDED,
+            "interval_note": "Fewer than 3 batches reached the target: no fit, no interval."}
   finite = lambda v: v if math.isfinite(v) else None  # JSON has no infinity.
   noise = [r["b_simple"] for r in rows if r["b_simple"] is not None]
   b_simple = float(np.median(noise)) if len(noise) >= 3 else None
@@ -289,6 +334,7 @@ def _fit_fields(fit: Optional[steps_to_target.LimitFit], rows: Sequence[dict]) -
   return {"b_crit": finite(fit.b_crit), "b_crit_low": finite(fit.b_crit_low),
           "b_crit_high": finite(fit.b_crit_high), "s_min": fit.s_min, "e_min": fit.e_min,
           "level": fit.level, "method": fit.method, "inside_measured_range": fit.inside,
+          "bounded": fit.bounded, "interval_note": fit.note,
           "measured_range": [fit.measured_low, fit.measured_high],
           "regimes": {"perfect_scaling_below": low, "maximal_parallelism_above": high},
           "b_simple_median": b_simple,

@@ -8,7 +8,9 @@ per point, `point_row`) is derived from them, so it can be rebuilt at any time,
 and it is: whenever it is opened and found damaged, not a database, of an older
 schema, or missing a point that has a workdir (`read_database`,
 `write_row`). The study runner writes rows; the report reads them; neither
-imports the other.
+imports the other. A row carries its point's role (role.json,
+`lbt.studies.points`; a workdir from before roles gets the one its name says,
+written once), so the report never reads a name.
 
 Every write of the database replaces it whole: the rows are written into a
 temporary file with no journal and renamed over the database, under a lock
@@ -32,14 +34,14 @@ import itertools
 import json
 import math
 import os
-import re
 import sqlite3
 import urllib.parse
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lbt.io import layout
-from lbt.io import files, metrics, remote
+from lbt.io import faults, files, metrics, remote
 from lbt.stats import steps_to_target
+from lbt.studies import points as points_lib
 
 # Names in a study directory that belong to the study, not to a point.
 # JAX's persistent compilation cache of the study's points (lbt.engine.programs).
@@ -51,7 +53,10 @@ FINISHED, DIVERGED, FAILED, RUNNING, PENDING = (
 DEFAULT_TARGETS = {"fashion_mnist": 0.85, "cifar10": 0.90, "imagenet2012": 0.759}
 COLUMNS = (
     ("name", "TEXT PRIMARY KEY"), ("position", "INTEGER"), ("status", "TEXT"),
-    ("grid", "TEXT"), ("variant", "TEXT"), ("optimizer", "TEXT"), ("batch_size", "INTEGER"),
+    # The point's role (lbt.studies.points): NULL where its section has no such field.
+    ("section", "TEXT"), ("cell", "TEXT"), ("rung", "INTEGER"), ("change", "TEXT"),
+    ("variant", "TEXT"), ("batch_schedule", "TEXT"), ("learning_rate", "REAL"),
+    ("rule", "TEXT"), ("seed_of", "TEXT"), ("seed", "INTEGER"), ("optimizer", "TEXT"), ("batch_size", "INTEGER"),
     ("microbatch_size", "INTEGER"), ("epochs", "REAL"), ("updates", "INTEGER"),
     ("base_learning_rate", "REAL"), ("effective_learning_rate", "REAL"),
     ("scaling", "TEXT"), ("schedule", "TEXT"), ("warmup_epochs", "REAL"),
@@ -64,17 +69,23 @@ COLUMNS = (
     ("diverged_loss", "REAL"), ("diverged_learning_rate", "REAL"), ("error", "TEXT"),
     ("config_hash", "TEXT"), ("config_json", "TEXT"))
 COLUMN_NAMES = tuple(c for c, _ in COLUMNS)
-_POINT = re.compile(r"^[^-]+-b\d+(?:-(?P<variant>.+))?$")
+# Role field -> its column ("schedule" is the config's learning-rate schedule).
+ROLE_COLUMNS = {"section": "section", "cell": "cell", "rung": "rung", "change": "change",
+                "variant": "variant", "schedule": "batch_schedule",
+                "learning_rate": "learning_rate", "rule": "rule", "of": "seed_of",
+                "seed": "seed"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
   """Everything a point's workdir says, read once: its config, its
-  metrics.jsonl records and the runner's outcome file."""
+  metrics.jsonl records, the runner's outcome file and its role."""
   name: str
   config: dict
   records: List[dict]
   outcome: dict
+  role: dict
+  facts: dict = dataclasses.field(default_factory=dict)  # facts.json; {} before lbt kept it
 
   def last(self, kind: str) -> dict:
     return next((r for r in reversed(self.records) if r["kind"] == kind), {})
@@ -113,7 +124,32 @@ def point_status(point_dir: str) -> str:
 def load_point(workdir: str, name: str) -> Point:
   point_dir = os.path.join(workdir, name)
   config = json.loads(files.read_text(os.path.join(point_dir, layout.CONFIG)))
-  return Point(name, config, metrics.read_jsonl(point_dir), read_outcome(point_dir))
+  return Point(name, config, metrics.read_jsonl(point_dir), read_outcome(point_dir),
+               points_lib.read_role(point_dir, name), read_facts(point_dir))
+
+
+def read_facts(point_dir: str) -> dict:
+  """The run's facts.json (lbt.engine.config.RunFacts as the run derived
+  them); {} when absent (not started, or written before lbt kept it) or damaged."""
+  try:
+    facts = json.loads(files.read_text(os.path.join(point_dir, layout.FACTS)) or "{}")
+  except (OSError, ValueError):
+    return {}
+  return facts if isinstance(facts, dict) else {}
+
+
+def facts_of(point: Point) -> dict:
+  """The facts a row reads: the point's facts.json, or for a workdir written
+  before lbt kept it, the same few derived once here from its config.json
+  and its run record."""
+  if point.facts:
+    return point.facts
+  config, run = point.config, point.last("run")
+  batch = config["batch_size"]
+  return {"batch_size": batch, "microbatch_size": config["microbatch_size"] or batch,
+          "steps_per_epoch": run.get("steps_per_epoch"),
+          "peak_learning_rate": run.get("effective_learning_rate"),
+          "validation_examples": config["dataset"].get("validation_examples", 0)}
 
 
 def study_info(workdir: str) -> dict:
@@ -146,27 +182,19 @@ def point_names(workdir: str) -> List[str]:
   return sorted(found, key=lambda n: (rank.get(n, len(order)), n))
 
 
-def grid_of(name: str) -> str:
-  """The learning-rate grid a point belongs to: its name without `-lr<value>`."""
-  return re.sub(r"-lr[^-]+$", "", name)
-
-
-def variant_of(name: str) -> str:
-  match = _POINT.match(grid_of(name))
-  return (match["variant"] or "") if match else grid_of(name)
-
-
 def _finite(value) -> Optional[float]:
   return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def point_row(point: Point, info: dict) -> Dict[str, object]:
-  """One point's row, from its workdir's records and the study's study.json."""
-  config, outcome = point.config, point.outcome
+  """One point's row, from its workdir's records and facts and the study's
+  study.json; what the run derived (batch, microbatch, epochs, peak LR) is
+  read from its facts, not derived again from config.json."""
+  config, outcome, facts = point.config, point.outcome, facts_of(point)
   run, summary, diverged = point.last("run"), point.last("summary"), point.last("diverged")
   evals, train = point.of_kind("eval"), point.of_kind("train")
   target = info.get("target_accuracy") or DEFAULT_TARGETS.get(config["dataset"]["name"])
-  batch = config["batch_size"]
+  batch = facts["batch_size"]
   updates = summary.get("num_train_steps", run.get("num_train_steps"))
   to_target = steps_to_target.first_at_target(
       [r["step"] for r in evals], [r["accuracy"] for r in evals], target) if target else None
@@ -178,18 +206,19 @@ def point_row(point: Point, info: dict) -> Dict[str, object]:
   order = info.get("points", [])
   return {
       "name": point.name, "position": order.index(point.name) if point.name in order else None,
-      "status": point.status, "grid": grid_of(point.name),
-      "variant": variant_of(point.name), "optimizer": optimizer["name"], "batch_size": batch,
-      "microbatch_size": config["microbatch_size"] or batch,
-      "epochs": (summary.get("examples", updates * batch) / batch / run["steps_per_epoch"]
+      "status": point.status,
+      **{column: point.role.get(field) for field, column in ROLE_COLUMNS.items()},
+      "optimizer": optimizer["name"], "batch_size": batch,
+      "microbatch_size": facts["microbatch_size"],
+      "epochs": (summary.get("examples", updates * batch) / batch / facts["steps_per_epoch"]
                  if updates else None),
       "updates": updates, "base_learning_rate": optimizer["learning_rate"],
-      "effective_learning_rate": run.get("effective_learning_rate"),
+      "effective_learning_rate": facts["peak_learning_rate"],
       "scaling": optimizer.get("scaling"), "schedule": schedule["name"],
       "warmup_epochs": schedule.get("warmup_epochs"),
       "ghost_size": config["bn"].get("ghost_size", 0),
       "label_smoothing": config["loss"]["label_smoothing"],
-      "validation_examples": config["dataset"].get("validation_examples", 0),
+      "validation_examples": facts["validation_examples"],
       "final_accuracy": summary.get("eval_accuracy", evals[-1]["accuracy"] if evals else None),
       "best_accuracy": max((r["accuracy"] for r in evals), default=None),
       "final_train_loss": _finite(train[-1]["loss"]) if train else None,
@@ -328,6 +357,7 @@ def _write_whole(path: str, rows: Sequence[dict]) -> None:
     for leftover in ("-journal", "-wal", "-shm"):
       with contextlib.suppress(FileNotFoundError):
         os.remove(path + leftover)
+    faults.moment("database")
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):

@@ -1,9 +1,11 @@
 """Running a study's points, the machinery `lbt.study` and `lbt.limit` share:
 validate every point, claim the directory, run and record each point.
 
-A study file defines `get_study(arg) -> {point name: run config}`. Each point
-runs in `DIR/<point>/`, an ordinary run workdir (`lbt.main` on it resumes it
-too). Every point is validated once, before the first one runs. Finished and
+A study file defines `get_study(arg) -> {point name: lbt.studies.points.Point}`:
+each point's run config and its role (what the report uses it for; the name
+is only a label). Each point runs in `DIR/<point>/`, an ordinary run workdir
+(`lbt.main` on it resumes it too) that also holds its role.json. Every point
+is validated once, before the first one runs. Finished and
 diverged points are skipped, an interrupted one resumes from its checkpoint,
 and each point's row of results.sqlite is written as it ends (lbt.studies.results,
 which owns the database and the points' outcomes); the command rebuilds the
@@ -36,7 +38,6 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
-import ml_collections
 import numpy as np
 
 from lbt.io import layout
@@ -45,8 +46,9 @@ from lbt.engine import config as config_lib
 from lbt.engine import programs, train
 from lbt.engine import workdir as workdir_lib
 from lbt.errors import ConfigError
-from lbt.io import cli, files
+from lbt.io import cli, faults, files
 from lbt.io.preemption import PreemptionNotice
+from lbt.studies import points as points_lib
 from lbt.studies import results
 from lbt.studies.results import DIVERGED, FAILED, FINISHED, PENDING, RUNNING
 
@@ -93,28 +95,44 @@ def agreed_status(point_dir: str) -> str:
   return order[int(code)]
 
 
-def validate_points(points: Mapping[str, ml_collections.ConfigDict], workdir: str,
+def validate_points(points: Mapping[str, object], workdir: str,
                     num_devices: int = 0) -> Dict[str, config_lib.RunFacts]:
-  """Every point, before any runs: names, configs and existing workdirs, for
-  `num_devices` (default: all) per point; returns each point's facts, which
-  its run then uses (validated once)."""
+  """Every point, before any runs: names, configs, roles (`lbt.studies.points`:
+  a Point, or a ConfigDict whose old name gives its role) and existing
+  workdirs, for `num_devices` (default: all) per point; returns each point's
+  facts, which its run then uses (validated once)."""
   if not points:
     raise ConfigError("--study", "{}", "a study with at least one point")
-  facts = {}
-  for name, config in points.items():
+  facts, roles = {}, {}
+  for name, value in points.items():
     if not isinstance(name, str) or not NAME.match(name):
       raise ConfigError("point name", name, "letters, digits and . _ + - (a directory name)")
     if name in layout.RESERVED or name.startswith(tuple(f"{r}." for r in layout.RESERVED)):
       raise ConfigError("point name", name, "a name other than the study directory's own "
                         f"files and directories ({', '.join(layout.RESERVED)})")
-    if not isinstance(config, ml_collections.ConfigDict):
-      raise ConfigError(f"point {name}", type(config).__name__, "an ml_collections.ConfigDict")
+    config, roles[name], _ = points_lib.as_point(name, value)
     try:
       facts[name] = config_lib.validate(config, num_devices=num_devices or jax.device_count())
       workdir_lib.check_config(config, os.path.join(workdir, name), (), allow_flag="")
+      workdir_lib.check_facts(facts[name], os.path.join(workdir, name))
     except ConfigError as e:
       raise ConfigError(f"point {name}: {e.field}", e.value, e.allowed) from None
+    points_lib.check_agrees(name, config, roles[name])
+  points_lib.check_cells(roles)
   return facts
+
+
+def write_roles(workdir: str, points: Mapping[str, points_lib.Point]) -> None:
+  """Writes each point's role.json before it trains. The study file owns a
+  point's role: a changed one (a cell renamed, or the role an old directory's
+  migration read from the name) is rewritten, not refused, because a role
+  labels a result and never changes what trains; a changed config, which
+  does, is refused (`validate_points`)."""
+  for name, point in points.items():
+    old = points_lib.write_role(os.path.join(workdir, name), point.role)
+    if old is not None:
+      print(f"lbt.study: point {name}: role {json.dumps(old, sort_keys=True)} rewritten as "
+            f"{json.dumps(point.role, sort_keys=True)} (the study file's)", flush=True)
 
 
 class Eta:
@@ -165,7 +183,7 @@ def run_point(name: str, config, facts, point_dir: str, is_main: bool,
     return FAILED, {"error": f"{type(e).__name__}: {cli.one_line(e)}"}
 
 
-def run_points(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
+def run_points(points: Mapping[str, object], workdir: str, *,
               only: Sequence[str] = (), shard: Tuple[int, int] = (0, 1),
               target_accuracy: Optional[float] = None,
               study_target: Optional[float] = None,
@@ -177,10 +195,12 @@ def run_points(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
   Every point is validated before the first one starts. Finished and diverged
   points are skipped; an interrupted one resumes from its checkpoint; a point
   that fails for another reason is recorded and the study goes on. Process 0
-  writes each point's row as it ends (the command writes the report).
+  writes each selected point's role.json before any trains (`write_roles`)
+  and its row as it ends (the command writes the report).
 
   Args:
-    points: the study, point name -> run config, in order.
+    points: the study, point name -> `lbt.studies.points.Point` (or a run
+      config whose old name gives its role), in order.
     workdir: the study's directory.
     only: globs of point names to run (all when empty).
     shard: (I, N): run every N-th selected point starting at the I-th.
@@ -193,25 +213,31 @@ def run_points(points: Mapping[str, ml_collections.ConfigDict], workdir: str, *,
     devices_per_point: 0: one point at a time on every device; d: points side
       by side, each on its own d devices of this host (a single-process run).
 
+  Searched cells (a Point with a search) are validated here and left to
+  `lbt.studies.search_runner`, which runs their trials.
+
   Returns:
     Point name -> finished / diverged / failed, for the points this call ran;
     None when the shard selects no point.
   """
   names = list(points)
-  selected = select_points(names, only, shard)
   files.check_location(workdir, "--workdir")
   groups = device_groups(devices_per_point)
   facts = validate_points(points, workdir, devices_per_point)
+  points = points_lib.study_points(points)
+  plain = [n for n in select_points(names, only) if points[n].search is None]
+  selected = select_points(plain, (), shard)
   is_main = jax.process_index() == 0
   if is_main:
     claim_directory(workdir, study_id, names, target_accuracy, study_target)
+    write_roles(workdir, {n: points[n] for n in selected})
   if not selected:
     if is_main:
       print(f"lbt.study: shard {shard[0]}/{shard[1]} selects no point; the report is "
             "left as it is", flush=True)
     return None
   with programs.compilation_cache(cache_directory(workdir, compilation_cache)):
-    return _run_points(points, facts, selected, workdir, is_main, groups)
+    return run_selected(points, facts, selected, workdir, is_main, groups)
 
 
 def cache_directory(workdir: str, flag: str = "") -> Optional[str]:
@@ -242,7 +268,7 @@ def claim_directory(workdir: str, study_id: Optional[str], names: Sequence[str],
               {"study": study_id or owner, "points": order, "target_accuracy": target})
 
 
-def _run_points(points, facts, selected: Sequence[str], workdir: str, is_main: bool,
+def run_selected(points, facts, selected: Sequence[str], workdir: str, is_main: bool,
                 groups: Sequence[Sequence] = ()) -> Dict[str, str]:
   """Runs the selected points, one at a time on every device, or with
   `groups` (device_groups) side by side, each on a free group; returns their
@@ -269,13 +295,13 @@ def _run_points(points, facts, selected: Sequence[str], workdir: str, is_main: b
               flush=True)
       files.remove(os.path.join(point_dir, layout.OUTCOME))  # A failed point's retry.
     start = time.time()
-    status, outcome = run_point(name, points[name], facts[name], point_dir, is_main,
+    status, outcome = run_point(name, points[name].config, facts[name], point_dir, is_main,
                                 placement=placement)
     with lock:
       eta.record(name, time.time() - start)
       statuses[name] = status
       if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
-        record_point(workdir, name, points[name], status,
+        record_point(workdir, name, points[name].config, status,
                      {"wall_time_s": time.time() - start, **outcome})
 
   if not groups:
@@ -328,6 +354,7 @@ def _device_names(devices) -> str:
 
 def record_point(workdir: str, name: str, config, status: str, outcome: dict) -> None:
   """The point's outcome file (unless the trainer recorded it) and its row."""
+  faults.moment("point_end")
   point_dir = os.path.join(workdir, name)
   if status != FINISHED:
     if not files.exists(os.path.join(point_dir, layout.CONFIG)):
@@ -335,3 +362,4 @@ def record_point(workdir: str, name: str, config, status: str, outcome: dict) ->
     _write_json(os.path.join(point_dir, layout.OUTCOME), {"status": status, **outcome})
   results.write_row(workdir, results.point_row(results.load_point(workdir, name),
                                                results.study_info(workdir)))
+  faults.moment("row")

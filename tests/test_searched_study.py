@@ -1,0 +1,133 @@
+"""A study whose cells search their learning rate (lbt.studies.search_runner)
+run from outside: the validation split chooses, the report flags what is not
+bracketed, a kill at a named moment then a rerun, and two shards, each give
+the table of one uninterrupted runner; every trial is in TensorBoard's HParams."""
+
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+from tensorboardX.proto import event_pb2
+
+from lbt import study
+from lbt.io import layout
+from lbt.reports import study_report
+from lbt.studies import results
+from tiny_study import TIMING, load
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Two cells of a tiny MLP, the second's search anchored on the first's best;
+# a plain point beside them runs as in any study.
+SEARCHED_STUDY = """
+from configs import fashion_mnist
+from lbt.studies import cell_search, points as points_lib
+
+def config(optimizer, batch):
+  config = fashion_mnist.get_config(f"{{optimizer}},batch={{batch}},model=mlp")
+  config.model.hidden_sizes = (16,)
+  config.num_train_steps = 6
+  config.schedule.warmup_epochs = 0.0
+  config.eval_every_steps = 3
+  config.eval_batch_size = 5000
+  config.dataset.validation_examples = 5000
+  config.dataset.data_dir = {data_dir!r}
+  return config
+
+def get_study(arg=None):
+  search = cell_search.Search(max_trials=4, refine=False)
+  return {{
+      "plain-b4000": points_lib.point(config("sgd", 4000), "sweep", cell="sgd-b4000"),
+      "momentum-b2000": points_lib.point(config("momentum", 2000), "sweep",
+                                         cell="momentum-b2000", search=search),
+      "momentum-b8000": points_lib.point(
+          config("momentum", 8000), "sweep", cell="momentum-b8000",
+          search=cell_search.Search(anchor="momentum-b2000", max_trials=4, refine=False)),
+  }}
+"""
+
+
+@pytest.fixture(scope="module")
+def searched_file(data_dir, tmp_path_factory):
+  path = tmp_path_factory.mktemp("searched") / "searched_study.py"
+  path.write_text(SEARCHED_STUDY.format(data_dir=data_dir))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(searched_file, tmp_path_factory):
+  """The searched study run once, start to end, in-process."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  study.run_study(load(searched_file), workdir)
+  return workdir
+
+
+def rows_of(workdir):
+  return {r["name"]: {k: v for k, v in r.items() if k not in TIMING}
+          for r in results.read_database(workdir)}
+
+
+def run(searched_file, workdir, *flags, env=None):
+  return subprocess.Popen(
+      [sys.executable, "-m", "lbt.study", f"--study={searched_file}", f"--workdir={workdir}",
+       *flags], cwd=REPO, env={**os.environ, **(env or {})},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_each_cell_keeps_its_validation_best_trial(reference):
+  rows = list(rows_of(reference).values())
+  for cell in ("momentum-b2000", "momentum-b8000"):
+    trials = [r for r in rows if r["cell"] == cell]
+    assert 3 <= len(trials) <= 4 and all(r["learning_rate"] for r in trials)
+    chosen = study_report.choose_learning_rates(rows)[cell]["row"]
+    best = max(r["validation_accuracy"] for r in trials)
+    tie = (best * (1 - best) / 5000) ** 0.5
+    assert chosen["validation_accuracy"] >= best - tie
+  anchor = study_report.choose_learning_rates(rows)["momentum-b2000"]["row"]
+  second = sorted(r["learning_rate"] for r in rows if r["cell"] == "momentum-b8000")[:3]
+  assert anchor["learning_rate"] in [pytest.approx(lr) for lr in second]
+  table = study_report.main_table(reference)
+  assert "momentum" in table and "sgd" in table
+
+
+def _events(path):
+  data, events = open(path, "rb").read(), []
+  while data:
+    (length,) = struct.unpack("<Q", data[:8])
+    events.append(event_pb2.Event.FromString(data[12:12 + length]))
+    data = data[12 + length + 4:]
+  return events
+
+
+def test_every_trial_is_in_the_hparams_dashboard(reference):
+  trials = [n for n, r in rows_of(reference).items() if r["learning_rate"]]
+  for name in trials:
+    folder = os.path.join(reference, name, layout.TENSORBOARD, "hparams")
+    (events_file,) = os.listdir(folder)
+    tags = {v.tag for e in _events(os.path.join(folder, events_file)) for v in e.summary.value}
+    assert {"_hparams_/experiment", "_hparams_/session_start_info",
+            "hparams/validation_accuracy", "hparams/test_accuracy"} <= tags
+
+
+def test_a_kill_mid_search_then_a_rerun_gives_the_same_rows(searched_file, reference,
+                                                            tmp_path):
+  workdir = str(tmp_path / "killed")
+  killed = run(searched_file, workdir, env={"LBT_FAULT": "checkpoint:4"})
+  out, _ = killed.communicate(timeout=600)
+  assert killed.returncode == -9, out
+  again = run(searched_file, workdir)
+  out, _ = again.communicate(timeout=600)
+  assert again.returncode == 0, out
+  assert rows_of(workdir) == rows_of(reference)
+  assert study_report.main_table(workdir) == study_report.main_table(reference)
+
+
+def test_two_shards_give_the_rows_of_one_runner(searched_file, reference, tmp_path):
+  workdir = str(tmp_path / "sharded")
+  shards = [run(searched_file, workdir, f"--shard={i}/2") for i in range(2)]
+  for shard in shards:
+    out, _ = shard.communicate(timeout=600)
+    assert shard.returncode == 0, out
+  assert rows_of(workdir) == rows_of(reference)
