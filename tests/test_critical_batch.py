@@ -1,19 +1,36 @@
 """The report's critical-batch sections on a synthetic study whose numbers are
-known: steps to target that follow S(B) = S_min(1 + B_noise/B) exactly, a
-noise-scale run, and three batch schedules at equal examples."""
+known: a steps-to-target protocol's limit.json whose S(B) follows
+S_min(1 + B_noise/B) exactly, a noise-scale run, and three batch schedules at
+equal examples."""
 
+import json
 import os
 
 import pytest
 
 from lbt.io import layout
-from lbt.reports import batch_sections
-from lbt.stats import noise_scale
-from lbt.studies import results
+from lbt.reports import batch_sections, limit_sections
+from lbt.stats import noise_scale, steps_to_target
+from lbt.studies import limit_protocol, results
 from test_report import finish_study, write_point
 
 TARGET = 0.85
 S_MIN, B_NOISE = 10, 1000  # updates to target: 90, 50, 30, 20 at B = 125 ... 1000
+
+
+def write_limit(workdir, label, batches, updates):
+  """DIR/limits/<label>/limit.json as the protocol writes it, for S(B) given."""
+  rows = [{"batch": b, "reached": True, "bracketed": True, "bracket_reason": "",
+           "best_learning_rate": 0.1, "updates_to_target": s, "examples_to_target": s * b,
+           "trials": 3, "b_simple": None, "evaluated_every": 1, "learning_rates": {}}
+          for b, s in zip(batches, updates)]
+  summary = {"config": label, "target": TARGET, "budget_epochs": 10.0, "budget_updates": 300,
+             "batches": rows, "doubling_stops_at": None,
+             **limit_protocol.fit_fields(steps_to_target.fit_limit(batches, updates), rows)}
+  path = os.path.join(workdir, layout.LIMITS, label)
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, layout.LIMIT), "w") as f:
+    json.dump(summary, f)
 
 
 def reaching_at(update, updates):
@@ -23,6 +40,8 @@ def reaching_at(update, updates):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("critical_study"))
+  write_limit(workdir, "momentum", [125, 250, 500, 1000],
+              [round(S_MIN * (1 + B_NOISE / b)) for b in (125, 250, 500, 1000)])
   for batch in (125, 250, 500, 1000):
     to_target = round(S_MIN * (1 + B_NOISE / batch))
     write_point(workdir, f"momentum-b{batch}", f"momentum,batch={batch}", updates=120,
@@ -45,19 +64,20 @@ def synthetic(tmp_path_factory):
   return workdir, finish_study(workdir, TARGET)
 
 
-def test_fit_recovers_the_critical_batch_and_marks_the_regimes(synthetic):
+def test_the_measured_limit_gives_the_critical_batch_with_its_interval(synthetic):
   _, text = synthetic
   section = text[text.index("## 2."):text.index("## 3.")]
-  assert "critical batch B_crit = E_min/S_min = 1e+03" in section
-  assert "S_min = 10," in section and "E_min = 1e+04 examples" in section
-  assert "perfect scaling below B_crit/10" in section
+  assert "| momentum | 1000 | " in section and "| two-sided | 10 | 1e+04 |" in section
+  assert "B_crit = 1000" in section and "inside the measured range" in section
+  assert "fitted to equal-epoch" not in section
 
 
 def test_b_simple_is_compared_with_b_crit_at_the_target(synthetic):
   _, text = synthetic
   section = text[text.index("## 7."):text.index("## 8.")]
   assert "at update 90, where it reached the target, B_simple = 1.5e+03" in section
-  assert "fitted B_crit is 1e+03: they agree (within a factor of 2)" in section
+  assert ("The measured B_crit of momentum is 1e+03 (§2): they agree (within a factor "
+          "of 2)") in section
 
 
 def test_schedules_are_compared_at_equal_examples(synthetic):
@@ -83,10 +103,13 @@ def test_agreement_rule(b_simple, b_crit, word):
   assert word in noise_scale.agreement(b_simple, b_crit)
 
 
-def test_perfect_scaling_gives_no_critical_batch(tmp_path):
-  """800, 380, 200, 97 updates at 128 ... 1024: least squares gives S_min < 0."""
-  rows = [{"batch_size": b, "updates_to_target": s, "target_accuracy": TARGET}
-          for b, s in ((128, 800), (256, 380), (512, 200), (1024, 97))]
-  text, fits = batch_sections.section_target({"momentum": rows}, str(tmp_path))
-  assert fits == {}
-  assert "gives no positive S_min and B_noise" in text and "B_crit =" not in text
+def test_perfect_scaling_bounds_the_critical_batch_from_below_only(tmp_path):
+  """800, 380, 200, 97 updates at 128 ... 1024: S falls like 1/B throughout, so
+  the data place B_crit above the batches measured and bound it from below."""
+  workdir = str(tmp_path)
+  write_limit(workdir, "momentum", [128, 256, 512, 1024], [800, 380, 200, 97])
+  limits = limit_sections.load_limits(workdir)
+  assert limits["momentum"]["b_crit"] is None
+  assert limits["momentum"]["bounded"] == "lower only"
+  section = limit_sections.section_measured_limit(limits, workdir)
+  assert "| momentum | — |" in section and "lower only" in section

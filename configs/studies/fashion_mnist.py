@@ -333,11 +333,11 @@ def get_limits(arg: str = None) -> Dict[str, limit_protocol.Protocol]:
   """The steps-to-target protocols `lbt.study` runs into DIR/limits/<label>/."""
   if arg == "untuned":
     return {}
-  optimizers = ("momentum",) if arg == "quick" else TUNED_OPTIMIZERS
-  start = 512 if arg == "quick" else LIMIT_START_BATCH
-  epochs = 4.0 if arg == "quick" else LIMIT_BUDGET_EPOCHS
-  return {o: limit_protocol.Protocol(limit_config(o, start), TARGET_ACCURACY, epochs,
-                                     LIMIT_BUDGET_UPDATES) for o in optimizers}
+  if arg == "quick":  # a smoke run of the machinery: one optimizer, fewer batches
+    return {"momentum": limit_protocol.Protocol(limit_config("momentum", 1024), 0.8, 2.0, 40,
+                                                max_batch=8192)}
+  return {o: limit_protocol.Protocol(limit_config(o), TARGET_ACCURACY, LIMIT_BUDGET_EPOCHS,
+                                     LIMIT_BUDGET_UPDATES) for o in TUNED_OPTIMIZERS}
 
 
 def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
@@ -348,7 +348,7 @@ def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
     return untuned_study()
   if arg == "quick":
     quick = dataclasses.replace(SEARCH, max_trials=5, refine=False)
-    points = tuned_sweep(("momentum", "lars"), (256, 2048, FULL_BATCH), 2.0, search=quick)
+    points = tuned_sweep(("momentum", "lars"), (512, 4096), 2.0, search=quick)
     points.update(tuned_ladder(epochs=4.0, steps=1, search=quick))
     _log_every_update(points)
     return points

@@ -127,7 +127,7 @@ def accuracy_table(chosen: Dict[str, dict]) -> str:
                 + _trials_mark(by_name[r["name"]]) for r in rows}
     out.append(f"| {label} | " + " | ".join(by_batch.get(b, "") for b in batches) + " |")
   updates = {r["batch_size"]: r["updates"] for rows in lines.values() for r in rows
-             if r["updates"]}
+             if r.get("updates")}
   out.append("| updates | " + " | ".join(str(updates.get(b, "")) for b in batches) + " |")
   if untuned:
     out.append("\n\\* one learning rate only: not tuned at this batch.")
@@ -256,7 +256,8 @@ def section_ladder(chosen, report_dir: str) -> str:
         else _changes(previous, row))
     rule = rules.get(k)
     rule_text = f"{_outcome(rule)} ({rule['rule']})" if rule else ""
-    lines.append(f"| {k} | `{row['cell']}` | {change} | {row['epochs']:g} | "
+    label = row["cell"] if "tuned" in entry else row["name"]
+    lines.append(f"| {k} | `{label}` | {change} | {row['epochs']:g} | "
                  f"{row['updates'] or ''} | {_outcome(row)}{_trials_mark(entry)} | {gain} | "
                  f"{row['base_learning_rate']:.4g} | {rule_text} |")
     previous, previous_accuracy = row, accuracy

@@ -217,7 +217,8 @@ def fit_limit(batches: Sequence[float], updates: Sequence[Optional[float]], *,
       b_crit_high=high, level=level, measured_low=measured_low, measured_high=measured_high,
       method=("profile likelihood of relative residuals (Fieller's interval for "
               f"E_min/S_min), threshold the F(1, {batch.size - 2}) quantile"),
-      inside=bool(measured_low <= b_crit <= measured_high), bounded=bounded, note=note)
+      inside=bool(measured_low * (1 - 1e-9) <= b_crit <= measured_high * (1 + 1e-9)),
+      bounded=bounded, note=note)
 
 
 def regimes(b_crit: float) -> Tuple[float, float]:

@@ -69,14 +69,21 @@ WAIT_SECONDS = 10.0  # how often a shard looks for the others' trials
 
 
 class Protocol:
-  """The trials of one config: their configs and names, from its base config."""
+  """The trials of one config: their configs and names, from its base config;
+  batches double from its batch up to `max_batch` (default: the whole
+  training split)."""
 
   def __init__(self, base: ml_collections.ConfigDict, target: float,
-               budget_epochs: float, budget_updates: int):
+               budget_epochs: float, budget_updates: int, max_batch: int = 0):
     self.base, self.target = base, target
     self.budget_epochs, self.budget_updates = budget_epochs, budget_updates
     self.facts = config_lib.validate(base, num_devices=jax.device_count())
-    self.start_batch, self.max_batch = base.batch_size, self.facts.train_examples
+    if not 0 <= max_batch <= self.facts.train_examples or (
+        max_batch and max_batch < base.batch_size):
+      raise ValueError(f"max_batch must be 0 or in [{base.batch_size}, "
+                       f"{self.facts.train_examples}], got {max_batch}")
+    self.start_batch = base.batch_size
+    self.max_batch = max_batch or self.facts.train_examples
     self.num_classes, self.train_examples = self.facts.num_classes, self.facts.train_examples
     self.optimizer = base.optimizer.name
 
@@ -317,11 +324,11 @@ def summarize(protocol: Protocol, workdir: str) -> dict:
   if len(reached) >= 3:
     fit = steps_to_target.fit_limit([r["batch"] for r in reached],
                            [r["updates_to_target"] for r in reached])
-  summary.update(_fit_fields(fit, rows))
+  summary.update(fit_fields(fit, rows))
   return summary
 
 
-def _fit_fields(fit: Optional[steps_to_target.LimitFit], rows: Sequence[dict]) -> dict:
+def fit_fields(fit: Optional[steps_to_target.LimitFit], rows: Sequence[dict]) -> dict:
   if fit is None:
     return {"b_crit": None, "b_crit_low": None, "b_crit_high": None, "s_min": None,
             "e_min": None, "fit": "fewer than 3 batches reached the target: no fit",
