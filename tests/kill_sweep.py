@@ -84,7 +84,7 @@ def endings(workdir: str) -> Dict[str, dict]:
   its metrics.jsonl: its crossings, why and where it stopped or diverged, and
   the updates it logged (each once)."""
   ended = {}
-  for name in sorted(os.listdir(workdir)):
+  for name in sorted(os.listdir(workdir) if os.path.isdir(workdir) else ()):
     if not os.path.isfile(os.path.join(workdir, name, layout.METRICS)):
       continue
     records = metrics.read_jsonl(os.path.join(workdir, name))

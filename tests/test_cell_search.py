@@ -124,3 +124,13 @@ def test_an_unbracketed_cell_is_flagged_with_its_reason():
   assert not tuned.bracketed
   assert tuned.accuracy_text().endswith(tuned_sections.UNBRACKETED)
   assert "c:" in tuned_sections.bracket_note([tuned])
+
+
+def test_a_cell_is_filled_to_its_trial_count_with_steps_around_the_best():
+  """Bracketed after 0.05 ... 0.8 (5 trials) without refinement; `trials=7`
+  adds √2 steps nearest the best, below first: 0.4/√2, then 0.4·√2."""
+  chosen, _ = run_to_the_end([cell("a", refine=False, trials=7)])
+  tried = sorted(t.learning_rate for t in chosen["a"].trials)
+  assert tried == pytest.approx([0.05, 0.1, 0.2, PEAK / math.sqrt(2), 0.4,
+                                 PEAK * math.sqrt(2), 0.8])
+  assert chosen["a"].best.learning_rate == pytest.approx(PEAK)

@@ -233,6 +233,7 @@ def test_one_host_and_shards_search_the_same_way_and_record_the_same():
 # process): every phase of the protocol, each followed by the rerun the next
 # kill stops, the last by one to the end.
 KILLS = (
+    "start:1",       # before the flags are read: nothing written yet
     "write:2",       # the first trial's config.json written beside itself, not renamed
     "claim:1",       # one trial of the first wave claimed, the others not
     "setup:1",       # a trial set up, before its first update

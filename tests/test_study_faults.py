@@ -13,6 +13,7 @@ import kill_sweep
 # process; the tiny study's points are momentum-b12000, then sgd-b6000, which
 # diverges, then lars-b6000, checkpointed every 5 of its 30 updates).
 KILLS = (
+    "start:1",       # before the flags are read: nothing written yet
     "write:1",       # study.json written beside itself, not renamed
     "setup:1",       # momentum-b12000 set up, before its first update
     "update:2",      # momentum-b12000 before its first checkpoint

@@ -235,8 +235,10 @@ FULL_BATCH = 60000 - VALIDATION_EXAMPLES  # the whole training split after the h
 TUNED_BATCHES = (128, 512, 2048, 8192, 32768, FULL_BATCH)  # x4 steps (`:full`: every x2)
 ALL_BATCHES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, FULL_BATCH)
 TUNED_LADDER_EPOCHS = 10.0
-# Every optimizer's cell gets the same search: at most this many trials.
-SEARCH = cell_search.Search(max_trials=8, refine=True)
+# Every optimizer's cell gets the same search: at most 8 trials, and at least 6
+# where the search allows (√2 steps around the best fill a cell that bracketed
+# early), so that cells compared with each other had the same effort.
+SEARCH = cell_search.Search(max_trials=8, refine=True, trials=6)
 SEED_CELLS = ("momentum-b128", "momentum-b8192", "adam-b2048")
 SEEDS = (1, 2)
 # The steps-to-target protocol of every optimizer (as
@@ -347,7 +349,7 @@ def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
   if arg == "untuned":
     return untuned_study()
   if arg == "quick":
-    quick = dataclasses.replace(SEARCH, max_trials=5, refine=False)
+    quick = dataclasses.replace(SEARCH, max_trials=4, refine=False, trials=0)
     points = tuned_sweep(("momentum", "lars"), (512, 4096), 2.0, search=quick)
     points.update(tuned_ladder(epochs=4.0, steps=1, search=quick))
     _log_every_update(points)

@@ -63,6 +63,8 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   benchmarks/accumulation.py). A run whose batch changes passes each update's
   `num_microbatches`: the programs compile once per microbatch shape, and the
   finish once per count only for optimizers that read the count (GSNR).
+  `gradient_penalty` (the filled loss.gradient_penalty, lbt.engine.regularizers)
+  adds the block gradient-norm penalty to every microbatch's gradient.
   """
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   def learning_rate_at(position):

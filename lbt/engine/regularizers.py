@@ -50,7 +50,7 @@ DEFAULTS = {"strength": 0.0, "block": 128, "scale_by_learning_rate": False}
 FIELDS = tuple(DEFAULTS)
 
 
-def check(section: Mapping, *, microbatches: Mapping[int, int] = None,
+def check(section: Mapping, *, microbatches: Optional[Mapping[int, int]] = None,
           ghost_size: int = 0, adversarial: bool = False) -> Optional[Dict[str, Any]]:
   """The `loss.gradient_penalty` section with DEFAULTS filled in; None when
   its strength is 0 (off). ConfigError naming the field, before any compute.
@@ -87,8 +87,8 @@ def check(section: Mapping, *, microbatches: Mapping[int, int] = None,
     fail("block", block, f"a multiple of bn.ghost_size ({ghost_size}): each block goes "
          "through BatchNorm on its own")
   if adversarial:
-    fail("", dict(section), "strength 0 or no section while loss.adversarial.enabled is True (the "
-         "penalty is on the clean loss alone)")
+    fail("", dict(section), "strength 0 or no section while loss.adversarial.enabled "
+         "is True (the penalty is on the clean loss alone)")
   return {"strength": float(strength), "block": int(block),
           "scale_by_learning_rate": filled["scale_by_learning_rate"]}
 

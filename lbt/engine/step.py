@@ -337,7 +337,8 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, learning_ra
   without it they are zeros, and the loop writes them only where full.
   `num_microbatches` (static) is what optimizers of the GSNR family check.
   With `gradient_penalty`, the gradient is that of the loss plus
-  λ/2 · mean_b ‖∇L_b‖², λ from the section and this update's learning rate.
+  λ/2 · mean_b ‖∇L_b‖², λ from the section and this update's learning rate;
+  `grad_norm` stays the loss gradient's, `penalized_grad_norm` is the sum's.
 
   A non-finite loss or gradient (or, on a full update, parameter) is reported
   in `metrics['finite']`; the loop stops at its next look, before any save or
@@ -347,10 +348,13 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, learning_ra
   microbatches = sums.microbatches.astype(jnp.float32)
   grads = jax.tree.map(lambda g, p: (g / examples).astype(p.dtype), sums.grads,
                        state.params)
+  # The loss gradient's norm, comparable with the microbatches' (noise scale).
+  grad_norm, penalized = tree_norm(grads), {}
   if sums.penalty_grads is not None:
     strength = regularizers.coefficient(gradient_penalty, learning_rate)
     grads = jax.tree.map(lambda g, q: g + (strength * q / examples).astype(g.dtype),
                          grads, sums.penalty_grads)
+    penalized["penalized_grad_norm"] = tree_norm(grads)  # what a clip_norm sees
   extra = {}
   if sums.microbatch_grad_sq is not None:
     extra["microbatch_grad_sq"] = jax.tree.map(lambda s: s / microbatches,
@@ -368,16 +372,16 @@ def finish_update(state: TrainState, sums: GradientSum, params_init, learning_ra
       previous_params=None if state.previous_params is None else state.params)
 
   loss = sums.loss / examples
-  grad_norm = tree_norm(grads)
   full = diagnostics(params, updates, params_init, opt_state, full_diagnostics)
   metrics = {
       "loss": loss,
       "accuracy": sums.correct / examples,
       "learning_rate": jnp.asarray(learning_rate, jnp.float32),
-      "grad_norm": grad_norm,
+      "grad_norm": grad_norm, **penalized,
       **full,
       "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                 & jnp.isfinite(full["param_norm"])),
+                 & jnp.isfinite(full["param_norm"])
+                 & jnp.isfinite(penalized.get("penalized_grad_norm", 0.0))),
       "microbatch_grad_sq_norm": sums.microbatch_grad_sq_norm / microbatches,
   }
   return new_state, metrics

@@ -24,7 +24,6 @@ References:
   Necessary for Generalization", ICLR 2022, https://arxiv.org/abs/2109.14119
 """
 
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lbt.io import files, layout
@@ -151,8 +150,12 @@ def verdict_text(summary: dict) -> str:
   text.append(f"Cost: {full['updates']} updates against {small['updates']} "
               f"({summary['updates_ratio']:.3g}×) and {full['examples']:,} examples against "
               f"{small['examples']:,} ({summary['examples_ratio']:.3g}×); each full-batch "
-              "example costs a gradient and a Hessian-vector product (the penalty), "
-              f"{_per_update(full)} s per update against {_per_update(small)} s.")
+              "example costs a gradient and a Hessian-vector product (the penalty): "
+              f"{_seconds(full, 'updates')} s per update and {_seconds(full, 'examples', 1e6)} "
+              f"µs per example against {_seconds(small, 'updates')} s and "
+              f"{_seconds(small, 'examples', 1e6)} µs. With their searches and seeds the arms "
+              f"took {arms['full']['search_wall_time_s'] / 60:.1f} and "
+              f"{arms['small']['search_wall_time_s'] / 60:.1f} min of training.")
   curve = full.get("curve") or []
   if len(curve) >= 3:
     tail = curve[-max(2, len(curve) * 3 // 10):]
@@ -164,8 +167,9 @@ def verdict_text(summary: dict) -> str:
   return " ".join(text)
 
 
-def _per_update(run: dict) -> str:
-  return f"{(run['wall_time_s'] or 0) / max(run['updates'] or 1, 1):.3g}"
+def _seconds(run: dict, per: str, unit: float = 1.0) -> str:
+  """The run's wall time per update or per example, in `1/unit` seconds."""
+  return f"{unit * (run['wall_time_s'] or 0) / max(run[per] or 1, 1):.3g}"
 
 
 def plot(summary: dict, report_dir: str, name: str) -> str:

@@ -46,11 +46,16 @@ class Search:
     refine: after bracketing on the 2x grid, try the √2 steps around the best.
     seeds: once chosen, the best learning rate is rerun with these seeds (the
       chosen trial is seed 0 of the config): the seed-to-seed spread.
+    trials: where the rule ends with fewer trials than this, more √2 steps
+      around the best are run until it has this many, so that cells compared
+      with each other had the same number of trials where the search allows
+      (0: none added).
   """
   anchor: Optional[str] = None
   max_trials: int = 8
   refine: bool = True
   seeds: Tuple[int, ...] = ()
+  trials: int = 0
 
   def __post_init__(self):
     if not isinstance(self.max_trials, int) or self.max_trials < 3:
@@ -157,12 +162,32 @@ def replay(cell: Cell, centre: float, outcome: Callable[[str], Outcome]
         tie=_tie(_examples(cell), trials),
         refine=cell.search.refine)
     if not proposed:
+      proposed = _fill(trials, min(cell.search.trials, cell.search.max_trials),
+                       _tie(_examples(cell), trials))
+    if not proposed:
       return trials, []
     results = [(lr, outcome(trial_name(cell.label, lr))) for lr in proposed]
     pending = [lr for lr, result in results if result is None]
     if pending:
       return trials, pending
     trials.extend(result for _, result in results)
+
+
+def _fill(trials: Sequence[search_rules.Trial], wanted: int, tie: float) -> List[float]:
+  """The next √2 step around the best not yet tried, nearest first and below
+  first, never at or above a divergence above the best; [] once the cell has
+  `wanted` trials or no such step is left within three doublings."""
+  best = search_rules.best_trial(trials, tie=tie)
+  if best is None or len(trials) >= wanted:
+    return []
+  ceiling = min((t.learning_rate for t in trials if t.status == search_rules.DIVERGED
+                 and t.learning_rate > best.learning_rate), default=math.inf)
+  for k in (-1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6):
+    lr = best.learning_rate * math.sqrt(2) ** k
+    if lr < ceiling * (1 - 1e-9) and not any(
+        math.isclose(lr, t.learning_rate, rel_tol=1e-6) for t in trials):
+      return [lr]
+  return []
 
 
 def plan(cells: Sequence[Cell], outcome: Callable[[str], Outcome]
@@ -223,4 +248,5 @@ def outcome_of(status: str, validation_accuracy: Optional[float], learning_rate:
 def expected_trials(cells: Sequence[Cell]) -> Mapping[str, int]:
   """A cell's trials before it runs, for the ETA: the three first, one
   extension and, when refining, the two √2 steps, within its cap."""
-  return {c.label: min(c.search.max_trials, 4 + 2 * c.search.refine) for c in cells}
+  return {c.label: min(c.search.max_trials, max(4 + 2 * c.search.refine, c.search.trials))
+          for c in cells}

@@ -114,7 +114,8 @@ def summarize(workdir: str, rows: Sequence[dict],
     arm = "full" if trials[0]["batch_size"] == train_examples else "small"
     if arm in arms:
       raise ConfigError(f"{workdir}: cells of section {SECTION!r}", sorted(cells),
-                        "one full-batch cell and one small-batch cell")
+                        "one full-batch cell and one small-batch cell (another "
+                        "number of updates goes in a directory of its own)")
     arms[arm] = {**_arm(cell, trials, seeds.get(cell, []), records or {}),
                  "train_examples": train_examples}
   return {"arms": arms, **verdict(arms)}

@@ -50,7 +50,6 @@ from lbt.io import layout
 from lbt import optim
 from lbt.engine import config as config_lib
 from lbt.engine import workdir as workdir_lib
-from lbt.errors import TrialFailed
 from lbt.io import faults, files
 from lbt.stats import noise_scale, steps_to_target
 from lbt.studies import points as points_lib
@@ -217,13 +216,7 @@ def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
       _claim_wave(workdir, wave, points)
     for name in runner.select_points(list(points), (), shard):
       _run_trial(protocol, workdir, name, points[name].config, facts[name], is_main)
-    _wait_for(workdir, list(points))
-    failed = [n for n in points if results.point_status(os.path.join(workdir, n)) ==
-              results.FAILED]
-    if failed:
-      raise TrialFailed(f"trial {failed[0]} failed: "
-                        f"{results.read_outcome(os.path.join(workdir, failed[0])).get('error')}"
-                        "; fix the cause and rerun the same command")
+    runner.wait_for(workdir, list(points), seconds=WAIT_SECONDS, program="lbt.limit")
   summary = summarize(protocol, workdir)
   faults.moment("limit")
   if is_main:
@@ -280,19 +273,6 @@ def _run_trial(protocol: Protocol, workdir: str, name: str, config, facts,
   if status != results.RUNNING and is_main:
     runner.record_point(workdir, name, config, status,
                        {"wall_time_s": time.time() - start, **outcome})
-
-
-def _wait_for(workdir: str, names: Sequence[str]) -> None:
-  """Until every trial of the wave has ended (other shards run theirs)."""
-  while True:
-    pending = [n for n in names if runner.agreed_status(os.path.join(workdir, n)) not in (
-        results.FINISHED, results.DIVERGED, results.FAILED)]
-    if not pending:
-      return
-    if jax.process_index() == 0:
-      print(f"lbt.limit: waiting for {len(pending)} trial(s) of other shards: "
-            f"{', '.join(pending)}", flush=True)
-    time.sleep(WAIT_SECONDS)
 
 
 def summarize(protocol: Protocol, workdir: str) -> dict:

@@ -352,6 +352,25 @@ def _device_names(devices) -> str:
   return (f"device {ids[0]}" if len(ids) == 1 else f"devices {ids[0]}-{ids[-1]}")
 
 
+def wait_for(workdir: str, names: Sequence[str], *, seconds: float, program: str) -> None:
+  """Until every named point has ended (other shards run theirs); a failed
+  one stops the waiting shard too, naming it: the rerun retries it."""
+  while True:
+    status = {n: agreed_status(os.path.join(workdir, n)) for n in names}
+    failed = [n for n, s in status.items() if s == FAILED]
+    if failed:
+      error = results.read_outcome(os.path.join(workdir, failed[0])).get("error")
+      raise errors.TrialFailed(f"trial {failed[0]} failed: {error}; fix the cause and rerun "
+                               "the same command")
+    pending = [n for n, s in status.items() if s not in (FINISHED, DIVERGED)]
+    if not pending:
+      return
+    if jax.process_index() == 0:
+      print(f"{program}: waiting for {len(pending)} trial(s) of other shards: "
+            f"{', '.join(pending)}", flush=True)
+    time.sleep(seconds)
+
+
 def record_point(workdir: str, name: str, config, status: str, outcome: dict) -> None:
   """The point's outcome file (unless the trainer recorded it) and its row."""
   faults.moment("point_end")

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 
-from lbt.errors import ConfigError, TrialFailed
+from lbt.errors import ConfigError
 from lbt.io import files, layout, metrics
 from lbt.studies import cell_search, results, runner
 from lbt.studies import points as points_lib
@@ -133,27 +133,8 @@ def run_wave(points: Mapping[str, points_lib.Point], workdir: str, *,
     runner.write_roles(workdir, points)
   selected = runner.select_points(list(points), (), shard)
   runner.run_selected(points, facts, selected, workdir, jax.process_index() == 0, groups)
-  wait_for(workdir, list(points))
+  runner.wait_for(workdir, list(points), seconds=WAIT_SECONDS, program="lbt.study")
   return sum(facts[n].examples for n in selected)
-
-
-def wait_for(workdir: str, names: Sequence[str]) -> None:
-  """Until every trial of the wave has ended (other shards run theirs); a
-  failed trial stops the search, naming it."""
-  while True:
-    status = {n: runner.agreed_status(os.path.join(workdir, n)) for n in names}
-    failed = [n for n, s in status.items() if s == results.FAILED]
-    if failed:
-      error = results.read_outcome(os.path.join(workdir, failed[0])).get("error")
-      raise TrialFailed(f"trial {failed[0]} failed: {error}; fix the cause and rerun the "
-                        "same command")
-    pending = [n for n, s in status.items() if s not in (results.FINISHED, results.DIVERGED)]
-    if not pending:
-      return
-    if jax.process_index() == 0:
-      print(f"lbt.study: waiting for {len(pending)} trial(s) of other shards: "
-            f"{', '.join(pending)}", flush=True)
-    time.sleep(WAIT_SECONDS)
 
 
 def write_hparams(workdir: str, name: str, role: dict) -> None:
