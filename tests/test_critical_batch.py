@@ -9,7 +9,7 @@ import os
 import pytest
 
 from lbt.io import layout
-from lbt.reports import batch_sections, limit_sections
+from lbt.reports import limit_sections
 from lbt.stats import noise_scale, steps_to_target
 from lbt.studies import limit_protocol, results
 from test_report import finish_study, write_point
