@@ -35,9 +35,8 @@ def run_study(points: Mapping[str, object], workdir: str, *,
   which takes the same options), its searched cells, its steps-to-target
   protocols (`limits`: label -> protocol), then rebuilds its report; returns
   plain point name -> status."""
+  statuses = runner.run_points(points, workdir, **options)  # validates every point first
   study = points_lib.study_points(points)
-  search_runner.check_searches(study)
-  statuses = runner.run_points(study, workdir, **options)
   matching = runner.select_points(list(study), options.get("only", ()))
   cells = [c for c in search_runner.cells_of(study) if c.label in matching]
   shard = options.get("shard", (0, 1))

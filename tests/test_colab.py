@@ -1,7 +1,8 @@
 """launch/colab.ipynb: its code cells run top to bottom on CPU (tiny settings:
-two study points of three updates) and show the report's plots."""
+two searched study cells of three updates a trial) and show the report's plots."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -36,5 +37,7 @@ def test_notebook_runs_the_quick_study_and_shows_plots(tmp_path, monkeypatch, da
   plots = sorted(p for p in os.listdir(workdir / "report") if p.endswith(".png"))
   assert plots and len(images) == len(plots), (plots, len(images))
   assert (workdir / "report" / "report.md").exists()
-  points = [p for p in os.listdir(workdir) if (workdir / p / "metrics.jsonl").exists()]
-  assert len(points) == 2
+  # Two searched cells, each the trials of its learning-rate search.
+  trials = [p for p in os.listdir(workdir) if (workdir / p / "metrics.jsonl").exists()]
+  cells = {json.loads((workdir / p / "role.json").read_text())["cell"] for p in trials}
+  assert len(cells) == 2 and len(trials) >= 6

@@ -42,7 +42,7 @@ def test_full_batch_has_one_update_per_epoch():
   assert config_lib.num_train_steps(config, 60000 // config.batch_size) == 30
 
 
-@pytest.mark.parametrize("section,key", [(None, "learning_rate"), ("dataset", "shuffle"),
+@pytest.mark.parametrize("section,key", [(None, "learning_rate"), ("dataset", "shuffled"),
                                          ("bn", "momentum"), ("loss", "weight")])
 def test_a_key_no_code_reads_is_refused(section, key):
   config = fashion_mnist.get_config()

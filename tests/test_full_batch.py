@@ -399,3 +399,39 @@ def test_a_report_shows_its_siblings_summary(tmp_path):
   assert "(`fmnist_full_batch`)" in text and "does not close the gap" in text
   # Its own summary first.
   assert [label for label, _ in report.summaries(str(full))] == ["fmnist_full_batch"]
+
+
+def test_summary_chooses_by_validation_and_measures_the_seed_range(monkeypatch, tmp_path):
+  """The validation-best trial is the arm's answer even where another trial
+  has the better test accuracy; seeds give the range; a running trial waits."""
+  def row(name, section, cell, batch, lr, validation, test, status="finished", seed=None):
+    return {"name": name, "section": section, "cell": cell, "status": status,
+            "optimizer": "nesterov", "batch_size": batch, "base_learning_rate": lr,
+            "validation_accuracy": validation, "final_accuracy": test,
+            "validation_examples": 10000, "updates": 2340 if batch == 128 else 60,
+            "epochs": 6.0, "wall_time_s": 5.0,
+            "config_json": json.dumps({"optimizer": {"name": "nesterov"}, "loss": {},
+                                       "bn": {}, "dataset": {}, "schedule": {"name": "cosine"},
+                                       "microbatch_size": 0, "seed": seed or 0})}
+  rows = [row("s-lr0.05", "full_batch", "s", 128, 0.05, 0.880, 0.899),
+          row("s-lr0.1", "full_batch", "s", 128, 0.1, 0.895, 0.890),
+          row("s-lr0.2", "full_batch", "s", 128, 0.2, 0.870, 0.880),
+          row("s-seed1", "seed", "s/seed1", 128, 0.1, 0.894, 0.887, seed=1),
+          row("f-lr0.4", "full_batch", "f", 50000, 0.4, 0.860, 0.850),
+          row("f-lr0.8", "full_batch", "f", 50000, 0.8, 0.870, 0.862),
+          row("f-lr1.6", "full_batch", "f", 50000, 1.6, None, None, status="running"),
+          row("other", "sweep", "momentum-b128", 128, 0.1, None, 0.5)]
+  roles = {"s-seed1": {"of": "s"}}
+  monkeypatch.setattr(points_lib, "read_role", lambda d, name: roles[name])
+  monkeypatch.setattr(summary_lib.results, "load_point", lambda w, name: name)
+  monkeypatch.setattr(summary_lib.results, "facts_of", lambda name: {"train_examples": 50000})
+  summary = summary_lib.summarize(str(tmp_path), rows)
+  small, full = summary["arms"]["small"], summary["arms"]["full"]
+  assert small["chosen"]["learning_rate"] == 0.1 and small["bracketed"]
+  assert small["seed_range_points"] == pytest.approx(0.3)
+  assert full["chosen"]["learning_rate"] == 0.8 and len(full["trials"]) == 3
+  assert not full["bracketed"]  # 0.8 is the highest rate that has ended
+  assert summary["gap_points"] == pytest.approx(2.8) and summary["closed"] is False
+  assert summary_lib.summarize(str(tmp_path), rows[-1:]) is None
+  path = summary_lib.write(str(tmp_path), summary)
+  assert summary_lib.read(path) == json.loads(json.dumps(summary))

@@ -227,5 +227,5 @@ def test_recipe_ladder_changes_one_ingredient_per_step():
   assert optim.effective_learning_rate(final.optimizer, 819200) == pytest.approx(160.0)
   assert (final.schedule.warmup_epochs, final.num_epochs) == (36.0, 92.0)
   assert final.optimizer.momentum == 0.9537213777059405
-  for config, _ in study.values():
+  for config, _, _ in study.values():
     assert _validates(config, 512)

@@ -167,7 +167,7 @@ def test_points_side_by_side_equal_each_point_alone_on_as_many_devices(
   alone = str(tmp_path / "alone")
   with PreemptionNotice() as notice:
     placement = train.Placement(jax.local_devices()[:2], notice)
-    for name, (config, _) in points.items():
+    for name, (config, _, _) in points.items():
       with contextlib.suppress(errors.Diverged):
         train.train_and_evaluate(config, os.path.join(alone, name), placement=placement)
   for name in points:

@@ -32,12 +32,12 @@ GAP_POINTS = 0.5  # a gap at most this (or the seed range) is closed
 ARMS = ("small", "full")
 
 
-def _trial(row: dict) -> search_rules.Trial:
-  """A row as a search trial scored by its final validation accuracy."""
+def _trial(row: dict) -> Optional[search_rules.Trial]:
+  """A row as a search trial scored by its final validation accuracy; None
+  while it has not ended."""
   return cell_search.outcome_of(row["status"], row["validation_accuracy"],
                                 row["base_learning_rate"], finished=(results.FINISHED,),
-                                diverged=(results.DIVERGED,)) or search_rules.Trial(
-                                    row["base_learning_rate"], search_rules.DIVERGED)
+                                diverged=(results.DIVERGED,))
 
 
 def _run(row: dict, curve: Sequence[dict] = ()) -> dict:
@@ -67,12 +67,12 @@ def _arm(cell: str, trials: List[dict], seeds: List[dict],
          records: Dict[str, list]) -> dict:
   """One arm: its search's choice, its seeds' range, its recipe and cost."""
   validation = trials[0]["validation_examples"]
-  choice = cell_search.choose([_trial(r) for r in trials], validation)
+  choice = cell_search.choose([t for t in map(_trial, trials) if t is not None], validation)
   best = None
   if choice.best is not None:
-    best = next(r for r in trials if r["status"] == results.FINISHED and abs(
-        r["base_learning_rate"] - choice.best.learning_rate)
-                <= search_rules.LR_RTOL * choice.best.learning_rate)
+    rate = choice.best.learning_rate
+    best = next((r for r in trials if r["status"] == results.FINISHED and abs(
+        r["base_learning_rate"] - rate) <= search_rules.LR_RTOL * rate), None)
   runs = [best] + seeds if best is not None else []
   accuracies = [r["final_accuracy"] for r in runs
                 if r["status"] == results.FINISHED and r["final_accuracy"] is not None]

@@ -260,3 +260,18 @@ def role_from_name(name: str) -> dict:
                       f"or an old name {OLD_NAMES}")
   check_role(name, found)
   return found
+
+
+def check_searches(points: Mapping[str, Point]) -> None:
+  """A searched cell has a validation split (it chooses) and an anchor that
+  is a searched cell of the study."""
+  searched = {n for n, p in points.items() if p.search is not None}
+  for name in sorted(searched):
+    point = points[name]
+    if not point.config.dataset.get("validation_examples", 0):
+      raise ConfigError(f"point {name}: dataset.validation_examples", 0,
+                        "> 0 for a searched cell (the validation split chooses)")
+    anchor = getattr(point.search, "anchor", None)
+    if anchor is not None and anchor not in searched:
+      raise ConfigError(f"point {name}: search.anchor", anchor,
+                        f"a searched cell of the study: {', '.join(sorted(searched))}")

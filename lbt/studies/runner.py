@@ -119,6 +119,7 @@ def validate_points(points: Mapping[str, object], workdir: str,
       raise ConfigError(f"point {name}: {e.field}", e.value, e.allowed) from None
     points_lib.check_agrees(name, config, roles[name])
   points_lib.check_cells(roles)
+  points_lib.check_searches(points_lib.study_points(points))
   return facts
 
 

@@ -6,13 +6,13 @@ role names its cell and learning rate, and whose TensorBoard folder gets the
 trial's hyperparameters and scores for the HParams dashboard.
 """
 
+import hashlib
 import os
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 
-from lbt.errors import ConfigError
 from lbt.io import files, layout, metrics
 from lbt.studies import cell_search, results, runner
 from lbt.studies import points as points_lib
@@ -119,6 +119,14 @@ def _minutes(seconds: float) -> str:
   return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
+def owner(name: str, shards: int) -> int:
+  """The shard that runs a trial, from its name alone: shards that plan a
+  wave at different moments (one still busy with its plain points, or
+  rerun after a kill) may see different waves, but never disagree on who
+  runs a trial, so every trial a shard waits for is run by its owner."""
+  return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % shards
+
+
 def run_wave(points: Mapping[str, points_lib.Point], workdir: str, *,
              shard: Tuple[int, int] = (0, 1), groups: Sequence = ()) -> int:
   """One wave: every trial validated and its role written, this shard's
@@ -131,7 +139,7 @@ def run_wave(points: Mapping[str, points_lib.Point], workdir: str, *,
     runner.claim_directory(workdir, None, order + [n for n in points if n not in order],
                            None, None)
     runner.write_roles(workdir, points)
-  selected = runner.select_points(list(points), (), shard)
+  selected = [n for n in points if owner(n, shard[1]) == shard[0]]
   runner.run_selected(points, facts, selected, workdir, jax.process_index() == 0, groups)
   runner.wait_for(workdir, list(points), seconds=WAIT_SECONDS, program="lbt.study")
   return sum(facts[n].examples for n in selected)
@@ -152,18 +160,3 @@ def write_hparams(workdir: str, name: str, role: dict) -> None:
   metrics.write_hparams(point_dir, hparams, {
       "validation_accuracy": summary.get("validation_accuracy"),
       "test_accuracy": summary.get("eval_accuracy")})
-
-
-def check_searches(points: Mapping[str, points_lib.Point]) -> None:
-  """Before anything trains: a searched cell has a validation split and an
-  anchor that is a searched cell of the study."""
-  searched = {n for n, p in points.items() if p.search is not None}
-  for name, point in points.items():
-    if point.search is None:
-      continue
-    if not point.config.dataset.get("validation_examples", 0):
-      raise ConfigError(f"point {name}: dataset.validation_examples", 0,
-                        "> 0 for a searched cell (the validation split chooses)")
-    if point.search.anchor is not None and point.search.anchor not in searched:
-      raise ConfigError(f"point {name}: search.anchor", point.search.anchor,
-                        f"a searched cell of the study: {', '.join(sorted(searched))}")
