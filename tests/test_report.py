@@ -13,7 +13,7 @@ from configs import fashion_mnist
 from lbt.io import layout
 from lbt.studies import results
 from lbt import report
-from lbt.reports import study_report
+from lbt.reports import choice, study_report
 
 TARGET = 0.85
 
@@ -176,6 +176,6 @@ def test_a_tuned_grid_of_one_learning_rate_is_starred_as_untuned():
            "status": "finished", "final_accuracy": 0.5}
     return {"row": row, "members": [row] * members, "criterion": None}
 
-  table = study_report.accuracy_table({"a": entry(256, 1), "b": entry(8192, 3)})
+  table = choice.accuracy_table({"a": entry(256, 1), "b": entry(8192, 3)})
   assert "| adam (LR tuned) | 50.00* | 50.00 |" in table
   assert "one learning rate only" in table

@@ -13,7 +13,7 @@ from tensorboardX.proto import event_pb2
 
 from lbt import study
 from lbt.io import layout
-from lbt.reports import study_report
+from lbt.reports import choice, study_report
 from lbt.studies import results
 from tiny_study import TIMING, load
 
@@ -81,11 +81,11 @@ def test_each_cell_keeps_its_validation_best_trial(reference):
   for cell in ("momentum-b2000", "momentum-b8000"):
     trials = [r for r in rows if r["cell"] == cell]
     assert 3 <= len(trials) <= 4 and all(r["learning_rate"] for r in trials)
-    chosen = study_report.choose_learning_rates(rows)[cell]["row"]
+    chosen = choice.choose_learning_rates(rows)[cell]["row"]
     best = max(r["validation_accuracy"] for r in trials)
     tie = (best * (1 - best) / 5000) ** 0.5
     assert chosen["validation_accuracy"] >= best - tie
-  anchor = study_report.choose_learning_rates(rows)["momentum-b2000"]["row"]
+  anchor = choice.choose_learning_rates(rows)["momentum-b2000"]["row"]
   second = sorted(r["learning_rate"] for r in rows if r["cell"] == "momentum-b8000")[:3]
   assert anchor["learning_rate"] in [pytest.approx(lr) for lr in second]
   table = study_report.main_table(reference)

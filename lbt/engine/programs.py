@@ -62,9 +62,8 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   (a `lax.scan` body got slower convolution layouts on XLA:CPU; see
   benchmarks/accumulation.py). A run whose batch changes passes each update's
   `num_microbatches`: the programs compile once per microbatch shape, and the
-  finish once per count only for optimizers that read the count (GSNR).
-  `gradient_penalty` (the filled loss.gradient_penalty, lbt.engine.regularizers)
-  adds the block gradient-norm penalty to every microbatch's gradient.
+  finish once per count only for optimizers that read the count (GSNR). A
+  `gradient_penalty` (lbt.engine.regularizers) enters every microbatch.
   """
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   def learning_rate_at(position):
@@ -99,9 +98,8 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 5,
                       out_shardings=(replicated, replicated), static_argnums=(5,),
                       donate_argnums=(0,))
-  counts_matter = "microbatch_grad_sq" in needs
-  ahead = dispatch_ahead(mesh)
-  default_count = num_microbatches
+  counts_matter, ahead, default_count = ("microbatch_grad_sq" in needs,
+                                         dispatch_ahead(mesh), num_microbatches)
 
   def update(state, microbatches, params_init, lr_position,
              num_microbatches=default_count, full_diagnostics=True):

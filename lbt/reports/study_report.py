@@ -23,14 +23,14 @@ References:
 import json
 import math
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
 from lbt.io import layout
 from lbt.engine import config as config_lib
 from lbt.io import faults, files
-from lbt.reports import batch_sections, full_batch, limit_sections, plots, tuned_sections
+from lbt.reports import batch_sections, choice, full_batch, limit_sections, plots, tuned_sections
 from lbt.stats import diffusion
 from lbt.studies import results
 from lbt.studies.points import HOFFER_VARIANTS
@@ -47,108 +47,6 @@ HOFFER_LABELS = {"": "equal epochs (linear LR)", "sqrt": "+ sqrt LR scaling",
                  "sqrt-gbn": "+ ghost BN", "regime": "+ regime adaptation"}
 
 
-def choose_learning_rates(rows: Sequence[dict]) -> Dict[str, dict]:
-  """cell -> {'row': chosen row, 'members': rows, 'criterion': text}.
-
-  A cell of several base learning rates keeps the member with the best
-  validation accuracy (held out from the training set, never the test set);
-  members without a validation split fall back to the lowest final training
-  loss, and the criterion says so.
-  """
-  cells: Dict[str, List[dict]] = {}
-  for row in rows:
-    cells.setdefault(row["cell"], []).append(row)
-  chosen = {}
-  for cell, members in cells.items():
-    finished = [r for r in members if r["status"] == "finished"]
-    if len(members) == 1 or not finished:
-      chosen[cell] = {"row": members[0] if not finished else finished[0],
-                      "members": members, "criterion": None}
-    elif all(r["validation_accuracy"] is not None for r in finished):
-      tuned = tuned_sections.tuned_cell(cell, members)
-      chosen[cell] = {"row": tuned.best or finished[0], "members": members, "tuned": tuned,
-                      "criterion": "validation accuracy"}
-    else:
-      best = min(finished, key=lambda r: r["final_train_loss"] or math.inf)
-      chosen[cell] = {"row": best, "members": members,
-                      "criterion": "final training loss (no validation split)"}
-  return chosen
-
-
-def _grid_edge(entry: dict) -> str:
-  """A warning when the chosen learning rate is not bracketed by the search."""
-  if "tuned" in entry:
-    bracket = entry["tuned"].choice.bracket
-    return "" if bracket.bracketed else f" — **not bracketed: {bracket.reason}**"
-  rates = sorted(m["base_learning_rate"] for m in entry["members"])
-  chosen = entry["row"]["base_learning_rate"]
-  if len(rates) < 2 or rates[0] < chosen < rates[-1]:
-    return ""
-  side = "lowest" if chosen == rates[0] else "highest"
-  return (f" — **the {side} rate of its grid: the optimum was not bracketed and may lie "
-          f"{'below' if side == 'lowest' else 'above'} it**")
-
-
-def _outcome(row) -> str:
-  """A row's accuracy, or what happened instead."""
-  if row["status"] == "finished":
-    return plots.pct(row["final_accuracy"])
-  if row["status"] == "diverged":
-    return f"diverged@{row['diverged_update']}"
-  return row["status"]
-
-
-def sweep(chosen: Dict[str, dict]) -> Dict[str, List[dict]]:
-  """The batch sweep, series label -> chosen rows by batch."""
-  series: Dict[str, List[dict]] = {}
-  for entry in chosen.values():
-    row = entry["row"]
-    if row["section"] == "sweep":
-      label = row["optimizer"] + (" (LR tuned)" if _tuned(row) else "")
-      series.setdefault(label, []).append(row)
-  return {k: sorted(v, key=lambda r: r["batch_size"]) for k, v in series.items()}
-
-
-def accuracy_table(chosen: Dict[str, dict]) -> str:
-  """Final test accuracy (%) by optimizer and batch, as markdown."""
-  lines = sweep(chosen)
-  batches = sorted({r["batch_size"] for rows in lines.values() for r in rows})
-  if not batches:
-    return "(no batch-sweep points yet)"
-  out = ["| optimizer | " + " | ".join(str(b) for b in batches) + " |",
-         "|---|" + "---|" * len(batches)]
-  # A tuned cell of one learning rate was not tuned: it is starred; a search
-  # that did not bracket its best is daggered; a tuned cell shows its trials.
-  untuned = {e["row"]["name"] for e in chosen.values()
-             if _tuned(e["row"]) and len(e["members"]) == 1}
-  by_name = {e["row"]["name"]: e for e in chosen.values()}
-  for label, rows in lines.items():
-    by_batch = {r["batch_size"]: _outcome(r) + ("*" if r["name"] in untuned else "")
-                + _trials_mark(by_name[r["name"]]) for r in rows}
-    out.append(f"| {label} | " + " | ".join(by_batch.get(b, "") for b in batches) + " |")
-  updates = {r["batch_size"]: r["updates"] for rows in lines.values() for r in rows
-             if r.get("updates")}
-  out.append("| updates | " + " | ".join(str(updates.get(b, "")) for b in batches) + " |")
-  if untuned:
-    out.append("\n\\* one learning rate only: not tuned at this batch.")
-  if any("tuned" in e for e in chosen.values()):
-    out.append(f"\n(n): trials of the cell's search; {tuned_sections.UNBRACKETED}: its best "
-               "is not bracketed (reasons below).")
-  return "\n".join(out)
-
-
-def _trials_mark(entry: dict) -> str:
-  tuned = entry.get("tuned")
-  if tuned is None or len(entry["members"]) == 1:
-    return ""
-  return f"{tuned.mark()} ({len(entry['members'])})"
-
-
-def _tuned(row: dict) -> bool:
-  """Whether the row is a trial of a tuned cell (its role has a learning rate)."""
-  return row["learning_rate"] is not None
-
-
 def _curves(records: Dict[str, list], name: str) -> Dict[str, list]:
   return {kind: [r for r in records[name] if r["kind"] == kind] for kind in ("train", "eval")}
 
@@ -157,7 +55,7 @@ def section_accuracy(chosen, report_dir: str) -> str:
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   text = []
-  for label, rows in sweep(chosen).items():
+  for label, rows in choice.sweep(chosen).items():
     done = [r for r in rows if r["status"] == "finished"]
     ax.plot([r["batch_size"] for r in done], [100 * r["final_accuracy"] for r in done],
             "o-", label=label)
@@ -169,11 +67,11 @@ def section_accuracy(chosen, report_dir: str) -> str:
     text.append(f"- **{label}**: best {plots.pct(best['final_accuracy'])}% at "
                 f"B={best['batch_size']}; "
                 f"within 1 point of it up to B={max(near)}; at the largest batch "
-                f"B={largest['batch_size']}: {_outcome(largest)}"
+                f"B={largest['batch_size']}: {choice.outcome(largest)}"
                 + (f" ({100 * (largest['final_accuracy'] - best['final_accuracy']):+.2f} points)"
                    if largest["status"] == "finished" else "") + ".")
-  largest = max((r["batch_size"] for rows in sweep(chosen).values() for r in rows), default=None)
-  at_largest = sorted(((r["final_accuracy"], label) for label, rows in sweep(chosen).items()
+  largest = max((r["batch_size"] for rows in choice.sweep(chosen).values() for r in rows), default=None)
+  at_largest = sorted(((r["final_accuracy"], label) for label, rows in choice.sweep(chosen).items()
                        for r in rows if r["batch_size"] == largest and r["status"] == "finished"),
                       reverse=True)
   if at_largest:
@@ -187,10 +85,10 @@ def section_accuracy(chosen, report_dir: str) -> str:
   tuned_text = "\n".join(
       f"- `{g}`: base LR {e['row']['base_learning_rate']:g} chosen by {e['criterion']} among "
       + ", ".join(f"{m['base_learning_rate']:g} ({plots.pct(m['validation_accuracy'])}% val)"
-                  for m in e["members"]) + _grid_edge(e) for g, e in tuned) or "- none"
+                  for m in e["members"]) + choice.grid_edge(e) for g, e in tuned) or "- none"
   return ("## 1. Test accuracy vs batch size\n\nEach point trains for the same number of "
           "epochs, so a larger batch takes fewer updates. Final test accuracy (%):\n\n"
-          f"{accuracy_table(chosen)}\n\n{image}\n\n" + "\n".join(text) +
+          f"{choice.accuracy_table(chosen)}\n\n{image}\n\n" + "\n".join(text) +
           "\n\nPoints whose learning rate was tuned (on the validation split held out "
           f"from the training set, never on the test set); all others use the scaling rule "
           f"of their config from the reference batch, untuned:\n\n{tuned_text}\n")
@@ -198,7 +96,7 @@ def section_accuracy(chosen, report_dir: str) -> str:
 
 def section_curves(records, chosen, report_dir: str) -> str:
   plt = plots.pyplot()
-  groups = dict(sweep(chosen))
+  groups = dict(choice.sweep(chosen))
   # Schedule points are drawn against examples, in batch_sections' section.
   others = [e["row"] for e in chosen.values()
             if e["row"]["section"] not in ("sweep", "schedule")]
@@ -255,10 +153,10 @@ def section_ladder(chosen, report_dir: str) -> str:
         if "tuned" in entry
         else _changes(previous, row))
     rule = rules.get(k)
-    rule_text = f"{_outcome(rule)} ({rule['rule']})" if rule else ""
+    rule_text = f"{choice.outcome(rule)} ({rule['rule']})" if rule else ""
     label = row["cell"] if "tuned" in entry else row["name"]
     lines.append(f"| {k} | `{label}` | {change} | {row['epochs']:g} | "
-                 f"{row['updates'] or ''} | {_outcome(row)}{_trials_mark(entry)} | {gain} | "
+                 f"{row['updates'] or ''} | {choice.outcome(row)}{choice.trials_mark(entry)} | {gain} | "
                  f"{row['base_learning_rate']:.4g} | {rule_text} |")
     previous, previous_accuracy = row, accuracy
     accuracies.append(0.0 if accuracy is None else 100 * accuracy)
@@ -289,7 +187,7 @@ def hoffer_rows(chosen) -> Dict[str, dict]:
   if not tests:
     return {}
   optimizer, batch = tests[0]["optimizer"], tests[0]["batch_size"]
-  line = next((rows for label, rows in sweep(chosen).items() if label == optimizer), [])
+  line = choice.sweep_line(chosen, optimizer)
   found = {r["variant"]: r for r in tests if r["batch_size"] == batch}
   found.update({"": r for r in line if r["batch_size"] == batch})
   if line:
@@ -306,7 +204,7 @@ def section_hoffer(chosen, report_dir: str) -> str:
   lines = ["| setting | batch | epochs | updates | test accuracy (%) | ‖w − w0‖ | gap closed |",
            "|---|---|---|---|---|---|---|",
            f"| small batch | {small['batch_size']} | {small['epochs']:g} | {small['updates']} | "
-           f"{_outcome(small)} | {small['final_distance'] or 0:.4g} | |"]
+           f"{choice.outcome(small)} | {small['final_distance'] or 0:.4g} | |"]
   names, values = [f"B={small['batch_size']}"], [100 * (small["final_accuracy"] or 0)]
   for variant in ("",) + HOFFER_VARIANTS:
     row = found.get(variant)
@@ -315,7 +213,7 @@ def section_hoffer(chosen, report_dir: str) -> str:
     fraction = diffusion.gap_closed_fraction(
         small["final_accuracy"] or 0, large["final_accuracy"] or 0, row["final_accuracy"] or 0)
     lines.append(f"| {HOFFER_LABELS[variant]} | {row['batch_size']} | {row['epochs']:g} | "
-                 f"{row['updates']} | {_outcome(row)} | {row['final_distance'] or 0:.4g} | "
+                 f"{row['updates']} | {choice.outcome(row)} | {row['final_distance'] or 0:.4g} | "
                  f"{'' if variant == '' or math.isnan(fraction) else f'{fraction:.0%}'} |")
     names.append(HOFFER_LABELS[variant].replace(" (linear LR)", ""))
     values.append(100 * (row["final_accuracy"] or 0))
@@ -329,8 +227,8 @@ def section_hoffer(chosen, report_dir: str) -> str:
   adapted = found.get("regime")
   closing = ("No regime-adaptation point ran." if adapted is None else
              f"Regime adaptation ({adapted['updates']} updates, as many as B="
-             f"{small['batch_size']}'s {small['updates']}) reaches {_outcome(adapted)}% against "
-             f"{_outcome(small)}% for the small batch: the gap "
+             f"{small['batch_size']}'s {small['updates']}) reaches {choice.outcome(adapted)}% against "
+             f"{choice.outcome(small)}% for the small batch: the gap "
              + ("closes." if (adapted["final_accuracy"] or 0) >= (small["final_accuracy"] or 0)
                 - diffusion.GAP_TOLERANCE else "does not close."))
   return ("## 5. Hoffer et al.'s test\n\nAt a large batch, from equal epochs, each remedy of "
@@ -343,7 +241,7 @@ def section_hoffer(chosen, report_dir: str) -> str:
 def section_diffusion(records, chosen, report_dir: str) -> str:
   found = hoffer_rows(chosen)
   optimizer = found[""]["optimizer"] if "" in found else "momentum"
-  rows = [r for label, line in sweep(chosen).items() if label == optimizer for r in line]
+  rows = list(choice.sweep_line(chosen, optimizer))
   rows += [found[v] for v in HOFFER_VARIANTS if v in found]
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
@@ -400,7 +298,7 @@ def write(workdir: str, rows: Sequence[dict], records: Dict[str, list]) -> str:
   (name -> metrics.jsonl records); returns its path."""
   report_dir = os.path.join(workdir, layout.REPORT)
   files.makedirs(report_dir)
-  chosen = choose_learning_rates(rows)
+  chosen = choice.choose_learning_rates(rows)
   counts = {s: sum(r["status"] == s for r in rows) for s in
             ("finished", "diverged", "failed", "running")}
   wall = sum(r["wall_time_s"] or 0 for r in rows)
@@ -441,4 +339,4 @@ def build_report(workdir: str) -> str:
 
 def main_table(workdir: str) -> str:
   """The accuracy-vs-batch table in markdown (from results.sqlite), for the console."""
-  return accuracy_table(choose_learning_rates(results.read_database(workdir)))
+  return choice.accuracy_table(choice.choose_learning_rates(results.read_database(workdir)))
