@@ -137,6 +137,7 @@ def main() -> None:
   from lbt.io import cli
   from lbt.engine import programs
   from lbt.reports import study_report
+  from lbt import study
   from lbt.studies import runner
   timeline = Timeline()
   jax.monitoring.register_event_duration_secs_listener(timeline.on_duration)
@@ -145,15 +146,15 @@ def main() -> None:
     instrument(timeline, programs)
   points, constants = cli.load_python_file(os.path.join(CODE, ARGS.study), flag="--study",
                                            function="get_study",
-                                           constants=("TARGET_ACCURACY",))
-  kwargs = {}
+                                           constants=("TARGET_ACCURACY", "get_limits"))
+  kwargs = {"limits": study.study_limits(ARGS.study, constants["get_limits"])}
   if ARGS.devices_per_point:
-    if "devices_per_point" not in inspect.signature(runner.run_study).parameters:
+    if "devices_per_point" not in inspect.signature(runner.run_points).parameters:
       sys.exit("study: this code has no --devices_per_point")
     kwargs["devices_per_point"] = ARGS.devices_per_point
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    statuses = runner.run_study(points, workdir, study_target=constants["TARGET_ACCURACY"],
+    statuses = study.run_study(points, workdir, study_target=constants["TARGET_ACCURACY"],
                                study_id=ARGS.study, **kwargs)
     wall = time.perf_counter() - start
     table = study_report.main_table(workdir)
