@@ -134,3 +134,14 @@ def test_a_cell_is_filled_to_its_trial_count_with_steps_around_the_best():
   assert tried == pytest.approx([0.05, 0.1, 0.2, PEAK / math.sqrt(2), 0.4,
                                  PEAK * math.sqrt(2), 0.8])
   assert chosen["a"].best.learning_rate == pytest.approx(PEAK)
+
+
+def test_the_rule_verdict_says_where_the_optimum_stops_and_falls():
+  plateau = [(128, 0.05, 0, 0), (512, 0.283, 0, 0), (2048, 0.283, 0, 0), (8192, 0.305, 0, 0)]
+  assert "stops growing at B=512" in tuned_sections.rule_verdict(plateau)
+  surge = [(128, 0.004, 0, 0), (512, 0.016, 0, 0), (2048, 0.032, 0, 0), (8192, 0.016, 0, 0)]
+  text = tuned_sections.rule_verdict(surge)
+  assert "stops growing at B=2,048" in text and "surge" in text
+  assert "linear rule within ×1.4 up to B=512" in text  # 0.016 = 0.004 x 512/128
+  linear = [(b, 0.1 * b / 128, 0, 0) for b in (128, 256, 512)]
+  assert "still grows" in tuned_sections.rule_verdict(linear)

@@ -152,17 +152,21 @@ def rule_verdict(points: Sequence[Tuple[int, float, float, float]]) -> str:
       if abs(math.log(lr / (lr0 * (b / b0) ** power))) > math.log(RULE_TOLERANCE) + 1e-9:
         break
       held[name] = b
-  peak = max(range(len(points)), key=lambda i: points[i][1])
+  # The optimum stops growing at the first batch that no later optimum exceeds
+  # by a grid step or more (the search resolves √2).
+  plateau = next((i for i in range(len(points) - 1)
+                  if max(p[1] for p in points[i + 1:]) < points[i][1] * RULE_TOLERANCE * (1 - 1e-9)),
+                 None)
   words = [f"linear rule within ×{RULE_TOLERANCE:.2g} up to B={held['linear']:,}",
            f"square-root rule up to B={held['square-root']:,}"]
-  if peak < len(points) - 1:
-    later = points[peak + 1:]
-    fall = min(lr for _, lr, _, _ in later) / points[peak][1]
-    words.append(f"the optimum stops growing at B={points[peak][0]:,} "
-                 f"(LR {points[peak][1]:.3g})" + (
+  if plateau is not None:
+    later = points[plateau + 1:]
+    fall = min(lr for _, lr, _, _ in later) / points[plateau][1]
+    words.append(f"the optimum stops growing at B={points[plateau][0]:,} "
+                 f"(LR {points[plateau][1]:.3g})" + (
                      f" and then falls to ×{fall:.2g} of it — a rise then a fall, "
-                     "the shape of Li et al.'s surge" if fall <= 1 / RULE_TOLERANCE
-                     else ", and stays within the grid's resolution after it"))
+                     "the shape of Li et al.'s surge" if fall <= 1 / RULE_TOLERANCE + 1e-9
+                     else ", within a grid step of it after that"))
   else:
     words.append("the optimum still grows at the largest batch")
   return "; ".join(words)
