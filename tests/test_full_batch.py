@@ -393,7 +393,12 @@ def test_a_report_shows_its_siblings_summary(tmp_path):
   (default / "report").mkdir()
   assert report.section_for(str(default), [], {}, str(default / "report")) == ""
   (full / layout.FULL_BATCH).write_text(json.dumps(hand_made_summary()))
+  (full / layout.STUDY).write_text("{}")
   (other / layout.FULL_BATCH).write_text("not json")
+  (other / layout.STUDY).write_text("{}")
+  stray = tmp_path / "not_a_study"
+  stray.mkdir()
+  (stray / layout.FULL_BATCH).write_text(json.dumps(hand_made_summary()))
   assert [label for label, _ in report.summaries(str(default))] == ["fmnist_full_batch"]
   text = report.section_for(str(default), [], {}, str(default / "report"))
   assert "(`fmnist_full_batch`)" in text and "does not close the gap" in text
@@ -435,3 +440,20 @@ def test_summary_chooses_by_validation_and_measures_the_seed_range(monkeypatch, 
   assert summary_lib.summarize(str(tmp_path), rows[-1:]) is None
   path = summary_lib.write(str(tmp_path), summary)
   assert summary_lib.read(path) == json.loads(json.dumps(summary))
+
+
+def test_a_summary_that_cannot_be_shown_is_one_line_not_a_crash(tmp_path):
+  """A sibling's full_batch.json of another version (a field missing) leaves
+  the report standing, naming it."""
+  default, full = tmp_path / "fmnist", tmp_path / "fmnist_full_batch"
+  for d in (default, full):
+    d.mkdir()
+  (default / "report").mkdir()
+  broken = hand_made_summary()
+  broken["arms"]["full"].pop("recipe", None)
+  for arm in broken.get("arms", {}).values():
+    arm["recipe"] = {"optimizer": None}
+  (full / layout.FULL_BATCH).write_text(json.dumps(broken))
+  (full / layout.STUDY).write_text("{}")
+  text = report.section_for(str(default), [], {}, str(default / "report"))
+  assert "could not be shown" in text and "fmnist_full_batch" in text

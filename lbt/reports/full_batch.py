@@ -9,7 +9,9 @@ searched on the validation split; `lbt.studies.full_batch` writes its answer
 to DIR/full_batch.json (`layout.FULL_BATCH`).
 
 Which summaries a report shows (`summaries`): its own directory's, then
-those of its sibling directories, DIR/../*/full_batch.json, in name order.
+those of its sibling study directories (with a study.json),
+DIR/../*/full_batch.json, in name order; one that cannot be shown (another
+version's, or damaged) is named in one line instead of stopping the report.
 So the default study's report includes the full-batch answer when the two
 studies sit side by side, e.g. studies/fashion_mnist and
 studies/fashion_mnist_full_batch; with none, the section is left out.
@@ -47,8 +49,8 @@ def summaries(workdir: str) -> List[Tuple[str, dict]]:
     siblings = sorted(here.parent.glob(f"*/{layout.FULL_BATCH}"))
   except OSError:  # an unreadable parent: no siblings to show
     siblings = []
-  for path in siblings:
-    if path.parent.name != here.name:
+  for path in siblings:  # study directories only (their study.json), not any folder
+    if path.parent.name != here.name and (path.parent / layout.STUDY).exists():
       summary = summary_lib.read(str(path))
       if summary is not None:
         found.append((path.parent.name, summary))
@@ -210,5 +212,12 @@ def section_for(workdir: str, rows: Sequence[dict], records: Dict[str, list],
   own = summary_lib.summarize(workdir, rows, records)
   if own is not None:
     summary_lib.write(workdir, own)
-  return "\n".join(section(summary, label, report_dir, index)
-                   for index, (label, summary) in enumerate(summaries(workdir)))
+  texts = []
+  for index, (label, summary) in enumerate(summaries(workdir)):
+    try:
+      texts.append(section(summary, label, report_dir, index))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      texts.append(f"## Full-batch gradient descent (`{label}`)\n\nIts {layout.FULL_BATCH} "
+                   f"could not be shown ({type(e).__name__}: {e}); rerun "
+                   f"`python -m lbt.report` on `{label}` to rewrite it.\n")
+  return "\n".join(texts)
