@@ -51,7 +51,9 @@ def _curves(records: Dict[str, list], name: str) -> Dict[str, list]:
   return {kind: [r for r in records[name] if r["kind"] == kind] for kind in ("train", "eval")}
 
 
-def section_accuracy(chosen, report_dir: str) -> str:
+def section_accuracy(chosen, report_dir: str, spread: float = 0.0) -> str:
+  """§1; `spread`: the widest seed-to-seed range measured (§10), below
+  which a difference is a tie."""
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   text = []
@@ -76,7 +78,9 @@ def section_accuracy(chosen, report_dir: str) -> str:
                       reverse=True)
   if at_largest:
     text.append(f"- At B={largest}, from best to worst: " + ", ".join(
-        f"{label} {plots.pct(accuracy)}%" for accuracy, label in at_largest) + ".")
+        f"{label} {plots.pct(accuracy)}%" for accuracy, label in at_largest) + (
+            f"; differences below {100 * spread:.2f} points, the widest seed-to-seed "
+            "range measured (§10), are ties" if spread else "") + ".")
   ax.set_xscale("log", base=2)
   ax.set(xlabel="batch size", ylabel="test accuracy (%)", title="Test accuracy vs batch size")
   plots.legend(ax)
@@ -312,7 +316,8 @@ def write(workdir: str, rows: Sequence[dict], records: Dict[str, list]) -> str:
   measured = {label: (limit_sections.b_crit_of(s), bool(s.get("inside_measured_range")))
               for label, s in limits.items() if limit_sections.b_crit_of(s) is not None}
   rows_chosen = [e["row"] for e in chosen.values()]
-  sections = [header, section_accuracy(chosen, report_dir),
+  spread = max((width for width, _ in tuned_sections.seed_spread(rows).values()), default=0.0)
+  sections = [header, section_accuracy(chosen, report_dir, spread),
               limit_sections.section_measured_limit(limits, report_dir),
               section_curves(records, chosen, report_dir),
               section_ladder(chosen, report_dir), section_hoffer(chosen, report_dir),
