@@ -26,13 +26,16 @@ from lbt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Waits for a file named GO (so that racers start together), locks, says so,
-# holds until stdin closes while checking the lease, and reports a lost lease.
+# Waits for a file named GO (so that racers start together; with a fourth
+# argument it first says "ready"), locks, says so, holds until stdin closes
+# while checking the lease, and reports a lost lease.
 HOLDER = """
 import os, sys, time
 from lbt import errors
 from lbt.io import lease as lease_lib
 path, timeout, beat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+if len(sys.argv) > 4:
+  print("ready", flush=True)
 while not os.path.exists(os.path.join(os.path.dirname(path), "GO")):
   time.sleep(0.005)
 try:
@@ -47,9 +50,10 @@ except errors.WorkdirBusy as e:
 """
 
 
-def holder(path, timeout=60.0, beat=5.0):
+def holder(path, timeout=60.0, beat=5.0, announce=False):
   return subprocess.Popen(
-      [sys.executable, "-c", HOLDER, str(path), str(timeout), str(beat)],
+      [sys.executable, "-c", HOLDER, str(path), str(timeout), str(beat)]
+      + (["announce"] if announce else []),
       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdin=subprocess.PIPE,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -84,9 +88,9 @@ def test_second_locker_is_refused_with_the_holder_named_and_gets_it_after_releas
 def test_two_lockers_at_once_exactly_one_wins(tmp_path):
   for round_ in range(3):
     path = tmp_path / f"run{round_}"
-    racers = [holder(path) for _ in range(2)]
-    time.sleep(0.3)  # Both started and waiting for GO.
-    go(tmp_path)
+    racers = [holder(path, announce=True) for _ in range(2)]
+    assert [r.stdout.readline().strip() for r in racers] == ["ready", "ready"]
+    go(tmp_path)  # Both are waiting for it: they race for the lock.
     lines = [r.stdout.readline().split() for r in racers]
     winners = [r for r, line in zip(racers, lines) if line[0] == "held"]
     assert len(winners) == 1, lines
