@@ -3,8 +3,8 @@
   python benchmarks/study.py [--study=configs/studies/fashion_mnist.py]
       [--devices=N --devices_per_point=D] [--code=DIR] [--json=FILE] [--overall]
 
-Runs `lbt.study.run_study` on a fresh directory in this process, as
-`python -m lbt.study` would, with timers around its stages (the study itself is
+Runs a study (`lbt.studies.work.run_study`, then its report) on a fresh
+directory in this process, as `python -m lbt.study` would, with timers around its stages (the study itself is
 unchanged): each update is timed up to its finished result
 (`jax.block_until_ready`), each evaluation of a split, and every compilation
 through `jax.monitoring` (tracing, lowering, XLA's compile and loads from the
@@ -133,12 +133,29 @@ def instrument(timeline, programs):
   programs.compile_update, programs.evaluate = timed_compile_update, timed_evaluate
 
 
+def _study_runner(study):
+  """The code's run-a-study-then-its-report, returning trial -> status: the
+  one runner's (`lbt.studies.work`), or an older checkout's `lbt.study.run_study`."""
+  try:
+    from lbt.studies import work  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return study.run_study
+  from lbt.reports import study_report  # pylint: disable=import-outside-toplevel
+
+  def run_study(points, workdir, **kwargs):
+    outcome = work.run_study(points, workdir, **kwargs)
+    study_report.build_report(workdir)
+    return outcome.statuses
+
+  run_study.__signature__ = inspect.signature(work.run_study)
+  return run_study
+
+
 def main() -> None:
   from lbt.io import cli
   from lbt.engine import programs
   from lbt.reports import study_report
   from lbt import study
-  from lbt.studies import runner
   timeline = Timeline()
   jax.monitoring.register_event_duration_secs_listener(timeline.on_duration)
   jax.monitoring.register_event_listener(timeline.on_event)
@@ -148,14 +165,15 @@ def main() -> None:
                                            function="get_study",
                                            constants=("TARGET_ACCURACY", "get_limits"))
   kwargs = {"limits": study.study_limits(ARGS.study, constants["get_limits"])}
+  run_study = _study_runner(study)
   if ARGS.devices_per_point:
-    if "devices_per_point" not in inspect.signature(runner.run_points).parameters:
+    if "devices_per_point" not in inspect.signature(run_study).parameters:
       sys.exit("study: this code has no --devices_per_point")
     kwargs["devices_per_point"] = ARGS.devices_per_point
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    statuses = study.run_study(points, workdir, study_target=constants["TARGET_ACCURACY"],
-                               study_id=ARGS.study, **kwargs)
+    statuses = run_study(points, workdir, study_target=constants["TARGET_ACCURACY"],
+                         study_id=ARGS.study, **kwargs)
     wall = time.perf_counter() - start
     table = study_report.main_table(workdir)
   compile_union = union(timeline.stages["compile"])

@@ -18,8 +18,8 @@ import ml_collections
 from lbt.errors import ConfigError
 from lbt.io import cli
 from lbt.reports import limit_report
-from lbt.studies import results, runner
-from lbt.studies.limit_protocol import DEFAULT_VALIDATION_EXAMPLES, Protocol, run_limit
+from lbt.studies import directory, results, work
+from lbt.studies.limit_protocol import DEFAULT_VALIDATION_EXAMPLES, Protocol
 
 DEFAULT_BUDGET_EPOCHS, DEFAULT_BUDGET_UPDATES = 10.0, 300
 
@@ -43,8 +43,8 @@ def _flags():
   flags.DEFINE_integer("budget_updates", None, "A trial's budget in updates, for the large "
                        "batches (default: the file's BUDGET_UPDATES, else "
                        f"{DEFAULT_BUDGET_UPDATES}).", flag_values=values)
-  flags.DEFINE_string("shard", "0/1", "I/N: this host runs every N-th trial of each wave.",
-                      flag_values=values)
+  flags.DEFINE_string("shard", "0/1", "I/N: this host runs the trials that fall to shard "
+                      "I of N (by their names).", flag_values=values)
   return values
 
 
@@ -62,7 +62,7 @@ def protocol_from_file(values, spec: str, overrides: Sequence[str]) -> Protocol:
     config.dataset.validation_examples = DEFAULT_VALIDATION_EXAMPLES
   pick = lambda *choices: next((v for v in choices if v is not None), None)
   target = pick(values.target_accuracy, constants["TARGET_ACCURACY"],
-                results.DEFAULT_TARGETS.get(config.dataset.name))
+                results.DEFAULT_TEST_TARGETS.get(config.dataset.name))
   epochs = pick(values.budget_epochs, constants["BUDGET_EPOCHS"], DEFAULT_BUDGET_EPOCHS)
   updates = pick(values.budget_updates, constants["BUDGET_UPDATES"], DEFAULT_BUDGET_UPDATES)
   if target is None or isinstance(target, bool) or not 0 < target <= 1:
@@ -94,26 +94,35 @@ def protocols_from_flags(values, overrides: Sequence[str]) -> Dict[str, Protocol
 
 
 def main(argv: Sequence[str]) -> int:
+  """The command line; returns the exit status (2 bad input, 1 a failed trial)."""
   values = _flags()
+  outcome = []
 
   def command():
     overrides = cli.parse_flags(values, argv, program="lbt.limit")
     protocols = protocols_from_flags(values, overrides)
-    shard = runner.parse_shard(values.shard)
-    summaries = {}
-    for label, protocol in protocols.items():
-      workdir = os.path.join(values.workdir, label) if label else values.workdir
-      spec = f"{values.study}:{label}" if label else values.config
-      summaries[label] = run_limit(protocol, workdir, shard=shard,
-                                   study_id="lbt.limit " + cli.file_id(spec))
-      if jax.process_index() == 0:
-        limit_report.write_report(summaries[label], workdir)
-        limit_report.print_summary(summaries[label], workdir)
-    if values.study and jax.process_index() == 0:
+    shard = directory.parse_shard(values.shard)
+    ids = {label: "lbt.limit " + cli.file_id(f"{values.study}:{label}" if label
+                                             else values.config) for label in protocols}
+    ran, summaries = work.run_limits(protocols, values.workdir, shard=shard, study_ids=ids)
+    outcome.append(ran)
+    if jax.process_index() != 0 or not ran.done:
+      return
+    for label, summary in summaries.items():
+      folder = os.path.join(values.workdir, label) if label else values.workdir
+      limit_report.write_report(summary, folder)
+      limit_report.print_summary(summary, folder)
+    if values.study:
       print(f"lbt.limit: {limit_report.write_comparison(summaries, values.workdir)}")
 
   cli.exit_on_signals()
-  return cli.run(command)
+  status = cli.run(command)
+  failed = outcome[0].failed if outcome else []
+  if status == 0 and failed:
+    print(f"lbt.limit: {len(failed)} trial(s) failed: {', '.join(failed)}; fix the cause "
+          "and rerun the same command", file=sys.stderr)
+    return 1
+  return status
 
 
 if __name__ == "__main__":

@@ -2,54 +2,27 @@
 
   python -m lbt.study --study=configs/studies/fashion_mnist.py --workdir=DIR \
       [--only=GLOB,...] [--shard=I/N] [--target_accuracy=X] \
-      [--devices_per_point=D] [--compilation_cache=DIR|none]
+      [--devices_per_point=D] [--compilation_cache=DIR|none] [--include=DIR,...]
 
-A study runs in three parts, each resumable and split by --shard: its plain
-points (validated, claimed, run side by side and recorded:
-`lbt.studies.runner`), the trials of its searched cells, wave after wave
-(`lbt.studies.search_runner`), and the steps-to-target protocols its file
-declares with `get_limits(arg)` (`lbt.studies.limit_protocol`, each into
-DIR/limits/<label>/); then the report (`lbt.reports.study_report`).
+A study's plain points, the trials of its searched cells and the
+steps-to-target protocols its file declares with `get_limits(arg)` (each into
+DIR/limits/<label>/) all run through the one runner, wave by wave, resumable
+and split by --shard (`lbt.studies.work.run_study`); then the report
+(`lbt.reports.study_report`), which may include other study directories
+(--include, e.g. a full-batch study's).
 """
 
 import os
 import sys
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Sequence
 
 import jax
 
-from lbt.engine import programs
 from lbt.errors import ConfigError
 from lbt.io import cli, files, layout
 from lbt.reports import study_report
-from lbt.studies import limit_protocol, runner, search_runner
-from lbt.studies import points as points_lib
-from lbt.studies.results import FAILED
-from lbt.studies.runner import parse_shard
-
-
-def run_study(points: Mapping[str, object], workdir: str, *,
-              limits: Optional[Mapping[str, limit_protocol.Protocol]] = None,
-              **options) -> Dict[str, str]:
-  """Runs a study: its selected plain points (`lbt.studies.runner.run_points`,
-  which takes the same options), its searched cells, its steps-to-target
-  protocols (`limits`: label -> protocol), then rebuilds its report; returns
-  plain point name -> status."""
-  statuses = runner.run_points(points, workdir, **options)  # validates every point first
-  study = points_lib.study_points(points)
-  matching = runner.select_points(list(study), options.get("only", ()))
-  cells = [c for c in search_runner.cells_of(study) if c.label in matching]
-  shard = options.get("shard", (0, 1))
-  cache = runner.cache_directory(workdir, options.get("compilation_cache", ""))
-  with programs.compilation_cache(cache):
-    search_runner.run_cells(cells, workdir, shard=shard,
-                            groups=runner.device_groups(options.get("devices_per_point", 0)))
-    for label, protocol in (limits or {}).items():
-      limit_protocol.run_limit(protocol, os.path.join(workdir, layout.LIMITS, label),
-                               shard=shard, study_id=f"{options.get('study_id')} {label}")
-  if (statuses is not None or cells or limits) and jax.process_index() == 0:
-    print(f"lbt.study: report {study_report.build_report(workdir)}", flush=True)
-  return statuses or {}
+from lbt.studies import limit_protocol, work
+from lbt.studies.directory import parse_shard
 
 
 def study_limits(spec: str, get_limits) -> Dict[str, limit_protocol.Protocol]:
@@ -81,8 +54,8 @@ def _flags():
                       "results.sqlite and report/. Rerun to resume.", flag_values=values)
   flags.DEFINE_list("only", [], "Globs of point names to run, e.g. 'lars-*,adam-b128'.",
                     flag_values=values)
-  flags.DEFINE_string("shard", "0/1", "I/N: run every N-th point starting at the I-th, "
-                      "so that N hosts split the study.", flag_values=values)
+  flags.DEFINE_string("shard", "0/1", "I/N: run the trials that fall to shard I of N "
+                      "(by their names), so that N hosts split the study.", flag_values=values)
   flags.DEFINE_string("compilation_cache", "", "JAX's persistent compilation cache: a "
                       "directory, 'none', or empty for the study directory's "
                       "compilation_cache/ (~/.cache/lbt/compilation_cache for gs://).",
@@ -90,6 +63,9 @@ def _flags():
   flags.DEFINE_integer("devices_per_point", 0, "Run points side by side, each on its "
                        "own this many devices of this host (0: one point at a time on "
                        "every device).", flag_values=values)
+  flags.DEFINE_list("include", [], "Other study directories whose answers the report "
+                    "shows beside this study's (e.g. a full-batch study's).",
+                    flag_values=values)
   flags.DEFINE_float("target_accuracy", None, "Test accuracy of the updates-to-target "
                      "columns (default: the study file's TARGET_ACCURACY, else the "
                      "benchmark's).", flag_values=values)
@@ -97,9 +73,9 @@ def _flags():
 
 
 def main(argv: Sequence[str]) -> int:
-  """The command line; returns the exit status (2 bad input, 1 a failed point)."""
+  """The command line; returns the exit status (2 bad input, 1 a failed trial)."""
   values = _flags()
-  outcome = {}
+  outcome = []
 
   def command():
     cli.parse_flags(values, argv, program="lbt.study")
@@ -117,26 +93,34 @@ def main(argv: Sequence[str]) -> int:
                                              constants=("TARGET_ACCURACY", "get_limits"))
     if not isinstance(points, Mapping):
       raise ConfigError("--study", values.study, "a file whose get_study(arg) returns a "
-                        "dict of point name -> lbt.studies.points.Point (got "
+                        "dict of point name -> lbt.studies.points.Point or run config (got "
                         f"{type(points).__name__})")
     for field, target in (("--target_accuracy", values.target_accuracy),
                           ("TARGET_ACCURACY", constants["TARGET_ACCURACY"])):
       if target is not None and (isinstance(target, bool) or not isinstance(target, float)
                                  or not 0 < target <= 1):
         raise ConfigError(field, target, "a test accuracy in (0, 1]")
-    outcome.update(run_study(points, values.workdir, only=values.only, shard=shard,
-                             target_accuracy=values.target_accuracy,
-                             study_target=constants["TARGET_ACCURACY"],
-                             study_id=cli.file_id(values.study),
-                             compilation_cache=values.compilation_cache,
-                             devices_per_point=values.devices_per_point,
-                             limits=study_limits(values.study, constants["get_limits"])))
+    outcome.append(work.run_study(
+        points, values.workdir, only=values.only, shard=shard,
+        target_accuracy=values.target_accuracy, study_target=constants["TARGET_ACCURACY"],
+        study_id=cli.file_id(values.study), compilation_cache=values.compilation_cache,
+        devices_per_point=values.devices_per_point,
+        limits=study_limits(values.study, constants["get_limits"])))
+    if jax.process_index() == 0:
+      if outcome[0].statuses or not files.exists(
+          os.path.join(values.workdir, layout.REPORT, layout.REPORT_MD)):
+        print(f"lbt.study: report {study_report.build_report(values.workdir, values.include)}",
+              flush=True)
+      else:
+        print(f"lbt.study: nothing was left to run (shard {values.shard}); the report is "
+              "left as it is", flush=True)
 
   cli.exit_on_signals()
   status = cli.run(command)
-  failed = [n for n, s in outcome.items() if s == FAILED]
+  failed = outcome[0].failed if outcome else []
   if status == 0 and failed:
-    print(f"lbt.study: {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
+    print(f"lbt.study: {len(failed)} trial(s) failed: {', '.join(failed)}; fix the cause "
+          "and rerun the same command", file=sys.stderr)
     return 1
   return status
 

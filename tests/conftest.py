@@ -53,7 +53,6 @@ def study_file(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(study_file, tmp_path_factory):
   """The tiny study run once in-process, start to end: (workdir, statuses)."""
-  from lbt import study
-  from tiny_study import load
+  from tiny_study import load, run_study
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  return workdir, study.run_study(load(study_file), workdir)
+  return workdir, run_study(load(study_file), workdir)

@@ -1,4 +1,4 @@
-"""A study whose cells search their learning rate (lbt.studies.search_runner)
+"""A study whose cells search their learning rate (lbt.studies.cell_search planned, lbt.studies.runner run)
 run from outside: the validation split chooses, the report flags what is not
 bracketed, a kill at a named moment then a rerun, and two shards, each give
 the table of one uninterrupted runner; every trial is in TensorBoard's HParams."""
@@ -11,11 +11,11 @@ import sys
 import pytest
 from tensorboardX.proto import event_pb2
 
-from lbt import study
+
 from lbt.io import layout
 from lbt.reports import choice, study_report
 from lbt.studies import results
-from tiny_study import TIMING, load
+from tiny_study import TIMING, load, run_study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def searched_file(data_dir, tmp_path_factory):
 def reference(searched_file, tmp_path_factory):
   """The searched study run once, start to end, in-process."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  study.run_study(load(searched_file), workdir)
+  run_study(load(searched_file), workdir)
   return workdir
 
 

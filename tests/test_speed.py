@@ -10,14 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from lbt import study
+
 from lbt.engine import checkpoint, parallel, programs, step, train
 from lbt import errors, models, optim
 from lbt.io import metrics
 from lbt.studies import results
 from lbt.errors import ConfigError
 from lbt.io.preemption import PreemptionNotice
-from tiny_study import TIMING, load
+from tiny_study import TIMING, load, run_study
 
 
 @contextlib.contextmanager
@@ -124,16 +124,16 @@ def test_points_that_differ_in_learning_rate_and_schedule_compile_once(shared_st
                                                                        tmp_path):
   first, again = str(tmp_path / "first"), str(tmp_path / "again")
   with compile_events() as cold:
-    study.run_study(shared_study, first, only=["*lr0.1"])
+    run_study(shared_study, first, only=["*lr0.1"])
   with compile_events() as warm:
-    study.run_study(shared_study, first)  # Two new points of the same shape.
+    run_study(shared_study, first)  # Two new points of the same shape.
   # Variables, optimizer state, schedule, update and evaluation.
   assert cold["compiled"] >= 5 and cold["cache hits"] == 0, cold
   # Only the schedules are new programs; the other four come from the cache.
   assert warm["compiled"] == 2 and warm["cache hits"] == 2 * 4, (cold, warm)
   assert os.listdir(os.path.join(first, "compilation_cache"))
   with compile_events() as elsewhere:
-    study.run_study(shared_study, again, compilation_cache="none")
+    run_study(shared_study, again, compilation_cache="none")
   assert elsewhere["cache hits"] == 0 and not os.path.exists(
       os.path.join(again, "compilation_cache"))
   same = [{k: v for k, v in r.items() if k not in TIMING} for r in
@@ -146,7 +146,7 @@ def test_points_that_differ_in_learning_rate_and_schedule_compile_once(shared_st
 def test_devices_per_point_is_checked_before_anything_trains(study_file, tmp_path):
   for bad in (3, -1):
     with pytest.raises(ConfigError, match="devices_per_point"):
-      study.run_study(load(study_file), str(tmp_path), devices_per_point=bad)
+      run_study(load(study_file), str(tmp_path), devices_per_point=bad)
   assert not os.path.exists(tmp_path / "momentum-b12000")
 
 
@@ -159,7 +159,7 @@ def test_points_side_by_side_equal_each_point_alone_on_as_many_devices(
     study_file, tmp_path, capsys):
   points = load(study_file)
   side = str(tmp_path / "side")
-  statuses = study.run_study(points, side, devices_per_point=2)
+  statuses = run_study(points, side, devices_per_point=2)
   assert statuses == {"momentum-b12000": "finished", "sgd-b6000": "diverged",
                       "lars-b6000": "finished"}
   printed = capsys.readouterr().out

@@ -11,10 +11,10 @@ import pytest
 
 from lbt.io import cli, layout, metrics
 from lbt.studies import results
-from lbt.studies import runner
+from lbt.studies import directory, runner
 from lbt import study
 from lbt.errors import ConfigError
-from tiny_study import TIMING, load  # the tiny study: tests/tiny_study.py, conftest.py
+from tiny_study import TIMING, load, run_study  # the tiny study: tests/tiny_study.py, conftest.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,9 +73,9 @@ def test_rows_equal_each_points_metrics(uninterrupted):
     assert row["final_train_loss"] == train[-1]["loss"]
     assert row["final_distance"] == train[-1]["distance_from_init"]
     assert row["wall_time_s"] == summary["wall_time_s"]
-    reached = [r["step"] for r in evals if r["accuracy"] >= row["target_accuracy"]]
-    assert row["updates_to_target"] == (min(reached) if reached else None)
-    assert row["examples_to_target"] == (min(reached) * row["batch_size"]
+    reached = [r["step"] for r in evals if r["accuracy"] >= row["test_target_accuracy"]]
+    assert row["updates_to_test_target"] == (min(reached) if reached else None)
+    assert row["examples_to_test_target"] == (min(reached) * row["batch_size"]
                                          if reached else None)
 
 
@@ -94,8 +94,9 @@ def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_pa
   rerun = start(study_file, workdir)
   out, _ = rerun.communicate(timeout=300)
   assert rerun.returncode == 0, out  # A divergence is a result, not a failure.
-  assert "momentum-b12000: finished, skipped" in out
-  assert "sgd-b6000: diverged, skipped" in out
+  # The ended points are not planned again: the wave holds the killed one only.
+  assert "wave 1: 1 trial(s), 1 of them this shard's; 2 of about 3 trials ended" in out
+  assert "momentum-b12000 (" not in out and "sgd-b6000 (" not in out
   assert "lbt: resumed from the checkpoint of update" in out
   assert "lars-b6000 (resuming" in out
   assert rows_without_timing(workdir) == rows_without_timing(uninterrupted[0])
@@ -104,10 +105,16 @@ def test_killed_study_resumes_to_the_same_rows(study_file, uninterrupted, tmp_pa
 def test_two_shards_together_give_the_unsharded_rows(study_file, uninterrupted, tmp_path):
   points = load(study_file)
   workdir = str(tmp_path / "sharded")
-  first = study.run_study(points, workdir, shard=(0, 2))
-  second = study.run_study(points, workdir, shard=(1, 2))
-  assert set(first) == {"momentum-b12000", "lars-b6000"}
-  assert set(second) == {"sgd-b6000"}
+  shards = [subprocess.Popen(
+      [sys.executable, "-m", "lbt.study", f"--study={study_file}", f"--workdir={workdir}",
+       f"--shard={i}/2"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [shard.communicate(timeout=600)[0] for shard in shards]
+  assert [shard.returncode for shard in shards] == [0, 0], outputs
+  owners = {n: runner.owner(n, 2) for n in points}
+  for i, out in enumerate(outputs):  # Each trial ran in the shard its name gives.
+    assert {n for n in points if f"] {n} (starting" in out} == {
+        n for n, shard in owners.items() if shard == i}, out
   assert rows_without_timing(workdir) == rows_without_timing(uninterrupted[0])
 
 
@@ -119,7 +126,7 @@ def test_a_bad_point_stops_the_study_before_any_compute(study_file, tmp_path, ca
   workdir = tmp_path / "bad"
   points = cli.load_python_file(str(bad), flag="--study", function="get_bad")
   with pytest.raises(ConfigError, match=r"point lars-b6000: batch_size=70000"):
-    study.run_study(points, str(workdir))
+    run_study(points, str(workdir))
   assert not os.path.exists(workdir / "momentum-b12000")
   status = study.main(["lbt.study", f"--study={bad}", f"--workdir={workdir}",
                        "--shard=2/2"])
@@ -141,8 +148,8 @@ def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
   workdir = tmp_path / "failing"
   status = study.main(["lbt.study", f"--study={study_file}", f"--workdir={workdir}",
                        "--only=momentum-*,lars-*"])
-  assert status == 1 and calls == ["momentum-b12000", "lars-b6000"]
-  assert "2 point(s) failed: momentum-b12000, lars-b6000" in capsys.readouterr().err
+  assert status == 1 and calls == ["momentum-b12000", "lars-b6000"]  # Both ran.
+  assert "2 trial(s) failed: momentum-b12000, lars-b6000" in capsys.readouterr().err
   rows = rows_without_timing(str(workdir))
   assert rows["lars-b6000"]["status"] == "failed"
   assert rows["lars-b6000"]["error"] == "RuntimeError: disk on fire"
@@ -150,10 +157,11 @@ def test_a_failed_point_is_recorded_the_study_goes_on_and_exits_1(
 
 def test_only_and_shard_select_a_deterministic_part():
   names = ["momentum-b128", "momentum-b256", "lars-b128", "lars-b256", "adam-b128"]
-  assert runner.select_points(names, ["*-b128"]) == ["momentum-b128", "lars-b128", "adam-b128"]
-  assert runner.select_points(names, ["lars-*"], (1, 2)) == ["lars-b256"]
-  parts = [runner.select_points(names, (), (i, 3)) for i in range(3)]
-  assert sorted(sum(parts, [])) == sorted(names)
-  assert runner.parse_shard("1/4") == (1, 4)
+  assert directory.select_points(names, ["*-b128"]) == [
+      "momentum-b128", "lars-b128", "adam-b128"]
+  parts = [[n for n in names if runner.owner(n, 3) == i] for i in range(3)]
+  assert sorted(sum(parts, [])) == sorted(names)  # Every trial has exactly one owner.
+  assert [runner.owner(n, 3) for n in names] == [runner.owner(n, 3) for n in names]
+  assert directory.parse_shard("1/4") == (1, 4)
   with pytest.raises(ConfigError, match="--only='sgd-\\*'"):
-    runner.select_points(names, ["sgd-*"])
+    directory.select_points(names, ["sgd-*"])

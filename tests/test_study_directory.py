@@ -15,7 +15,7 @@ from lbt.studies import results
 from lbt.reports import study_report
 from lbt import study
 from lbt.errors import ConfigError
-from tiny_study import TIMING, load
+from tiny_study import TIMING, load, run_study
 
 
 def rows_of(workdir):
@@ -38,7 +38,7 @@ def test_a_garbage_database_is_rebuilt_and_never_blocks_the_study(study_file, fi
   with open(database, "wb") as f:
     f.write(b"this is not a database" * 100)
   shutil.rmtree(os.path.join(finished, "lars-b6000"))  # A point still to run.
-  assert study.run_study(load(study_file), finished)["lars-b6000"] == "finished"
+  assert run_study(load(study_file), finished) == {"lars-b6000": "finished"}
   assert rows_of(finished) == expected
 
 
@@ -91,15 +91,17 @@ def test_a_second_study_is_refused_naming_the_one_that_owns_the_directory(
 def test_point_names_that_collide_with_the_study_files_are_refused(make_config, name,
                                                                    tmp_path):
   with pytest.raises(ConfigError, match="point name"):
-    study.run_study({name: make_config("momentum")}, str(tmp_path / "s"))
+    run_study({name: make_config("momentum")}, str(tmp_path / "s"))
   assert not os.path.exists(tmp_path / "s" / name)
 
 
 def test_an_empty_shard_leaves_the_report_as_it_is(study_file, finished, capsys):
   path = os.path.join(finished, "report", "report.md")
   before = open(path).read()
-  assert study.run_study(load(study_file), finished, only=["sgd-*"], shard=(1, 2)) == {}
-  assert "selects no point; the report is left as it is" in capsys.readouterr().out
+  status = study.main(["lbt.study", f"--study={study_file}", f"--workdir={finished}",
+                       "--only=sgd-*", "--shard=1/2"])
+  out = capsys.readouterr().out
+  assert status == 0 and "nothing was left to run (shard 1/2)" in out and "wave" not in out
   assert open(path).read() == before
 
 

@@ -37,3 +37,14 @@ def get_study(arg=None):
 
 def load(study_file):
   return cli.load_python_file(study_file, flag="--study", function="get_study")
+
+
+def run_study(points, workdir, **options):
+  """What `lbt.study` does, in this process: the study's work through the one
+  runner, then its report; returns trial -> status of the trials it ran."""
+  from lbt.reports import study_report  # pylint: disable=import-outside-toplevel
+  from lbt.studies import work  # pylint: disable=import-outside-toplevel
+  outcome = work.run_study(points, workdir, **options)
+  if outcome.statuses or outcome.done:
+    study_report.build_report(workdir)
+  return outcome.statuses

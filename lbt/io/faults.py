@@ -36,7 +36,8 @@ MOMENTS = {
     "ended": "the update a run stops at (its end, target or cap) is done and "
              "checkpointed; its summary is not written",
     "write": "a file is written whole beside its target (FILE.PID.tmp), not yet renamed",
-    "claim": "lbt.limit: one more trial config of a wave is written",
+    "claim": "a study's runner: one more trial config of a wave is written (the wave's "
+             "journal and roles are)",
     "point_end": "a study's point (or trial) has ended; its row is not yet written",
     "database": "results.sqlite is written whole beside itself, not yet renamed",
     "row": "a point's row of results.sqlite is in place",

@@ -1,385 +1,375 @@
-"""Running a study's points, the machinery `lbt.study` and `lbt.limit` share:
-validate every point, claim the directory, run and record each point.
+"""The one runner of every kind of study work: plain points, searched cells,
+steps-to-target protocols and the full-batch study are all planners (pure
+functions from what has ended to what to run next), and this module runs
+them wave by wave with one rule for each of:
 
-A study file defines `get_study(arg) -> {point name: lbt.studies.points.Point}`:
-each point's run config and its role (what the report uses it for; the name
-is only a label). Each point runs in `DIR/<point>/`, an ordinary run workdir
-(`lbt.main` on it resumes it too) that also holds its role.json. Every point
-is validated once, before the first one runs. Finished and
-diverged points are skipped, an interrupted one resumes from its checkpoint,
-and each point's row of results.sqlite is written as it ends (lbt.studies.results,
-which owns the database and the points' outcomes); the command rebuilds the
-report at the end.
+- ownership: a trial is run by the shard `owner(key, N)` names, from its key
+  (its directory and name) alone, so shards that plan at different moments
+  never disagree on who runs a trial (`--shard=I/N`, one command per host);
+- waiting: after its own trials, a shard polls the wave's others every
+  WAIT_SECONDS until each has ended (a failed one is recorded, not waited on);
+- resume: before a wave trains, it is written whole to DIR/journal.json
+  (each trial's directory, name, config and role), then every trial's role
+  and config; a rerun after a kill anywhere first finishes the journal's
+  wave as planned, then plans again from what has ended;
+- records: each trial's row goes to its directory's results.sqlite as it
+  ends; each planner writes its decisions (a cell's choice, limit.json, the
+  full-batch summary) when they are made, so that a report only reads.
 
-A study directory belongs to one study: study.json names the study file (and
-its argument) that created it, and another study file is refused before
-anything trains. Point names may not collide with the study's own files.
+A failed trial (an error other than divergence) is recorded and the study
+goes on with what does not need it; work that needs it stops, the command
+names it and exits 1, and the rerun retries it.
 
-Points side by side (`--devices_per_point=D`): on a host with several devices,
-small points cannot fill them all, so the study runs one point per group of D
-devices at once, each in a thread with its own mesh; a point's results are
-those of running it alone on D devices. The programs' compilations are shared
-through JAX's persistent compilation cache in DIR/compilation_cache/.
-
-Why shards are `points[i::n]` of the selected points: a deterministic split
-that every host computes alone from the same command, and that interleaves
-cheap small-batch and expensive large-batch points. A shard that selects no
-point leaves the report as it is."""
+Points side by side (`devices_per_point=D`): on a host with several devices,
+the runner trains one trial per group of D devices at once, each in a thread
+with its own mesh; a trial's results are those of running it alone on D
+devices.
+"""
 
 import concurrent.futures
-import fnmatch
+import dataclasses
+import hashlib
 import json
 import os
 import queue
-import re
 import sys
 import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
-import numpy as np
+import ml_collections
 
-from lbt.io import layout
 from lbt import errors
-from lbt.engine import config as config_lib
-from lbt.engine import programs, train
+from lbt.engine import train
 from lbt.engine import workdir as workdir_lib
-from lbt.errors import ConfigError
-from lbt.io import cli, faults, files
+from lbt.io import cli, faults, files, layout
 from lbt.io.preemption import PreemptionNotice
+from lbt.studies import directory, results
 from lbt.studies import points as points_lib
-from lbt.studies import results
-from lbt.studies.results import DIVERGED, FAILED, FINISHED, PENDING, RUNNING
+from lbt.studies.results import DIVERGED, FAILED, FINISHED, RUNNING
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-def parse_shard(text: str) -> Tuple[int, int]:
-  """"I/N" -> (I, N) with 0 <= I < N."""
-  match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-  if not match or not int(match[1]) < int(match[2]):
-    raise ConfigError("--shard", text, "I/N with 0 <= I < N, e.g. 0/2")
-  return int(match[1]), int(match[2])
+WAIT_SECONDS = 2.0  # how often a shard looks for the other shards' trials (a cheap read)
+ENDED = (FINISHED, DIVERGED)
 
 
-def select_points(names: Sequence[str], only: Sequence[str] = (),
-                  shard: Tuple[int, int] = (0, 1)) -> List[str]:
-  """The points this process runs: those matching a glob of `only` (all when
-  empty), then every N-th of them starting at I."""
-  index, count = shard
-  if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-    raise ConfigError("shard", shard, "(I, N) with 0 <= I < N")
-  for pattern in only:
-    if not fnmatch.filter(names, pattern):
-      raise ConfigError("--only", pattern, f"a glob matching a point of the study: "
-                        f"{', '.join(names)}")
-  chosen = [n for n in names if not only or any(fnmatch.fnmatch(n, p) for p in only)]
-  return chosen[index::count]
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One trial to train: the directory its workdir lies in (its planner's),
+  its name there, and its point (config and role)."""
+  directory: str
+  name: str
+  point: points_lib.Point
+
+  @property
+  def workdir(self) -> str:
+    return os.path.join(self.directory, self.name)
 
 
-def _write_json(path: str, value) -> None:
-  """Atomic: a killed runner leaves the old file or the new one, never half."""
-  files.write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
+class Planner:
+  """What one kind of study work runs next. A planner's `plan` reads only
+  what has ended in its directory and is deterministic given that, so every
+  shard and every rerun plans the same trials."""
+
+  directory: str = ""
+  study_id: Optional[str] = None   # claimed for its directory when not the root's
+  target: Optional[float] = None   # its directory's target, when it claims one
+
+  def plan(self) -> List[Task]:
+    """The trials to run next; [] when this planner's work is done."""
+    raise NotImplementedError
+
+  def owns(self, task: Task) -> bool:
+    """Whether a trial (one the journal holds, say) is this planner's."""
+    return any(t.name == task.name and t.directory == task.directory for t in self.plan())
+
+  def cap(self, task: Task) -> int:  # pylint: disable=unused-argument
+    """The update a trial stops at when it starts now (0: its own end)."""
+    return 0
+
+  def progress(self) -> Tuple[int, int, float]:
+    """(trials ended, trials expected in all, examples per trial), for the ETA."""
+    return 0, 0, 0.0
+
+  def ended(self, task: Task) -> None:
+    """Process 0, after a trial of this planner ended and was recorded."""
+
+  def write_decisions(self) -> None:
+    """Process 0, after each wave: writes what was decided so far."""
+
+  def finish(self) -> None:
+    """Process 0, once every planner's work is done: its last files."""
 
 
-def agreed_status(point_dir: str) -> str:
-  """Process 0's `point_status`, on every process: all must skip or run a
-  point together, and only process 0 is sure to see the metrics it wrote."""
-  status = results.point_status(point_dir) if jax.process_index() == 0 else PENDING
-  if jax.process_count() == 1:
-    return status
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  order = (FINISHED, DIVERGED, FAILED, RUNNING, PENDING)
-  code = multihost_utils.broadcast_one_to_all(np.int32(order.index(status)))
-  return order[int(code)]
+def owner(key: str, shards: int) -> int:
+  """The shard that runs a trial, from its key alone."""
+  return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % shards
 
 
-def validate_points(points: Mapping[str, object], workdir: str,
-                    num_devices: int = 0) -> Dict[str, config_lib.RunFacts]:
-  """Every point, before any runs: names, configs, roles (`lbt.studies.points`:
-  a Point, or a ConfigDict whose old name gives its role) and existing
-  workdirs, for `num_devices` (default: all) per point; returns each point's
-  facts, which its run then uses (validated once)."""
-  if not points:
-    raise ConfigError("--study", "{}", "a study with at least one point")
-  facts, roles = {}, {}
-  for name, value in points.items():
-    if not isinstance(name, str) or not NAME.match(name):
-      raise ConfigError("point name", name, "letters, digits and . _ + - (a directory name)")
-    if name in layout.RESERVED or name.startswith(tuple(f"{r}." for r in layout.RESERVED)):
-      raise ConfigError("point name", name, "a name other than the study directory's own "
-                        f"files and directories ({', '.join(layout.RESERVED)})")
-    config, roles[name], _ = points_lib.as_point(name, value)
-    try:
-      facts[name] = config_lib.validate(config, num_devices=num_devices or jax.device_count())
-      workdir_lib.check_config(config, os.path.join(workdir, name), (), allow_flag="")
-      workdir_lib.check_facts(facts[name], os.path.join(workdir, name))
-    except ConfigError as e:
-      raise ConfigError(f"point {name}: {e.field}", e.value, e.allowed) from None
-    points_lib.check_agrees(name, config, roles[name])
-  points_lib.check_cells(roles)
-  points_lib.check_searches(points_lib.study_points(points))
+def _key(root: str, task: Task) -> str:
+  relative = os.path.relpath(task.directory, root) if task.directory != root else ""
+  return f"{relative}/{task.name}" if relative else task.name
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What one call of `run` did: the status of each trial it ran (by key),
+  the trials that failed (theirs or another shard's), and whether every
+  planner's work is done."""
+  statuses: Dict[str, str]
+  failed: List[str]
+  done: bool
+
+
+def run(planners: Sequence[Planner], root: str, *, shard: Tuple[int, int] = (0, 1),
+        groups: Sequence = (), program: str = "lbt.study") -> Outcome:
+  """Runs every planner's work to its end in `root` (resuming what a kill
+  left), wave by wave; returns what it did."""
+  is_main = jax.process_index() == 0
+  progress = Progress(planners, max(1, len(groups)), program)
+  statuses: Dict[str, str] = {}
+  failed: Dict[str, None] = {}  # in the order they failed
+  wave_number = 0
+  while True:
+    wave = _journal_wave(root, planners, failed) or _plan_wave(planners, root, failed)
+    if not wave:
+      break
+    wave_number += 1
+    facts = _validate(wave)
+    if is_main:
+      _claim(root, wave, planners)
+    mine = [t for t in wave if owner(_key(root, t), shard[1]) == shard[0]]
+    progress.wave(wave_number, len(wave), len(mine))
+    ran = _train(mine, facts, planners, is_main, groups, progress)
+    statuses.update({_key(root, t): ran[t.name, t.directory] for t in mine})
+    failed.update({_key(root, t): None for t in mine if ran[t.name, t.directory] == FAILED})
+    failed.update(dict.fromkeys(wait_for([t for t in wave if t not in mine], root, program)))
+    if is_main:
+      for planner in planners:
+        planner.write_decisions()
+  done = not failed or not any(p.plan() for p in planners)
+  if is_main and done:
+    for planner in planners:
+      planner.write_decisions()
+      planner.finish()
+  return Outcome(statuses, list(failed), done)
+
+
+def _plan_wave(planners: Sequence[Planner], root: str, failed: Mapping[str, None]
+               ) -> List[Task]:
+  """Every planner's next trials, less those that failed in this run."""
+  return [t for p in planners for t in p.plan() if _key(root, t) not in failed]
+
+
+def _journal_wave(root: str, planners: Sequence[Planner], failed: Mapping[str, None]
+                  ) -> List[Task]:
+  """The journal's wave while a trial of it has not ended (a kill stopped
+  it): those trials, as planned, that a planner of this command owns (so
+  --only still selects); [] otherwise."""
+  try:
+    entries = json.loads(files.read_text(os.path.join(root, layout.JOURNAL)) or "[]")
+  except ValueError:
+    return []
+  tasks = []
+  for entry in entries:
+    task = Task(os.path.join(root, entry["directory"]) if entry["directory"] else root,
+                entry["name"], points_lib.Point(
+                    ml_collections.ConfigDict(entry["config"]), entry["role"], None))
+    if (_key(root, task) not in failed and any(p.owns(task) for p in planners)
+        and directory.agreed_status(task.workdir) not in ENDED):
+      tasks.append(task)
+  return tasks
+
+
+def _validate(wave: Sequence[Task]) -> Dict[Tuple[str, str], object]:
+  """Every trial of the wave, before any trains; its facts by (name, directory)."""
+  facts = {}
+  for folder in dict.fromkeys(t.directory for t in wave):
+    tasks = [t for t in wave if t.directory == folder]
+    found = directory.validate_points({t.name: t.point for t in tasks}, folder)
+    facts.update({(name, folder): value for name, value in found.items()})
   return facts
 
 
-def write_roles(workdir: str, points: Mapping[str, points_lib.Point]) -> None:
-  """Writes each point's role.json before it trains. The study file owns a
-  point's role: a changed one (a cell renamed, or the role an old directory's
-  migration read from the name) is rewritten, not refused, because a role
-  labels a result and never changes what trains; a changed config, which
-  does, is refused (`validate_points`)."""
-  for name, point in points.items():
-    old = points_lib.write_role(os.path.join(workdir, name), point.role)
-    if old is not None:
-      print(f"lbt.study: point {name}: role {json.dumps(old, sort_keys=True)} rewritten as "
-            f"{json.dumps(point.role, sort_keys=True)} (the study file's)", flush=True)
+def _claim(root: str, wave: Sequence[Task], planners: Sequence[Planner]) -> None:
+  """The wave written whole to the journal, then each directory claimed and
+  each trial's role and config written, before any of it trains: a kill
+  anywhere in the claim leaves the wave planned, and the rerun finishes it."""
+  entries = [{"directory": "" if t.directory == root else os.path.relpath(t.directory, root),
+              "name": t.name, "config": t.point.config.to_dict(), "role": t.point.role}
+             for t in wave]
+  files.makedirs(root)
+  files.write_text_atomic(os.path.join(root, layout.JOURNAL), json.dumps(entries))
+  for folder in dict.fromkeys(t.directory for t in wave):
+    tasks = [t for t in wave if t.directory == folder]
+    planner = next((p for p in planners if p.directory == folder and p.study_id), None)
+    order = results.study_info(folder).get("points", []) if files.exists(folder) else []
+    directory.claim_directory(folder, planner.study_id if planner else None,
+                              order + [t.name for t in tasks if t.name not in order],
+                              planner.target if planner else None, None)
+    directory.write_roles(folder, {t.name: t.point for t in tasks}, "lbt")
+    for task in tasks:
+      if not files.exists(os.path.join(task.workdir, layout.CONFIG)):
+        workdir_lib.write_config(task.point.config, task.workdir)
+        faults.moment("claim")
 
 
-class Eta:
-  """The study's remaining time from the seconds per example measured so far
-  (points run `side_by_side` at once)."""
+def _train(tasks: Sequence[Task], facts, planners: Sequence[Planner], is_main: bool,
+           groups: Sequence, progress: "Progress") -> Dict[Tuple[str, str], str]:
+  """Trains this shard's trials of a wave, one at a time on every device, or
+  side by side on `groups`; returns their statuses by (name, directory)."""
+  statuses, lock = {}, threading.Lock()
 
-  def __init__(self, costs: Mapping[str, int], side_by_side: int = 1):
-    self.costs, self.done_examples, self.seconds = dict(costs), 0, 0.0
-    self.side_by_side = side_by_side
+  def one(task: Task, placement: Optional[train.Placement]) -> None:
+    status = directory.agreed_status(task.workdir)
+    if status in ENDED:
+      with lock:
+        statuses[task.name, task.directory] = status
+        progress.skipped(task, status)
+      return
+    planner = next((p for p in planners if p.owns(task)), None)
+    cap = planner.cap(task) if planner else 0
+    if is_main:
+      started = files.exists(os.path.join(task.workdir, layout.METRICS))
+      with lock:
+        progress.starting(task, status == RUNNING and started, placement, cap)
+      files.remove(os.path.join(task.workdir, layout.OUTCOME))  # A failed trial's retry.
+    start = time.time()
+    status, outcome = run_point(task, facts[task.name, task.directory], is_main, cap,
+                                placement)
+    with lock:
+      statuses[task.name, task.directory] = status
+      progress.ended(facts[task.name, task.directory].examples, time.time() - start)
+      if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
+        record_point(task, status, {"wall_time_s": time.time() - start, **outcome})
+        if planner:
+          planner.ended(task)
 
-  def record(self, name: str, seconds: float) -> None:
-    self.done_examples += self.costs.pop(name)
-    self.seconds += seconds
+  if not groups:
+    for task in tasks:
+      one(task, None)
+    return statuses
+  free = queue.SimpleQueue()
+  for group in groups:
+    free.put(group)
+  # Signals reach the main thread only: it holds the notice every trial reads.
+  with PreemptionNotice() as notice:
+    def work(task: Task) -> None:
+      group = free.get()
+      try:
+        one(task, train.Placement(group, notice))
+      finally:
+        free.put(group)
 
-  def skip(self, name: str) -> None:
-    self.costs.pop(name)
+    pool = concurrent.futures.ThreadPoolExecutor(len(groups), "lbt-point")
+    futures = [pool.submit(work, t) for t in tasks]
+    try:
+      for future in futures:
+        future.result()
+    finally:  # A SIGTERM or Ctrl-C: the running trials save; the others never start.
+      pool.shutdown(wait=True, cancel_futures=True)
+  return statuses
 
-  def text(self) -> str:
-    if not self.done_examples:
-      return "ETA after the first point"
-    left = (self.seconds / self.done_examples * sum(self.costs.values())
-            / self.side_by_side)
-    return f"ETA {int(left // 60)} min {int(left % 60):02d} s"
 
-
-def run_point(name: str, config, facts, point_dir: str, is_main: bool,
-              max_updates: int = 0, placement: Optional[train.Placement] = None
-              ) -> Tuple[str, dict]:
-  """Trains one point to its end; returns its status and the outcome to record."""
+def run_point(task: Task, facts, is_main: bool, max_updates: int = 0,
+              placement: Optional[train.Placement] = None) -> Tuple[str, dict]:
+  """Trains one trial to its end; returns its status and the outcome to record."""
   try:
-    train.train_and_evaluate(config, point_dir, facts=facts, max_updates=max_updates,
-                             placement=placement)
+    train.train_and_evaluate(task.point.config, task.workdir, facts=facts,
+                             max_updates=max_updates, placement=placement)
     return FINISHED, {}
   except errors.Diverged as e:
     return DIVERGED, {"update": e.update, "loss": e.loss, "grad_norm": e.grad_norm,
                       "learning_rate": e.learning_rate}
   except (KeyboardInterrupt, errors.Preempted):
     raise
-  except errors.WorkdirBusy as e:  # Another runner has this point.
+  except errors.WorkdirBusy as e:  # Another runner has this trial.
     if is_main:
-      print(f"lbt.study: point {name} skipped: {cli.one_line(e)}", file=sys.stderr,
+      print(f"lbt: trial {task.name} skipped: {cli.one_line(e)}", file=sys.stderr,
             flush=True)
     return RUNNING, {}
   except Exception as e:  # pylint: disable=broad-except
     if is_main:
-      print(f"lbt.study: point {name} failed: {type(e).__name__}: {cli.one_line(e)}",
+      print(f"lbt: trial {task.name} failed: {type(e).__name__}: {cli.one_line(e)}",
             file=sys.stderr, flush=True)
     return FAILED, {"error": f"{type(e).__name__}: {cli.one_line(e)}"}
 
 
-def run_points(points: Mapping[str, object], workdir: str, *,
-              only: Sequence[str] = (), shard: Tuple[int, int] = (0, 1),
-              target_accuracy: Optional[float] = None,
-              study_target: Optional[float] = None,
-              study_id: Optional[str] = None,
-              compilation_cache: str = "",
-              devices_per_point: int = 0) -> Optional[Dict[str, str]]:
-  """Runs the selected points of a study in `workdir/<point>/`.
-
-  Every point is validated before the first one starts. Finished and diverged
-  points are skipped; an interrupted one resumes from its checkpoint; a point
-  that fails for another reason is recorded and the study goes on. Process 0
-  writes each selected point's role.json before any trains (`write_roles`)
-  and its row as it ends (the command writes the report).
-
-  Args:
-    points: the study, point name -> `lbt.studies.points.Point` (or a run
-      config whose old name gives its role), in order.
-    workdir: the study's directory.
-    only: globs of point names to run (all when empty).
-    shard: (I, N): run every N-th selected point starting at the I-th.
-    target_accuracy: --target_accuracy; study_target: the study file's
-      TARGET_ACCURACY (precedence: `lbt.studies.results.resolve_target`).
-    study_id: the study file and argument; a directory created by another
-      study is refused.
-    compilation_cache: where JAX's persistent compilation cache is kept:
-      "" the study directory's (a local one; else ~/.cache/lbt), "none" none.
-    devices_per_point: 0: one point at a time on every device; d: points side
-      by side, each on its own d devices of this host (a single-process run).
-
-  Searched cells (a Point with a search) are validated here and left to
-  `lbt.studies.search_runner`, which runs their trials.
-
-  Returns:
-    Point name -> finished / diverged / failed, for the points this call ran;
-    None when the shard selects no point.
-  """
-  names = list(points)
-  files.check_location(workdir, "--workdir")
-  groups = device_groups(devices_per_point)
-  facts = validate_points(points, workdir, devices_per_point)
-  points = points_lib.study_points(points)
-  plain = [n for n in select_points(names, only) if points[n].search is None]
-  selected = select_points(plain, (), shard)
-  is_main = jax.process_index() == 0
-  if is_main:
-    claim_directory(workdir, study_id, names, target_accuracy, study_target)
-    write_roles(workdir, {n: points[n] for n in selected})
-  if not selected:
-    if is_main:
-      print(f"lbt.study: shard {shard[0]}/{shard[1]} selects no point; the report is "
-            "left as it is", flush=True)
-    return None
-  with programs.compilation_cache(cache_directory(workdir, compilation_cache)):
-    return run_selected(points, facts, selected, workdir, is_main, groups)
+def record_point(task: Task, status: str, outcome: dict) -> None:
+  """The trial's outcome file (unless the trainer recorded it) and its row."""
+  faults.moment("point_end")
+  if status != FINISHED:
+    if not files.exists(os.path.join(task.workdir, layout.CONFIG)):
+      workdir_lib.write_config(task.point.config, task.workdir)  # Failed early: a row.
+    directory.write_json(os.path.join(task.workdir, layout.OUTCOME),
+                         {"status": status, **outcome})
+  results.write_row(task.directory, results.point_row(
+      results.load_point(task.directory, task.name), results.study_info(task.directory)))
+  faults.moment("row")
 
 
-def cache_directory(workdir: str, flag: str = "") -> Optional[str]:
-  """The compilation cache's directory for --compilation_cache=`flag`."""
-  if flag == "none":
-    return None
-  if flag:
-    return flag
-  if files.is_remote(workdir):  # JAX's cache reads and writes local files fastest.
-    return os.path.expanduser(os.path.join("~", ".cache", "lbt", layout.COMPILATION_CACHE))
-  return os.path.join(workdir, layout.COMPILATION_CACHE)
-
-
-def claim_directory(workdir: str, study_id: Optional[str], names: Sequence[str],
-                    target_accuracy: Optional[float], study_target: Optional[float]) -> None:
-  """Writes study.json (study, point order, target), refusing a directory
-  that another study created (exit 2, before anything trains)."""
-  files.makedirs(workdir)
-  info = results.study_info(workdir)
-  owner = info.get("study")
-  if study_id and owner and owner != study_id:
-    raise ConfigError("--workdir", workdir, f"a directory of this study; it holds the "
-                      f"study {owner} (its study.json): use another --workdir")
-  target = results.resolve_target(target_accuracy, study_target,
-                                  info.get("target_accuracy"))
-  order = list(names) + [n for n in info.get("points", []) if n not in names]
-  _write_json(os.path.join(workdir, layout.STUDY),
-              {"study": study_id or owner, "points": order, "target_accuracy": target})
-
-
-def run_selected(points, facts, selected: Sequence[str], workdir: str, is_main: bool,
-                groups: Sequence[Sequence] = ()) -> Dict[str, str]:
-  """Runs the selected points, one at a time on every device, or with
-  `groups` (device_groups) side by side, each on a free group; returns their
-  statuses."""
-  eta = Eta({n: facts[n].examples for n in selected}, side_by_side=max(1, len(groups)))
-  statuses, lock = {}, threading.Lock()
-
-  def one(position: int, name: str, placement: Optional[train.Placement]) -> None:
-    point_dir = os.path.join(workdir, name)
-    status = agreed_status(point_dir)
-    if status in (FINISHED, DIVERGED):
-      with lock:
-        statuses[name] = status
-        eta.skip(name)
-        if is_main:
-          print(f"lbt.study: [{position}/{len(selected)}] {name}: {status}, skipped",
-                flush=True)
-      return
-    if is_main:
-      with lock:
-        where = f" on {_device_names(placement.devices)}" if placement else ""
-        print(f"lbt.study: [{position}/{len(selected)}] {name}{where} "
-              f"({'resuming' if status == RUNNING else 'starting'}; {eta.text()})",
-              flush=True)
-      files.remove(os.path.join(point_dir, layout.OUTCOME))  # A failed point's retry.
-    start = time.time()
-    status, outcome = run_point(name, points[name].config, facts[name], point_dir, is_main,
-                                placement=placement)
-    with lock:
-      eta.record(name, time.time() - start)
-      statuses[name] = status
-      if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
-        record_point(workdir, name, points[name].config, status,
-                     {"wall_time_s": time.time() - start, **outcome})
-
-  if not groups:
-    for position, name in enumerate(selected, 1):
-      one(position, name, None)
-    return statuses
-  free = queue.SimpleQueue()
-  for group in groups:
-    free.put(group)
-  # Signals reach the main thread only: it holds the notice every point reads.
-  with PreemptionNotice() as notice:
-    def task(position: int, name: str) -> None:
-      group = free.get()
-      try:
-        one(position, name, train.Placement(group, notice))
-      finally:
-        free.put(group)
-
-    pool = concurrent.futures.ThreadPoolExecutor(len(groups), "lbt-point")
-    futures = [pool.submit(task, p, n) for p, n in enumerate(selected, 1)]
-    try:
-      for future in futures:
-        future.result()
-    finally:  # A SIGTERM or Ctrl-C: the running points save; the others never start.
-      pool.shutdown(wait=True, cancel_futures=True)
-  return {n: statuses[n] for n in selected if n in statuses}
-
-
-def device_groups(per_point: int) -> List[list]:
-  """This host's devices in groups of `per_point`, one group per point
-  running at once; [] for 0 (one point at a time on every device)."""
-  if isinstance(per_point, bool) or not isinstance(per_point, int) or per_point < 0:
-    raise ConfigError("--devices_per_point", per_point, "an int >= 0")
-  if not per_point:
-    return []
-  if jax.process_count() > 1:
-    raise ConfigError("--devices_per_point", per_point, "0 on a multi-process run: hosts "
-                      "split a study with --shard=I/N, one lbt.study per host")
-  devices = jax.local_devices()
-  if len(devices) % per_point:
-    raise ConfigError("--devices_per_point", per_point, f"0 or a divisor of this host's "
-                      f"{len(devices)} devices")
-  return [devices[i:i + per_point] for i in range(0, len(devices), per_point)]
-
-
-def _device_names(devices) -> str:
-  ids = [d.id for d in devices]
-  return (f"device {ids[0]}" if len(ids) == 1 else f"devices {ids[0]}-{ids[-1]}")
-
-
-def wait_for(workdir: str, names: Sequence[str], *, seconds: float, program: str) -> None:
-  """Until every named point has ended (other shards run theirs); a failed
-  one stops the waiting shard too, naming it: the rerun retries it."""
+def wait_for(tasks: Sequence[Task], root: str, program: str) -> List[str]:
+  """Until every trial of `tasks` (other shards') has ended or failed;
+  returns the keys of the failed ones."""
+  said = None
   while True:
-    status = {n: agreed_status(os.path.join(workdir, n)) for n in names}
-    failed = [n for n, s in status.items() if s == FAILED]
-    if failed:
-      error = results.read_outcome(os.path.join(workdir, failed[0])).get("error")
-      raise errors.TrialFailed(f"trial {failed[0]} failed: {error}; fix the cause and rerun "
-                               "the same command")
-    pending = [n for n, s in status.items() if s not in (FINISHED, DIVERGED)]
+    status = {_key(root, t): directory.agreed_status(t.workdir) for t in tasks}
+    failed = [k for k, s in status.items() if s == FAILED]
+    pending = sorted(k for k, s in status.items() if s not in ENDED and k not in failed)
     if not pending:
-      return
-    if jax.process_index() == 0:
+      return failed
+    if jax.process_index() == 0 and pending != said:
       print(f"{program}: waiting for {len(pending)} trial(s) of other shards: "
             f"{', '.join(pending)}", flush=True)
-    time.sleep(seconds)
+      said = pending
+    time.sleep(WAIT_SECONDS)
 
 
-def record_point(workdir: str, name: str, config, status: str, outcome: dict) -> None:
-  """The point's outcome file (unless the trainer recorded it) and its row."""
-  faults.moment("point_end")
-  point_dir = os.path.join(workdir, name)
-  if status != FINISHED:
-    if not files.exists(os.path.join(point_dir, layout.CONFIG)):
-      workdir_lib.write_config(config, point_dir)  # A point that failed early gets a row.
-    _write_json(os.path.join(point_dir, layout.OUTCOME), {"status": status, **outcome})
-  results.write_row(workdir, results.point_row(results.load_point(workdir, name),
-                                               results.study_info(workdir)))
-  faults.moment("row")
+class Progress:
+  """The whole study's progress: trials ended of those expected across every
+  planner (counted at each wave, then by the trials that end), and an ETA
+  from the seconds per example measured so far."""
+
+  def __init__(self, planners: Sequence[Planner], side_by_side: int, program: str):
+    self.planners, self.side_by_side, self.program = planners, side_by_side, program
+    self.examples, self.seconds = 0, 0.0
+    self.done, self.expected, self.left = 0, 0, 0.0
+    self.is_main = jax.process_index() == 0
+
+  def _eta(self) -> str:
+    if not self.examples:
+      return "ETA after the first trial"
+    seconds = self.seconds / self.examples * max(self.left, 0.0) / self.side_by_side
+    return f"ETA {int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+  def _say(self, text: str) -> None:
+    if self.is_main:
+      print(f"{self.program}: {text}", flush=True)
+
+  def wave(self, number: int, size: int, mine: int) -> None:
+    """Counts every planner's trials again (ended, expected, examples left)."""
+    self.done, self.expected, self.left = 0, 0, 0.0
+    for planner in self.planners:
+      done, total, per_trial = planner.progress()
+      self.done, self.expected = self.done + done, self.expected + max(total, done)
+      self.left += max(total - done, 0) * per_trial
+    self._say(f"wave {number}: {size} trial(s), {mine} of them this shard's; "
+              f"{self.done} of about {self.expected} trials ended; {self._eta()}")
+
+  def skipped(self, task: Task, status: str) -> None:
+    self._say(f"{task.name}: {status}, skipped")
+
+  def starting(self, task: Task, resuming: bool, placement, cap: int) -> None:
+    where = ""
+    if placement is not None:
+      ids = [d.id for d in placement.devices]
+      where = f" on device {ids[0]}" if len(ids) == 1 else f" on devices {ids[0]}-{ids[-1]}"
+    stop = f"; stops at update {cap}, the best trial of its batch" if cap else ""
+    self._say(f"[{self.done + 1}/~{max(self.expected, self.done + 1)}] {task.name}{where} "
+              f"({'resuming' if resuming else 'starting'}{stop}; {self._eta()})")
+
+  def ended(self, examples: int, seconds: float) -> None:
+    self.examples += examples
+    self.seconds += seconds
+    self.done += 1
+    self.left -= examples
