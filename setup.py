@@ -23,6 +23,7 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        "scipy>=1.11",  # lbt.stats.intervals: Student-t intervals over seeds
         "pillow>=10",  # lbt.data.augment resizes and crops images
         "tqdm>=4.60",  # lbt.io.metrics' progress bar
     ],

@@ -340,70 +340,86 @@ def test_the_study_file_validates_and_holds_the_recipe():
 
 
 def hand_made_summary():
-  def arm(batch, accuracy, updates, seeds, learning_rate, curve, recipe):
-    run = {"name": f"b{batch}", "status": "finished", "learning_rate": learning_rate,
-           "validation_accuracy": accuracy + 0.004, "test_accuracy": accuracy,
-           "updates": updates, "examples": updates * batch, "epochs": updates * batch / 50000,
-           "wall_time_s": 10.0 * updates / 60, "curve": curve}
+  """Two arms of three seeds each: small 89.11, 89.41, 88.81 (mean 89.11,
+  s = 0.30, 95% half-width 4.303 · 0.30/√3 = 0.75); full 86.52, 86.72, 86.32
+  (mean 86.52, s = 0.20, half 0.50)."""
+  def arm(batch, accuracies, updates, seeds, learning_rate, curve, recipe):
+    def run(accuracy):
+      return {"name": f"b{batch}", "status": "finished", "learning_rate": learning_rate,
+              "validation_accuracy": accuracy + 0.004, "test_accuracy": accuracy,
+              "updates": updates, "examples": updates * batch,
+              "epochs": updates * batch / 50000, "wall_time_s": 10.0 * updates / 60,
+              "curve": curve}
+    chosen = run(accuracies[0])
     return {"cell": f"nesterov-b{batch}", "optimizer": "nesterov", "batch": batch,
-            "validation_examples": 10000, "chosen": run, "bracketed": batch == 128,
+            "validation_examples": 10000, "chosen": chosen, "bracketed": batch == 128,
             "bracket": "trial cap (5) reached with the best at the highest rate",
-            "trials": [run, run, run], "seeds": [run, run], "seed_range_points": seeds,
-            "search_examples": 5 * updates * batch, "search_wall_time_s": 100.0,
-            "recipe": recipe, "train_examples": 50000}
+            "trials": [chosen, chosen, chosen], "seeds": [run(a) for a in accuracies[1:]],
+            "seed_range_points": seeds, "search_examples": 5 * updates * batch,
+            "search_wall_time_s": 100.0, "recipe": recipe, "train_examples": 50000}
   recipe = {"optimizer": "nesterov", "momentum": 0.9, "weight_decay": 5e-4, "clip_norm": 0.25,
             "gradient_penalty": {"strength": 0.125, "block": 125,
                                  "scale_by_learning_rate": True},
             "ghost_size": 125, "shuffle": False, "microbatch_size": 10000,
             "schedule": {"name": "cosine", "warmup_epochs": 8.0, "end_learning_rate": 0.0}}
-  arms = {"small": arm(128, 0.8911, 2340, 0.31, 0.05, [[234, 0.85], [2340, 0.8911]], {}),
-          "full": arm(50000, 0.8652, 60, 0.22, 0.8,
+  arms = {"small": arm(128, (0.8911, 0.8941, 0.8881), 2340, 0.31, 0.05,
+                       [[234, 0.85], [2340, 0.8911]], {}),
+          "full": arm(50000, (0.8652, 0.8672, 0.8632), 60, 0.22, 0.8,
                       [[6, 0.70], [30, 0.84], [48, 0.859], [54, 0.862], [60, 0.8652]],
                       recipe)}
   return {"arms": arms, **summary_lib.verdict(arms)}
 
 
-def test_the_section_renders_from_a_hand_made_summary(tmp_path):
+def test_the_summary_verdict_of_a_hand_made_summary():
   summary = hand_made_summary()
   assert summary["closed"] is False
   assert summary["gap_points"] == pytest.approx(2.59)
   assert summary["tolerance_points"] == 0.5
   assert summary["updates_ratio"] == pytest.approx(60 / 2340)
+
+
+def test_the_section_renders_from_a_hand_made_summary(tmp_path):
+  """The arms' intervals (88.36-89.86 and 86.02-87.02) do not overlap: the
+  gap does not close; moved to 88.90, 89.10, 88.70 they overlap: it closes."""
+  summary = hand_made_summary()
   text = report.section(summary, "fashion_mnist_full_batch", str(tmp_path))
-  assert "does not close the gap" in text and "86.52% against 89.11%" in text
-  assert "+2.59 points" in text and "60 updates against 2340" in text
+  assert "**The full batch does not close the gap** to batch 128" in text
+  assert "-2.59 points (3 against 3 seeds): below" in text
+  assert "| 89.11 ± 0.75 (3 seeds) |" in text and "| 86.52 ± 0.50 (3 seeds) |" in text
+  assert "60 updates against 2340" in text
   assert "3,000,000 examples against 299,520" in text
   assert "**not bracketed: trial cap (5)" in text
   assert "clipped to L2 norm 0.25" in text and "blocks of 125, not 128" in text
   assert "their α = 0.5" in text and "no shuffling" in text
   assert "still rising" in text and "0.167 s per update and 3.33 µs per example" in text
   assert (tmp_path / "full_batch_0.png").exists()
-  summary["arms"]["full"]["chosen"]["test_accuracy"] = 0.8890
-  summary.update(summary_lib.verdict(summary["arms"]))
-  assert summary["closed"] is True
-  assert "closes the gap" in report.section(summary, "x", str(tmp_path))
+  full = summary["arms"]["full"]
+  for run, accuracy in zip([full["chosen"]] + full["seeds"], (0.8890, 0.8910, 0.8870)):
+    run["test_accuracy"] = accuracy
+  text = report.section(summary, "x", str(tmp_path))
+  assert "**The full batch closes the gap**" in text and "a tie within seed noise" in text
 
 
-def test_a_report_shows_its_siblings_summary(tmp_path):
-  """DIR/../*/full_batch.json: the default study's report finds the full-batch
-  study beside it; a directory without one beside it has no such section."""
-  default, full, other = (tmp_path / n for n in ("fmnist", "fmnist_full_batch", "zz"))
-  for d in (default, full, other):
+def test_a_report_shows_only_the_summaries_it_is_told_to_include(tmp_path):
+  """Its own DIR/full_batch.json, then each included study's; a study beside
+  it, or a stray file, changes nothing unless named."""
+  default, full = tmp_path / "fmnist", tmp_path / "fmnist_full_batch"
+  for d in (default, full):
     d.mkdir()
   (default / "report").mkdir()
-  assert report.section_for(str(default), [], {}, str(default / "report")) == ""
   (full / layout.FULL_BATCH).write_text(json.dumps(hand_made_summary()))
   (full / layout.STUDY).write_text("{}")
-  (other / layout.FULL_BATCH).write_text("not json")
-  (other / layout.STUDY).write_text("{}")
-  stray = tmp_path / "not_a_study"
-  stray.mkdir()
-  (stray / layout.FULL_BATCH).write_text(json.dumps(hand_made_summary()))
-  assert [label for label, _ in report.summaries(str(default))] == ["fmnist_full_batch"]
-  text = report.section_for(str(default), [], {}, str(default / "report"))
+  (tmp_path / layout.FULL_BATCH).write_text("not json")
+  assert report.summaries(str(default)) == []
+  assert report.section_for(str(default), [], str(default / "report")) == ""
+  assert [label for label, _ in report.summaries(str(default), [str(full)])] == [
+      "fmnist_full_batch"]
+  text = report.section_for(str(default), [str(full)], str(default / "report"))
   assert "(`fmnist_full_batch`)" in text and "does not close the gap" in text
-  # Its own summary first.
-  assert [label for label, _ in report.summaries(str(full))] == ["fmnist_full_batch"]
+  # Its own summary first, then the included one.
+  (default / layout.FULL_BATCH).write_text(json.dumps(hand_made_summary()))
+  assert [label for label, _ in report.summaries(str(default), [str(full)])] == [
+      "fmnist", "fmnist_full_batch"]
 
 
 def test_summary_chooses_by_validation_and_measures_the_seed_range(monkeypatch, tmp_path):
@@ -443,8 +459,8 @@ def test_summary_chooses_by_validation_and_measures_the_seed_range(monkeypatch, 
 
 
 def test_a_summary_that_cannot_be_shown_is_one_line_not_a_crash(tmp_path):
-  """A sibling's full_batch.json of another version (a field missing) leaves
-  the report standing, naming it."""
+  """An included study's full_batch.json of another version (a field
+  missing) leaves the report standing, naming it."""
   default, full = tmp_path / "fmnist", tmp_path / "fmnist_full_batch"
   for d in (default, full):
     d.mkdir()
@@ -455,5 +471,5 @@ def test_a_summary_that_cannot_be_shown_is_one_line_not_a_crash(tmp_path):
     arm["recipe"] = {"optimizer": None}
   (full / layout.FULL_BATCH).write_text(json.dumps(broken))
   (full / layout.STUDY).write_text("{}")
-  text = report.section_for(str(default), [], {}, str(default / "report"))
+  text = report.section_for(str(default), [str(full)], str(default / "report"))
   assert "could not be shown" in text and "fmnist_full_batch" in text

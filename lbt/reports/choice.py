@@ -1,54 +1,115 @@
-"""Which trial stands for each cell of a study, and the accuracy table built
-from those choices: a cell of several learning rates keeps the trial the
-validation split chose (`tuned_sections.tuned_cell`, the runner's rule), a
-cell of one point is that point. Every section of the report reads these."""
+"""Which runs stand for each cell of a study, and the accuracy table built
+from them. Every section of the report reads these.
 
-import math
-from typing import Dict, List, Sequence
+A searched cell (its trials carry a learning rate) is what the runner chose
+when its search ended: DIR/choices/<cell>.json (`layout.choice_file`), read
+as written, never recomputed. Its runs are the choice's `chosen_runs` (seed 0
+first, then the seed reruns, section "seed"); a searched cell without a
+choice file has not finished its search and says so. Any other cell is its
+one point, with the seed reruns of it (`of` the cell) where the study has some.
+A cell's number is the mean test accuracy over its finished runs with its
+interval (`lbt.stats.intervals`).
+"""
 
-from lbt.reports import plots, tuned_sections
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from lbt.io import files, layout
+from lbt.reports import plots
+from lbt.stats import intervals
+
+UNBRACKETED = "†"
 
 
-def choose_learning_rates(rows: Sequence[dict]) -> Dict[str, dict]:
-  """cell -> {'row': chosen row, 'members': rows, 'criterion': text}.
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+  """One cell of a study as the report shows it."""
+  name: str
+  trials: Tuple[dict, ...]             # its own rows (a searched cell's trials)
+  row: dict                            # the run that stands for it (seed 0)
+  runs: Tuple[dict, ...]               # every run of its chosen learning rate
+  choice: Optional[dict]               # the runner's choice; None if not searched or pending
+  searched: bool
+  estimate: Optional[intervals.Estimate]  # test accuracy over its finished runs
 
-  A cell of several base learning rates keeps the member with the best
-  validation accuracy (held out from the training set, never the test set);
-  members without a validation split fall back to the lowest final training
-  loss, and the criterion says so.
-  """
-  cells: Dict[str, List[dict]] = {}
+  @property
+  def pending(self) -> bool:
+    """A searched cell whose search has not ended (no choice written)."""
+    return self.searched and self.choice is None
+
+  @property
+  def bracketed(self) -> bool:
+    return bool(self.choice and self.choice.get("bracketed"))
+
+  def mark(self) -> str:
+    """† when the search did not bracket its best."""
+    return UNBRACKETED if self.choice is not None and not self.bracketed else ""
+
+  def outcome(self) -> str:
+    """What the cell measured, or what happened instead."""
+    if self.pending:
+      return "search not finished"
+    if self.estimate is None:
+      return outcome(self.row)
+    return f"{plots.pct(self.estimate.mean)}{_half(self.estimate)} (n={self.estimate.n})"
+
+
+def _half(estimate: intervals.Estimate) -> str:
+  return f" ±{50 * (estimate.high - estimate.low):.2f}" if estimate.has_interval else ""
+
+
+def read_choice(workdir: str, cell: str) -> Optional[dict]:
+  """The runner's choice for a searched cell; None while its search has not ended."""
+  text = files.read_text(os.path.join(workdir, layout.choice_file(cell)))
+  try:
+    value = None if text is None else json.loads(text)
+  except ValueError:
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def seed_of(row: dict) -> int:
+  """A run's seed: its role's, 0 for a cell's own run."""
+  return row.get("seed") or 0
+
+
+def estimate_of(runs: Sequence[dict]) -> Optional[intervals.Estimate]:
+  """The mean test accuracy of the finished runs, with its interval."""
+  done = [r for r in runs if r["status"] == "finished" and r["final_accuracy"] is not None]
+  if not done:
+    return None
+  return intervals.mean_interval([r["final_accuracy"] for r in done],
+                                 seeds=[seed_of(r) for r in done])
+
+
+def _cell(workdir: str, name: str, trials: List[dict], reruns: List[dict]) -> CellResult:
+  searched = any(r.get("learning_rate") is not None for r in trials)
+  if not searched:
+    runs = trials[:1] + sorted(reruns, key=seed_of)
+    return CellResult(name, tuple(trials), trials[0], tuple(runs), None, False, estimate_of(runs))
+  choice = read_choice(workdir, name)
+  if choice is None:
+    return CellResult(name, tuple(trials), trials[0], (), None, True, None)
+  by_name = {r["name"]: r for r in trials + reruns}
+  runs = [by_name[n] for n in choice.get("chosen_runs") or [] if n in by_name]
+  row = runs[0] if runs else trials[0]
+  return CellResult(name, tuple(trials), row, tuple(runs), choice, True, estimate_of(runs))
+
+
+def cells(workdir: str, rows: Sequence[dict]) -> Dict[str, CellResult]:
+  """cell -> CellResult, in study order, for every cell but the seed reruns (which
+  belong to the cell they rerun)."""
+  own: Dict[str, List[dict]] = {}
+  reruns: Dict[str, List[dict]] = {}
   for row in rows:
-    cells.setdefault(row["cell"], []).append(row)
-  chosen = {}
-  for cell, members in cells.items():
-    finished = [r for r in members if r["status"] == "finished"]
-    if len(members) == 1 or not finished:
-      chosen[cell] = {"row": members[0] if not finished else finished[0],
-                      "members": members, "criterion": None}
-    elif all(r["validation_accuracy"] is not None for r in finished):
-      tuned = tuned_sections.tuned_cell(cell, members)
-      chosen[cell] = {"row": tuned.best or finished[0], "members": members, "tuned": tuned,
-                      "criterion": "validation accuracy"}
+    if row.get("section") == "seed":
+      reruns.setdefault(row.get("seed_of"), []).append(row)
     else:
-      best = min(finished, key=lambda r: r["final_train_loss"] or math.inf)
-      chosen[cell] = {"row": best, "members": members,
-                      "criterion": "final training loss (no validation split)"}
-  return chosen
-
-
-def grid_edge(entry: dict) -> str:
-  """A warning when the chosen learning rate is not bracketed by the search."""
-  if "tuned" in entry:
-    bracket = entry["tuned"].choice.bracket
-    return "" if bracket.bracketed else f" — **not bracketed: {bracket.reason}**"
-  rates = sorted(m["base_learning_rate"] for m in entry["members"])
-  chosen = entry["row"]["base_learning_rate"]
-  if len(rates) < 2 or rates[0] < chosen < rates[-1]:
-    return ""
-  side = "lowest" if chosen == rates[0] else "highest"
-  return (f" — **the {side} rate of its grid: the optimum was not bracketed and may lie "
-          f"{'below' if side == 'lowest' else 'above'} it**")
+      own.setdefault(row["cell"], []).append(row)
+  return {name: _cell(workdir, name, trials, reruns.get(name, []))
+          for name, trials in own.items()}
 
 
 def outcome(row) -> str:
@@ -60,60 +121,53 @@ def outcome(row) -> str:
   return row["status"]
 
 
-def sweep(chosen: Dict[str, dict]) -> Dict[str, List[dict]]:
-  """The batch sweep, series label -> chosen rows by batch."""
-  series: Dict[str, List[dict]] = {}
-  for entry in chosen.values():
-    row = entry["row"]
-    if row["section"] == "sweep":
-      label = row["optimizer"] + (" (LR tuned)" if tuned(row) else "")
-      series.setdefault(label, []).append(row)
-  return {k: sorted(v, key=lambda r: r["batch_size"]) for k, v in series.items()}
+def sweep(found: Dict[str, CellResult]) -> Dict[str, List[CellResult]]:
+  """The batch sweep, series label -> cells by batch."""
+  series: Dict[str, List[CellResult]] = {}
+  for cell in found.values():
+    if cell.row["section"] == "sweep":
+      label = cell.row["optimizer"] + (" (LR tuned)" if cell.searched else "")
+      series.setdefault(label, []).append(cell)
+  return {k: sorted(v, key=lambda c: c.row["batch_size"]) for k, v in series.items()}
 
 
-def accuracy_table(chosen: Dict[str, dict]) -> str:
-  """Final test accuracy (%) by optimizer and batch, as markdown."""
-  lines = sweep(chosen)
-  batches = sorted({r["batch_size"] for rows in lines.values() for r in rows})
+def sweep_line(found: Dict[str, CellResult], optimizer: str) -> List[CellResult]:
+  """An optimizer's batch sweep: its rule-LR cells, or its tuned cells when
+  the sweep has no others."""
+  lines = sweep(found)
+  return lines.get(optimizer) or lines.get(f"{optimizer} (LR tuned)", [])
+
+
+def accuracy_table(found: Dict[str, CellResult]) -> str:
+  """Mean test accuracy (%) ± the half-width of its interval, by optimizer
+  and batch, as markdown; (n=k): the seeds of its mean."""
+  lines = sweep(found)
+  batches = sorted({c.row["batch_size"] for cells_ in lines.values() for c in cells_})
   if not batches:
     return "(no batch-sweep points yet)"
   out = ["| optimizer | " + " | ".join(str(b) for b in batches) + " |",
          "|---|" + "---|" * len(batches)]
-  # A tuned cell of one learning rate was not tuned: it is starred; a search
-  # that did not bracket its best is daggered; a tuned cell shows its trials.
-  shown = {r["name"] for rows in lines.values() for r in rows}
-  untuned = {e["row"]["name"] for e in chosen.values()
-             if tuned(e["row"]) and len(e["members"]) == 1} & shown
-  by_name = {e["row"]["name"]: e for e in chosen.values()}
-  for label, rows in lines.items():
-    by_batch = {r["batch_size"]: outcome(r) + ("*" if r["name"] in untuned else "")
-                + trials_mark(by_name[r["name"]]) for r in rows}
+  for label, series in lines.items():
+    by_batch = {c.row["batch_size"]: c.outcome() + c.mark() for c in series}
     out.append(f"| {label} | " + " | ".join(by_batch.get(b, "") for b in batches) + " |")
-  updates = {r["batch_size"]: r["updates"] for rows in lines.values() for r in rows
-             if r.get("updates")}
+  updates = {c.row["batch_size"]: c.row["updates"] for cells_ in lines.values()
+             for c in cells_ if c.row.get("updates")}
   out.append("| updates | " + " | ".join(str(updates.get(b, "")) for b in batches) + " |")
-  if untuned:
-    out.append("\n\\* one learning rate only: not tuned at this batch.")
-  if any("tuned" in e for e in chosen.values()):
-    out.append(f"\n(n): trials of the cell's search; {tuned_sections.UNBRACKETED}: its best "
-               "is not bracketed (reasons below).")
+  if any(c.searched for c in found.values()):
+    out.append(f"\n±: half the {intervals.LEVEL:.0%} interval of the mean over the seeds "
+               f"(n) at the chosen learning rate; {UNBRACKETED}: the search did not bracket "
+               "its best (reasons below).")
   return "\n".join(out)
 
 
-def trials_mark(entry: dict) -> str:
-  tuned = entry.get("tuned")
-  if tuned is None or len(entry["members"]) == 1:
-    return ""
-  return f"{tuned.mark()} ({len(entry['members'])})"
-
-
-def tuned(row: dict) -> bool:
-  """Whether the row is a trial of a tuned cell (its role has a learning rate)."""
-  return row["learning_rate"] is not None
-
-
-def sweep_line(chosen, optimizer: str) -> List[dict]:
-  """An optimizer's batch sweep: its rule-LR points, or its tuned cells when
-  the sweep has no others."""
-  lines = sweep(chosen)
-  return lines.get(optimizer) or lines.get(f"{optimizer} (LR tuned)", [])
+def bracket_notes(found: Dict[str, CellResult]) -> str:
+  """One line per searched cell whose best is not bracketed (the runner's
+  reason) or whose search has not ended; a sentence when there is none."""
+  lines = [f"- {UNBRACKETED} `{c.name}`: {c.choice.get('reason') or 'not bracketed'}"
+           for c in found.values() if c.choice is not None and not c.bracketed]
+  lines += [f"- `{c.name}`: its search has not finished (no choice written yet)"
+            for c in found.values() if c.pending]
+  if lines:
+    return "\n".join(lines)
+  return ("Every tuned cell's optimum is bracketed." if any(c.searched for c in found.values())
+          else "No cell was tuned.")

@@ -5,16 +5,16 @@ descent by clipping the full gradient, adding an explicit gradient-norm
 penalty and training for many more updates. A full-batch study
 (configs/studies/fashion_mnist_full_batch.py) runs their recipe scaled to the
 study's MLP beside a small-batch reference, each with its learning rate
-searched on the validation split; `lbt.studies.full_batch` writes its answer
-to DIR/full_batch.json (`layout.FULL_BATCH`).
+searched on the validation split; when the study ends its runner writes the
+answer to DIR/full_batch.json (`layout.FULL_BATCH`).
 
-Which summaries a report shows (`summaries`): its own directory's, then
-those of its sibling study directories (with a study.json),
-DIR/../*/full_batch.json, in name order; one that cannot be shown (another
-version's, or damaged) is named in one line instead of stopping the report.
-So the default study's report includes the full-batch answer when the two
-studies sit side by side, e.g. studies/fashion_mnist and
-studies/fashion_mnist_full_batch; with none, the section is left out.
+The summary is written by the study runner when the study ends; a report
+only reads it: its own directory's, then those of the study directories the
+report was told to include (`lbt.report DIR --include=OTHER`), in that
+order. One that cannot be shown (another version's, or damaged) is named in
+one line instead of stopping the report; with none, the section is left out.
+Whether the full batch closes the gap is decided by the interval rule of
+`lbt.reports.compare` over each arm's seeds (its chosen run and reruns).
 
 What the section says was taken from their recipe and what was changed is
 read from the runs' configs (optimizer, clipping, penalty, BatchNorm blocks,
@@ -26,11 +26,13 @@ References:
   Necessary for Generalization", ICLR 2022, https://arxiv.org/abs/2109.14119
 """
 
+import json
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lbt.io import files, layout
-from lbt.reports import plots
-from lbt.studies import full_batch as summary_lib
+from lbt.reports import compare, plots
+from lbt.stats import intervals
 
 # Their CIFAR-10 recipe (config/hyp/gradreg.yaml of JonasGeiping/fullbatchtraining).
 THEIRS = {"steps": 3000, "sgd_epochs": 300, "warmup": 400, "cosine_steps": 4000,
@@ -38,23 +40,50 @@ THEIRS = {"steps": 3000, "sgd_epochs": 300, "warmup": 400, "cosine_steps": 4000,
           "momentum": 0.9, "weight_decay": 5e-4}
 
 
-def summaries(workdir: str) -> List[Tuple[str, dict]]:
-  """(label, summary) of DIR/full_batch.json, then of DIR/../*/full_batch.json."""
-  here = files.path(workdir)
-  found = []
-  own = summary_lib.read(str(here / layout.FULL_BATCH))
-  if own is not None:
-    found.append((here.name, own))
+def read_summary(path: str) -> Optional[dict]:
+  """A full_batch.json as written, or None when it is missing or not a summary."""
+  text = files.read_text(path)
   try:
-    siblings = sorted(here.parent.glob(f"*/{layout.FULL_BATCH}"))
-  except OSError:  # an unreadable parent: no siblings to show
-    siblings = []
-  for path in siblings:  # study directories only (their study.json), not any folder
-    if path.parent.name != here.name and (path.parent / layout.STUDY).exists():
-      summary = summary_lib.read(str(path))
-      if summary is not None:
-        found.append((path.parent.name, summary))
+    summary = None if text is None else json.loads(text)
+  except ValueError:
+    return None
+  return summary if isinstance(summary, dict) and "arms" in summary else None
+
+
+def summaries(workdir: str, include: Sequence[str] = ()) -> List[Tuple[str, dict]]:
+  """(label, summary) of DIR/full_batch.json, then of each included study's."""
+  found = []
+  for directory in (workdir, *include):
+    summary = read_summary(os.path.join(directory, layout.FULL_BATCH))
+    if summary is not None:
+      found.append((files.path(directory).name, summary))
   return found
+
+
+def arm_estimate(arm: dict) -> Optional[intervals.Estimate]:
+  """Test accuracy over the arm's chosen run and its seed reruns, paired by
+  seed where every run names one."""
+  runs = [r for r in [arm.get("chosen")] + list(arm.get("seeds") or [])
+          if r and r.get("status") == "finished" and r.get("test_accuracy") is not None]
+  if not runs:
+    return None
+  seeds = [r.get("seed") for r in runs]
+  return intervals.mean_interval([r["test_accuracy"] for r in runs],
+                                 seeds=seeds if None not in seeds else None)
+
+
+def gap_verdict(arms: Dict[str, dict]) -> Optional[Tuple[str, str]]:
+  """(closes / does not close / undecided, the difference in words) of the
+  full batch against the small batch; None until both arms finished."""
+  small, full = (arm_estimate(arms[a]) if arms.get(a) else None for a in ("small", "full"))
+  if small is None or full is None:
+    return None
+  words = compare.difference_text(full, small)
+  if compare.relation(full, small) == compare.BELOW:
+    return "does not close", words
+  if compare.untestable(full, small):
+    return "cannot be told from one seed whether it closes", words
+  return "closes", words
 
 
 def _pct(run: Optional[dict]) -> str:
@@ -66,19 +95,20 @@ def _search(arm: dict) -> str:
   chosen = arm["chosen"]
   if chosen is None:
     return "—"
-  flag = "" if arm["bracketed"] else f" **not bracketed: {arm['bracket']}**"
+  reason = arm.get("reason") or arm.get("bracket") or "no reason recorded"
+  flag = "" if arm.get("bracketed") else f" **not bracketed: {reason}**"
   return f"{chosen['learning_rate']:.4g} of {len(arm['trials'])} trials{flag}"
 
 
-def _spread(arm: dict) -> str:
-  spread = arm["seed_range_points"]
-  return "—" if spread is None else f"{spread:.2f} ({len(arm['seeds']) + 1} seeds)"
+def _mean(arm: dict) -> str:
+  estimate = arm_estimate(arm)
+  return "—" if estimate is None else estimate.text()
 
 
 def table(arms: Dict[str, dict]) -> str:
   """One row per arm: its search, its cost and its accuracy."""
   lines = ["| arm | batch | learning rate (searched) | updates | examples | test accuracy (%) "
-           "| seed range (points) | wall time of the run (s) |",
+           "| mean over seeds (%) | wall time of the run (s) |",
            "|---|---|---|---|---|---|---|---|"]
   for name, label in (("small", "small-batch reference"), ("full", "full batch (recipe)")):
     arm = arms.get(name)
@@ -87,7 +117,7 @@ def table(arms: Dict[str, dict]) -> str:
       continue
     run = arm["chosen"] or {}
     lines.append(f"| {label} | {arm['batch']:,} | {_search(arm)} | {run.get('updates') or '—'} "
-                 f"| {run.get('examples') or 0:,} | {_pct(arm['chosen'])} | {_spread(arm)} "
+                 f"| {run.get('examples') or 0:,} | {_pct(arm['chosen'])} | {_mean(arm)} "
                  f"| {run.get('wall_time_s') or 0:.0f} |")
   return "\n".join(lines)
 
@@ -140,18 +170,17 @@ def recipe_text(arms: Dict[str, dict]) -> str:
 def verdict_text(summary: dict) -> str:
   """Whether the gap closes, and at what cost in updates and examples."""
   arms = summary["arms"]
-  if summary.get("closed") is None:
+  verdict = gap_verdict(arms)
+  if verdict is None:
     return ("The study has not finished both arms: no verdict yet (rerun the study "
             "command to finish it).")
   small, full = arms["small"]["chosen"], arms["full"]["chosen"]
-  gap, tolerance = summary["gap_points"], summary["tolerance_points"]
-  closes = "closes" if summary["closed"] else "does not close"
-  text = [f"**The full batch {closes} the gap**: {_pct(full)}% against {_pct(small)}% "
-          f"for batch {arms['small']['batch']} ({gap:+.2f} points; closed means at most "
-          f"{tolerance:.2f}, the larger of {summary_lib.GAP_POINTS} and the seed ranges)."]
+  text = [f"**The full batch {verdict[0]} the gap** to batch {arms['small']['batch']:,}: "
+          f"its mean test accuracy against the small batch's, {verdict[1]}."]
+  ratio = lambda key: f"{full[key] / small[key]:.3g}×"
   text.append(f"Cost: {full['updates']} updates against {small['updates']} "
-              f"({summary['updates_ratio']:.3g}×) and {full['examples']:,} examples against "
-              f"{small['examples']:,} ({summary['examples_ratio']:.3g}×); each full-batch "
+              f"({ratio('updates')}) and {full['examples']:,} examples against "
+              f"{small['examples']:,} ({ratio('examples')}); each full-batch "
               "example costs a gradient and a Hessian-vector product (the penalty): "
               f"{_seconds(full, 'updates')} s per update and {_seconds(full, 'examples', 1e6)} "
               f"µs per example against {_seconds(small, 'updates')} s and "
@@ -204,20 +233,16 @@ def section(summary: dict, label: str, report_dir: str, index: int = 0) -> str:
           + verdict_text(summary) + "\n\n" + recipe_text(summary["arms"]) + "\n")
 
 
-def section_for(workdir: str, rows: Sequence[dict], records: Dict[str, list],
-                report_dir: str) -> str:
-  """The full-batch sections of a report: this study's own answer (written
-  to DIR/full_batch.json first, when it has full-batch cells) and its
-  siblings'; "" when there is none."""
-  own = summary_lib.summarize(workdir, rows, records)
-  if own is not None:
-    summary_lib.write(workdir, own)
+def section_for(workdir: str, include: Sequence[str], report_dir: str) -> str:
+  """The full-batch sections of a report: this study's own answer
+  (DIR/full_batch.json as the runner wrote it), then each included
+  study's; "" when there is none."""
   texts = []
-  for index, (label, summary) in enumerate(summaries(workdir)):
+  for index, (label, summary) in enumerate(summaries(workdir, include)):
     try:
       texts.append(section(summary, label, report_dir, index))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
       texts.append(f"## Full-batch gradient descent (`{label}`)\n\nIts {layout.FULL_BATCH} "
-                   f"could not be shown ({type(e).__name__}: {e}); rerun "
-                   f"`python -m lbt.report` on `{label}` to rewrite it.\n")
+                   f"could not be shown ({type(e).__name__}: {e}); rerun the study command "
+                   f"on `{label}` to rewrite it.\n")
   return "\n".join(texts)

@@ -13,7 +13,9 @@ import numpy as np
 from lbt.io import layout
 from lbt.io import faults, files
 from lbt.reports import plots
+from lbt.reports.plots import g
 from lbt.stats import steps_to_target
+from lbt.studies import limit_rules
 
 
 def write_report(summary: dict, workdir: str) -> str:
@@ -23,22 +25,23 @@ def write_report(summary: dict, workdir: str) -> str:
   rows = [r for r in summary["batches"] if r["reached"]]
   images = _plots(summary, rows, report_dir) if rows else ""
   lines = ["| batch | best LR | updates to target (± evaluation interval) | "
-           "examples to target | trials | best LR bracketed | B_simple | learning rates "
-           "tried (updates, or outcome) |", "|---|---|---|---|---|---|---|---|"]
+           "examples to target | trials | best LR bracketed | used in the fit | B_simple | "
+           "learning rates tried (updates, or outcome) |", "|---|---|---|---|---|---|---|---|---|"]
   for r in summary["batches"]:
     tried = ", ".join(f"{lr}: {v}" for lr, v in r["learning_rates"].items())
-    lines.append(f"| {r['batch']} | {_g(r['best_learning_rate'])} | "
+    lines.append(f"| {r['batch']} | {g(r['best_learning_rate'])} | "
                  f"{r['updates_to_target'] or 'not reached'}"
                  f"{_interval(r)} | "
                  f"{r['examples_to_target'] or '—'} | {r['trials']} | {_bracketed(r)} | "
-                 f"{_g(r['b_simple'])} | {tried} |")
+                 f"{_in_fit(r)} | {g(r['b_simple'])} | {tried} |")
   text = (f"# Where is the limit? `{summary['config']}`\n\n{headline(summary)}\n\n"
           "Steps to a validation accuracy of "
           f"{summary['target']:g} (Shallue et al. 2019), the learning rate tuned per batch "
-          "on a power-of-two grid extended until a finished trial lies one step below its "
-          "best and a finished or diverged one a step above (the bracketed column says "
-          "where the search ended without that, and why); trials that had not reached the "
-          "target by their batch's best count are 'not_reached'.\n\n" + "\n".join(lines)
+          "by the study's one search rule, until a trial scores worse than the tied best by "
+          "more than the tolerance, or diverges, on each side (the bracketed column says "
+          "where the search ended without that, and why; the next column whether the fit "
+          "of S(B) used the batch); trials that had not reached the target by their "
+          "batch's best count are 'not_reached'.\n\n" + "\n".join(lines)
           + f"\n\n{images}\n")
   path = os.path.join(report_dir, layout.LIMIT_MD)
   faults.moment("report")
@@ -46,15 +49,41 @@ def write_report(summary: dict, workdir: str) -> str:
   return path
 
 
+def reason(row: dict) -> str:
+  """Why a batch's search ended where it did (limit.json's "reason"; older
+  files: "bracket_reason")."""
+  return row.get("reason") or row.get("bracket_reason") or "no reason recorded"
+
+
 def _bracketed(row: dict) -> str:
   if "bracketed" not in row:
     return "—"
-  return "yes" if row["bracketed"] else f"no: {row['bracket_reason']}"
+  return "yes" if row["bracketed"] else f"no: {reason(row)}"
 
 
-def _bounds(summary: dict) -> str:
+def _in_fit(row: dict) -> str:
+  """Whether the fit of S(B) used the batch (older files do not say)."""
+  used = row.get("used_in_fit")
+  return "—" if used is None else ("yes" if used else "no")
+
+
+def consistency(b_simple: float, summary: dict) -> str:
+  """B_simple against B_crit's interval: consistent when it lies inside."""
+  low, high = summary.get("b_crit_low"), summary.get("b_crit_high")
+  bounded = summary.get("bounded")
+  if bounded == steps_to_target.UNBOUNDED or (low is None and high is None):
+    return "cannot be tested against B_crit (its interval has no bound)"
+  above_low = low is None or bounded == steps_to_target.UPPER_ONLY or b_simple >= low
+  below_high = high is None or bounded == steps_to_target.LOWER_ONLY or b_simple <= high
+  if above_low and below_high:
+    return f"is consistent with B_crit (inside its interval {bounds(summary)})"
+  side = "below" if not above_low else "above"
+  return f"is not consistent with B_crit ({side} its interval {bounds(summary)})"
+
+
+def bounds(summary: dict) -> str:
   """The interval in words: both ends, one (the other open), or none."""
-  low, high = _g(summary["b_crit_low"]), _g(summary["b_crit_high"])
+  low, high = g(summary["b_crit_low"]), g(summary["b_crit_high"])
   return {steps_to_target.TWO_SIDED: f"{low}–{high}",
           steps_to_target.LOWER_ONLY: f"at least {low}, no upper bound",
           steps_to_target.UPPER_ONLY: f"at most {high}, no lower bound",
@@ -66,29 +95,25 @@ def _interval(row: dict) -> str:
   return f" (±{row['evaluated_every']})" if row.get("evaluated_every") else ""
 
 
-def _g(value) -> str:
-  return "—" if value is None else f"{value:.4g}"
-
-
 def headline(summary: dict) -> str:
   """The answer in a few sentences, from the measured numbers only."""
   if summary["b_crit"] is None and summary["s_min"] is None:
     return f"No critical batch: {summary['fit']}."
   where = ("inside" if summary["inside_measured_range"] else "outside") + (
       " the measured range {}–{}".format(*summary["measured_range"]))
-  b_crit = "∞" if summary["b_crit"] is None else _g(summary["b_crit"])
+  b_crit = "∞" if summary["b_crit"] is None else g(summary["b_crit"])
   note = f" {summary['interval_note']}" if summary.get("interval_note") else ""
-  text = (f"B_crit = {b_crit} ({summary['level']:.0%} interval: {_bounds(summary)}; "
-          f"{summary['method']}), {where}.{note} Fitted S_min = {_g(summary['s_min'])} "
-          f"updates, E_min = {_g(summary['e_min'])} examples.")
+  text = (f"B_crit = {b_crit} ({summary['level']:.0%} interval: {bounds(summary)}; "
+          f"{summary['method']}), {where}.{note} Fitted S_min = {g(summary['s_min'])} "
+          f"updates, E_min = {g(summary['e_min'])} examples.")
   stops = summary["doubling_stops_at"]
-  text += (f" Doubling the batch stops paying (two doublings each < 10 % fewer updates) "
-           f"from B = {stops}." if stops else " Doubling still paid at the largest batch "
-           "measured.")
+  text += (f" Doubling the batch stops paying (two doublings each < "
+           f"{limit_rules.MIN_GAIN:.0%} fewer updates) from B = {stops}." if stops else
+           " Doubling still paid at the largest batch measured.")
   if summary.get("b_simple_median") is not None:
     text += (f" B_simple at the target, median over the batches: "
-             f"{_g(summary['b_simple_median'])}; with B_crit they "
-             f"{summary['b_simple_vs_b_crit']}.")
+             f"{g(summary['b_simple_median'])}, which "
+             f"{consistency(summary['b_simple_median'], summary)}.")
   return text
 
 
@@ -127,17 +152,17 @@ def write_comparison(summaries: Dict[str, dict], workdir: str) -> str:
   lines = ["| optimizer | B_crit | interval | inside measured | S_min | E_min | "
            "doubling stops at | B_simple (median) |", "|---|---|---|---|---|---|---|---|"]
   for label, s in summaries.items():
-    interval = _bounds(s) if s["s_min"] is not None else "—"
-    lines.append(f"| {label} | {_g(s['b_crit'])} | {interval} | "
+    interval = bounds(s) if s["s_min"] is not None else "—"
+    lines.append(f"| {label} | {g(s['b_crit'])} | {interval} | "
                  f"{s.get('inside_measured_range', '—')} | "
-                 f"{_g(s['s_min'])} | {_g(s['e_min'])} | {s['doubling_stops_at'] or '—'} | "
-                 f"{_g(s.get('b_simple_median'))} |")
+                 f"{g(s['s_min'])} | {g(s['e_min'])} | {s['doubling_stops_at'] or '—'} | "
+                 f"{g(s.get('b_simple_median'))} |")
   text = ("# The critical batch, measured per optimizer\n\n" + "\n".join(lines) + "\n\n"
           + "\n".join(f"- **{label}**: {headline(s)} (`{label}/report/limit.md`)"
                       for label, s in summaries.items()) + "\n")
-  files.write_text_atomic(os.path.join(workdir, "critical.json"),
+  files.write_text_atomic(os.path.join(workdir, layout.CRITICAL),
                           json.dumps(summaries, indent=2, sort_keys=True))
-  path = os.path.join(workdir, "critical.md")
+  path = os.path.join(workdir, layout.CRITICAL_MD)
   files.write_text_atomic(path, text)
   return path
 
@@ -146,7 +171,7 @@ def print_summary(summary: dict, workdir: str) -> None:
   path = os.path.join(workdir, layout.LIMIT)
   print(f"lbt.limit: {headline(summary)}\nlbt.limit: {path}")
   for r in summary["batches"]:
-    print(f"  B={r['batch']:>6}  best LR {_g(r['best_learning_rate']):>8}  "
+    print(f"  B={r['batch']:>6}  best LR {g(r['best_learning_rate']):>8}  "
           f"updates {r['updates_to_target'] or 'not reached':>12}  trials {r['trials']}"
-          + ("" if r.get("bracketed", True) else f"  not bracketed: {r['bracket_reason']}"),
+          + ("" if r.get("bracketed", True) else f"  not bracketed: {reason(r)}"),
           flush=True)

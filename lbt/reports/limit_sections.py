@@ -15,6 +15,8 @@ import numpy as np
 
 from lbt.io import files, layout
 from lbt.reports import limit_report, plots
+from lbt.reports.plots import g
+from lbt.studies import limit_rules
 
 CAVEAT = ("With BatchNorm the two halves of a batch are not independent draws (each is "
           "normalised by statistics of its own half), so B_simple from them is an estimate "
@@ -41,6 +43,20 @@ def b_crit_of(summary: dict) -> Optional[float]:
   return value if value is not None and 0 < value < float("inf") else None
 
 
+def unbracketed_text(summary: dict) -> str:
+  """The batches whose optimum the search did not bracket, each with its
+  reason and whether the fit used it; "" when every batch is bracketed."""
+  marks = []
+  for row in summary["batches"]:
+    if row.get("bracketed", True):
+      continue
+    used = row.get("used_in_fit")
+    fit = ("the fit used it" if used else "the fit left it out") if used is not None else (
+        "whether the fit used it is not recorded")
+    marks.append(f"B={row['batch']:,} ({limit_report.reason(row)}; {fit})")
+  return (" Optimum not bracketed at " + "; ".join(marks) + ".") if marks else ""
+
+
 def section_measured_limit(limits: Dict[str, dict], report_dir: str) -> str:
   """§2: updates and examples to the target, per optimizer, and B_crit."""
   title = "## 2. Updates and examples to the target: the critical batch, measured\n\n"
@@ -55,12 +71,11 @@ def section_measured_limit(limits: Dict[str, dict], report_dir: str) -> str:
   for label, s in limits.items():
     reached = [r for r in s["batches"] if r["reached"]]
     trials = sum(r["trials"] for r in s["batches"])
-    g = limit_report._g  # pylint: disable=protected-access
     lines.append(f"| {label} | {g(s['b_crit'])} | {g(s['b_crit_low'])}–{g(s['b_crit_high'])}"
                  f" | {s.get('bounded', '—')} | {g(s['s_min'])} | {g(s['e_min'])} | "
                  f"{s['doubling_stops_at'] or '—'} | {g(s.get('b_simple_median'))} | "
                  f"{trials} |")
-    text.append(f"- **{label}**: {limit_report.headline(s)}")
+    text.append(f"- **{label}**: {limit_report.headline(s)}{unbracketed_text(s)}")
     if not reached:
       continue
     b = np.array([r["batch"] for r in reached], float)
@@ -80,9 +95,10 @@ def section_measured_limit(limits: Dict[str, dict], report_dir: str) -> str:
   target = next(iter(limits.values()))["target"]
   return (title + f"Steps to a validation accuracy of {target:g} at the best constant "
           "learning rate of every batch (no warmup: a warmup inflates S at small batches), "
-          "the learning rate searched per batch on a power-of-two grid until bracketed "
-          "(Shallue et al. 2019), batches doubling until two doublings each save under "
-          "10 % of the updates; S(B) = S_min(1 + B_noise/B) fitted to the measured batches "
-          "with a profile-likelihood interval for B_crit = E_min/S_min (McCandlish et al. "
-          "2018; the ticks mark B_crit, where S = 2·S_min and E = 2·E_min). "
+          "the learning rate searched per batch until bracketed (Shallue et al. 2019; a batch "
+          "whose optimum is not bracketed is named below its optimizer, with whether the fit "
+          "used it), batches doubling until two doublings each save under "
+          f"{limit_rules.MIN_GAIN:.0%} of the updates; S(B) = S_min(1 + B_noise/B) fitted to "
+          "the measured batches with a profile-likelihood interval for B_crit = E_min/S_min "
+          "(McCandlish et al. 2018; the ticks mark B_crit, where S = 2·S_min and E = 2·E_min). "
           f"{CAVEAT}\n\n{image}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(text) + "\n")

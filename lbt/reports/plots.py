@@ -34,3 +34,8 @@ def save(fig, report_dir: str, name: str) -> str:
 def pct(value) -> str:
   """A fraction as a percentage with two decimals, or a dash when unknown."""
   return "—" if value is None else f"{100 * value:.2f}"
+
+
+def g(value) -> str:
+  """A number in four significant digits, or a dash when unknown."""
+  return "—" if value is None else f"{value:.4g}"
