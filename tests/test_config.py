@@ -116,3 +116,56 @@ def test_adversarial_section_is_validated_and_optional():
   with config.unlocked():  # configs without the section: no adversarial loss.
     del config.loss["adversarial"]
   config_lib.validate(config, num_devices=8)
+
+
+def _leaves(schema, prefix=""):
+  """Every field of the schema by dotted name, sections' fields included."""
+  for key, field in schema.items():
+    yield prefix + key, field
+    if isinstance(field, config_lib.Section) and field.fields:
+      yield from _leaves(field.fields, f"{prefix}{key}.")
+
+
+def test_every_benchmark_sets_the_required_fields_of_the_schema():
+  from configs import cifar10_resnet, imagenet_resnet50
+  fields = dict(_leaves(config_lib.SCHEMA))
+  for benchmark in (fashion_mnist, cifar10_resnet, imagenet_resnet50):
+    config = benchmark.get_config()
+    for name, field in fields.items():
+      parent, _, key = name.rpartition(".")
+      if field.default is config_lib.REQUIRED and (not parent or parent in config):
+        assert key in (config[parent] if parent else config), (
+            f"{benchmark.__name__} leaves out the required {name}")
+
+
+# A field left out, and what its absence means, as the reader of it sees it.
+ABSENT_MEANS = [
+    ("noise_scale_split", False, lambda config, facts: facts.noise_scale_split),
+    ("batch_schedule", {"name": "constant"}, lambda config, facts: facts.batch_schedule),
+    ("stop_at_target", None, lambda config, facts: facts.stop_at_target),
+    ("dataset.validation_examples", 0, lambda config, facts: facts.train_examples - 60000),
+    ("dataset.image_size", 0, lambda c, f: config_lib.dataset_field(c, "image_size")),
+    ("dataset.shuffle", True, lambda c, f: config_lib.dataset_field(c, "shuffle")),
+]
+
+
+@pytest.mark.parametrize("field,meaning,read", ABSENT_MEANS)
+def test_a_field_left_out_means_the_default_the_schema_documents(field, meaning, read):
+  parent, _, key = field.rpartition(".")
+  config = fashion_mnist.get_config()
+  node = config[parent] if parent else config
+  with config.unlocked():
+    if key in node:
+      del node[key]
+  assert read(config, config_lib.validate(config, num_devices=8)) == meaning
+  schema = config_lib.SCHEMA[parent].fields if parent else config_lib.SCHEMA
+  assert schema[key].default == meaning
+
+
+def test_a_required_field_left_out_is_refused_naming_it():
+  config = fashion_mnist.get_config()
+  with config.unlocked():
+    del config["checkpoint_keep"]
+  with pytest.raises(ConfigError, match="^checkpoint_keep=None is invalid: a field every "
+                     "config must have"):
+    config_lib.validate(config, num_devices=8)

@@ -108,3 +108,23 @@ def test_no_circle_inside_a_package():
   for node in sorted(graph):
     visit(node, [])
   assert circles == []
+
+
+@pytest.mark.parametrize("package", ("lbt",) + PACKAGES)
+def test_every_package_says_what_it_is_for_and_what_it_may_import(package):
+  path = os.path.join(os.path.dirname(LBT), *package.split("."), "__init__.py")
+  doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+  assert len(doc.split()) >= 20, f"{package}: a docstring saying what the package is for"
+  assert package == "lbt" or "May import" in doc, f"{package}: what it may import"
+
+
+def test_no_two_classes_share_a_name():
+  """One name per thing: a class name says which class, wherever it is read."""
+  where = {}
+  for root, _, names in os.walk(LBT):
+    for name in (n for n in names if n.endswith(".py")):
+      path = os.path.join(root, name)
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ClassDef):
+          where.setdefault(node.name, []).append(os.path.relpath(path, LBT))
+  assert {n: paths for n, paths in where.items() if len(paths) > 1} == {}

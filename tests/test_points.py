@@ -14,8 +14,8 @@ from configs.studies import fashion_mnist_optimizers, imagenet_limit, imagenet_r
 from lbt.errors import ConfigError
 from lbt.io import layout
 from lbt.reports import study_report
-from lbt.studies import points, results, runner
-from test_report import write_point
+from lbt.studies import directory, points, results, work
+from test_report import write_choice, write_point
 
 SWEEP = {"section": "sweep", "cell": "momentum-b128", "optimizer": "momentum", "batch": 128}
 
@@ -74,8 +74,8 @@ def test_a_name_outside_the_old_grammar_is_refused_naming_the_point(name):
 
 
 @pytest.mark.parametrize("study", [
-    default_study.get_study("untuned"), fashion_mnist_optimizers.get_study(), imagenet_limit.get_study("lars+momentum"),
-    imagenet_recipe.get_study()])
+    default_study.get_study("untuned"), fashion_mnist_optimizers.get_study(),
+    imagenet_limit.get_study("lars+momentum"), imagenet_recipe.get_study()])
 def test_study_files_declare_the_roles_their_old_names_said(study):
   """Built from each study's structure, not its names, the roles agree with
   what the names said (but a ladder rung now names its ingredient), so an old
@@ -124,23 +124,73 @@ def test_the_runner_refuses_a_bad_role_before_anything_trains(make_config, tmp_p
   config = make_config("momentum,batch=128,model=mlp")
   workdir = str(tmp_path / "study")
   studies = {"role.batch": {"a": points.Point(config, dict(SWEEP, batch=256))},
-             "role.section": {"a": points.Point(config, dict(SWEEP, section="sweeps"))},
-             "point baseline": {"baseline": config}}  # an old study file's name
+             "role.section": {"a": points.Point(config, dict(SWEEP, section="sweeps"))}}
   for field, study in studies.items():
     with pytest.raises(ConfigError, match=field):
-      runner.run_points(study, workdir)
+      work.run_study(study, workdir)
   assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize("name", ["momentum-b512-diverge", "baseline", "lars-b1024-tuned-lr0.5",
+                                  "my.run_2"])
+def test_a_plain_config_is_a_point_of_its_own_under_any_name(name):
+  """A study file's plain config is a plain point whatever its name, even
+  an old name that says something else: the name parser is for old
+  directories only."""
+  config = fashion_mnist.get_config("momentum,batch=512,model=mlp")
+  found = points.study_points({name: config, "other": points.Point(config, SWEEP | {
+      "batch": 512, "cell": "momentum-b512"})})
+  assert found[name].role == {"section": "plain", "cell": name, "optimizer": "momentum",
+                              "batch": 512}
+  assert found[name].config is config and found[name].search is None
+
+
+def test_a_plain_config_without_an_optimizer_is_refused_naming_the_field():
+  config = fashion_mnist.get_config("momentum,batch=512")
+  with config.unlocked():
+    del config["optimizer"]
+  with pytest.raises(ConfigError, match="^point p: role.optimizer=None is invalid: .*"
+                     "optimizer.name"):
+    points.study_points({"p": config})
+
+
+def test_a_study_of_plain_configs_runs_reports_and_resumes(make_config, tmp_path):
+  """{any-name: config}, as before roles: each point trains, gets its plain
+  role, a row and a place in the report, and a rerun skips it."""
+  def config(arg, steps):
+    made = make_config(arg + ",model=mlp", num_train_steps=steps, eval_every_steps=2,
+                       log_every_steps=1, eval_batch_size=5000, schedule__warmup_epochs=0.2)
+    made.model.hidden_sizes = (16,)
+    return made
+  study = {"momentum-b512-diverge": config("momentum,batch=6000", 2),
+           "my.run_2": config("sgd,batch=12000", 2)}
+  workdir = str(tmp_path / "study")
+  assert work.run_study(study, workdir).statuses == {n: "finished" for n in study}
+  rows = {r["name"]: r for r in results.read_database(workdir)}
+  for name in study:
+    with open(os.path.join(workdir, name, layout.ROLE)) as f:
+      assert json.load(f)["section"] == "plain"
+    assert (rows[name]["section"], rows[name]["cell"]) == ("plain", name)
+    assert rows[name]["final_accuracy"] > 0
+  with open(study_report.build_report(workdir)) as f:
+    text = f.read()
+  assert "| plain | 2 | 2 |" in text  # what each section cost: both points, cells of their own
+  records = {n: (tmp_path / "study" / n / layout.METRICS).read_text() for n in study}
+  again = work.run_study(study, workdir)  # a rerun: nothing left to train
+  assert again.done and not again.failed
+  assert records == {n: (tmp_path / "study" / n / layout.METRICS).read_text() for n in study}
 
 
 def test_a_changed_role_is_rewritten_and_said(tmp_path, capsys):
   config = fashion_mnist.get_config("momentum,batch=128,model=mlp")
   path = tmp_path / "p" / layout.ROLE
-  runner.write_roles(str(tmp_path), {"p": points.Point(config, SWEEP)})
+  directory.write_roles(str(tmp_path), {"p": points.Point(config, SWEEP)}, "lbt.study")
   assert json.loads(path.read_text()) == SWEEP
   before = path.stat().st_mtime_ns
-  runner.write_roles(str(tmp_path), {"p": points.Point(config, SWEEP)})
+  directory.write_roles(str(tmp_path), {"p": points.Point(config, SWEEP)}, "lbt.study")
   assert path.stat().st_mtime_ns == before and not capsys.readouterr().out
-  runner.write_roles(str(tmp_path), {"p": points.Point(config, dict(SWEEP, cell="m128"))})
+  directory.write_roles(str(tmp_path), {"p": points.Point(config, dict(SWEEP, cell="m128"))},
+                        "lbt.study")
   assert json.loads(path.read_text())["cell"] == "m128"
   assert "lbt.study: point p: role" in capsys.readouterr().out
 
@@ -170,6 +220,12 @@ def write_study(workdir, rename=lambda name: name, roles=True):
                 **kwargs)
   with open(os.path.join(workdir, layout.STUDY), "w") as f:
     json.dump({"points": [rename(n) for n, _, _ in SPEC], "target_accuracy": 0.85}, f)
+  trial = lambda rate, score: {"learning_rate": rate, "status": "finished", "score": score,
+                               "runs": [rename(f"momentum-b1024-tuned-lr{rate}")]}
+  write_choice(workdir, "momentum-b1024-tuned", learning_rate=0.05, tied_low=0.05,
+               tied_high=0.05, bracketed=False, reason="the best is the lowest rate tried",
+               trials=[trial(0.05, 0.91), trial(0.1, 0.89)],
+               chosen_runs=[rename("momentum-b1024-tuned-lr0.05")])
   with open(study_report.build_report(workdir)) as f:
     return f.read()
 
@@ -179,11 +235,12 @@ def test_renaming_the_points_keeps_the_report_table(tmp_path):
   text = write_study(named)
   other = write_study(renamed, lambda name: f"point{[n for n, _, _ in SPEC].index(name)}")
   table = study_report.main_table(named)
-  assert "| momentum (LR tuned) |  | 85.00 (2) |" in table and "| lars | 89.00 | 88.50 |" in table
+  assert "| momentum (LR tuned) |  | 85.00 (n=1)† |" in table
+  assert "| lars | 89.00 (n=1) | 88.50 (n=1) |" in table
   assert study_report.main_table(renamed) == table
-  chosen = "base LR 0.05 chosen by validation accuracy"
+  chosen = "`momentum-b1024-tuned`: base LR 0.05 (tied 0.05–0.05) among 0.05 (91.00% val)"
   assert chosen in text and chosen in other
-  assert "| 1 | `point7` | " in other and "| + regime adaptation | 1024 |" in other
+  assert "| + regime adaptation | 1024 |" in other
 
 
 def test_an_old_directory_is_migrated_once_and_reports(tmp_path):

@@ -119,7 +119,7 @@ def test_results_read_the_facts_not_an_edited_config(finished):
 
 
 def test_an_old_workdir_without_facts_json_gets_its_row_from_config_and_run():
-  point = results.Point("momentum-b128", {
+  point = results.PointRecords("momentum-b128", {
       "batch_size": 128, "microbatch_size": 0, "dataset": {"name": "fashion_mnist"},
       "optimizer": {"name": "momentum", "learning_rate": 0.1}, "schedule": {"name": "cosine"},
       "bn": {}, "loss": {"label_smoothing": 0.0}}, [

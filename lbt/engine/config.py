@@ -1,6 +1,9 @@
-"""A run's config: the point-argument parser, validation, and the facts it derives.
+"""A run's config: its schema, the point-argument parser, validation, and the facts it derives.
 
-A run is fully described by one `ml_collections.ConfigDict`. `parse_point`
+A run is fully described by one `ml_collections.ConfigDict`. `SCHEMA` is its
+one list of fields: each field's default (or REQUIRED) beside what it is, read
+top to bottom as flax's `configs/default.py`; the benchmark files
+(`configs/<benchmark>.py`) set the values. `parse_point`
 turns the argument of `configs/<benchmark>.py:get_config(arg)` into typed values;
 `validate` checks every field and every combination once, raises `ConfigError`
 naming the field, the value and what is allowed, and returns `RunFacts`: what
@@ -27,7 +30,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import ml_collections
 
@@ -35,31 +38,126 @@ from lbt.data import slots
 from lbt.engine import batch_schedule
 from lbt.errors import ConfigError
 
-# Every field a run reads, by section; anything else in a config is a typo.
-TOP_LEVEL_FIELDS = (
-    "seed", "dataset", "model", "batch_size", "microbatch_size", "eval_batch_size",
-    "num_epochs", "num_train_steps", "optimizer", "schedule", "loss", "bn",
-    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep")
-# Fields a config may leave out (older configs and workdirs have none), and
-# what their absence means.
-OPTIONAL_FIELDS = {"batch_schedule": batch_schedule.DEFAULT, "noise_scale_split": False,
-                   "stop_at_target": None}
-# stop_at_target: stop at the first evaluated update whose held-out metric
-# reaches `value`, evaluating the validation split every `every` updates (0:
-# about 500 evaluations over the run). Never the test set.
+DTYPES = ("float32", "bfloat16")
+# Metrics stop_at_target may watch: the validation split's, never the test set's.
 TARGET_METRICS = ("validation_accuracy", "validation_loss")
-TARGET_DEFAULTS = {"metric": "validation_accuracy", "every": 0}
-SECTION_FIELDS = {
-    "dataset": ("name", "data_dir", "cache", "validation_examples", "image_size", "shuffle"),
-    "bn": ("ghost_size",), "loss": ("label_smoothing", "adversarial", "gradient_penalty")}
-# Dataset fields a config may leave out, and the value that means.
+
+
+class _Required:
+  """The default of a field every config sets (`REQUIRED`)."""
+
+  def __repr__(self) -> str:
+    return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+
+class Field(NamedTuple):
+  """One field of a run's config: what a config that leaves it out means
+  (REQUIRED: every config sets it), and what it is."""
+  default: Any
+  doc: str
+
+
+class Section(NamedTuple):
+  """A section of a run's config: what its absence means (REQUIRED: every
+  config has it), what it is, and its fields, or None where the module the
+  doc names owns them."""
+  default: Any
+  doc: str
+  fields: Optional[Dict[str, Any]] = None
+
+
+# Every field a run reads, what it is and its default: anything else in a
+# config is a typo. A benchmark's config file (configs/<benchmark>.py) sets
+# the REQUIRED ones; a field with a default may be left out (older configs
+# and workdirs have none of them), and its absence means the default.
+SCHEMA = {
+    "seed": Field(REQUIRED, "int >= 0: the PRNG seed of the parameters' initialization, "
+                            "each epoch's example order and the augmentations"),
+    "dataset": Section(REQUIRED, "the data the run trains and evaluates on", {
+        "name": Field(REQUIRED, "a dataset of lbt.data.DATASETS"),
+        "data_dir": Field(REQUIRED, 'the TFDS data directory (or gs://); "" = $LBT_DATA_DIR, '
+                                    "else ~/tensorflow_datasets"),
+        "cache": Field(REQUIRED, "True: decode the split once into memory (not for the "
+                                 "datasets of UNCACHEABLE); False: per example"),
+        "validation_examples": Field(0, "examples held out of the training split to choose "
+                                        "learning rates on: the last N of a fixed, "
+                                        "seed-independent permutation; 0: none"),
+        "image_size": Field(0, "side in pixels of the images the model sees; 0: the "
+                               "dataset's native size"),
+        "shuffle": Field(True, "True: a new order of the training pool each epoch; False: "
+                               "the pool's own order in every epoch"),
+    }),
+    "model": Section(REQUIRED, "name (lbt.models.names()), dtype (DTYPES: the compute dtype; "
+                               "parameters stay float32) and the model's own options, whose "
+                               "names and defaults lbt.models.options(name) gives"),
+    "batch_size": Field(REQUIRED, "int >= 1: examples of one update, over all devices (a "
+                                  "changing batch's first)"),
+    "microbatch_size": Field(REQUIRED, "int >= 0: examples of one accumulation step, over "
+                                       "all devices; 0: the whole batch in one pass"),
+    "eval_batch_size": Field(REQUIRED, "int >= 1, a multiple of the device count: examples "
+                                       "of one evaluation step"),
+    "num_epochs": Field(REQUIRED, "number > 0: the run's length in epochs of the training "
+                                  "pool (the training split less validation_examples)"),
+    "num_train_steps": Field(REQUIRED, "int >= 0: > 0 sets the run's length in updates "
+                                       "instead of num_epochs"),
+    "optimizer": Section(REQUIRED, "name (lbt.optim.OPTIMIZERS), learning_rate at "
+                                   "base_batch_size, its scaling rule to batch_size and the "
+                                   "optimizer's hyperparameters; owned by lbt.optim.check"),
+    "schedule": Section(REQUIRED, "the learning-rate schedule: name, warmup_epochs and the "
+                                  "schedule's own fields; owned by lbt.optim.check_schedule"),
+    "loss": Section(REQUIRED, "the training loss", {
+        "label_smoothing": Field(REQUIRED, "in [0, 1): the weight of the uniform "
+                                           "distribution in the targets"),
+        "adversarial": Section(None, "ConAdv (Liu et al. 2022), owned by "
+                                     "lbt.engine.adversarial.check; absent: off"),
+        "gradient_penalty": Section(None, "the penalty on the gradient's norm, owned by "
+                                          "lbt.engine.regularizers.check; absent: off"),
+    }),
+    "bn": Section(REQUIRED, "batch normalization", {
+        "ghost_size": Field(REQUIRED, "int >= 0: examples of one BN statistics batch (Hoffer "
+                                      "et al.'s ghost batch); 0: each whole microbatch"),
+    }),
+    "log_every_steps": Field(REQUIRED, "int >= 0: updates between logs (full diagnostics, "
+                                       "the buffered train lines written); 0: never"),
+    "eval_every_steps": Field(REQUIRED, "int >= 0: updates between evaluations of the test "
+                                        "set and the validation split; 0: at the end only"),
+    "checkpoint_every_steps": Field(REQUIRED, "int >= 0: updates between checkpoints; one "
+                                              "is always written at the end"),
+    "checkpoint_keep": Field(REQUIRED, "int >= 1: the checkpoints kept"),
+    "batch_schedule": Section(batch_schedule.DEFAULT, "how the batch changes while the run "
+                                                      "trains; owned by lbt.engine.batch_schedule"),
+    "noise_scale_split": Field(False, "True: a batch of one microbatch runs as two halves, so "
+                                      "that the gradient noise scale is measured"),
+    "stop_at_target": Section(None, "stop at the first evaluated update whose held-out metric "
+                                    "reaches `value` (never the test set); absent: no target", {
+        "metric": Field("validation_accuracy", "one of TARGET_METRICS"),
+        "value": Field(REQUIRED, "an accuracy in (0, 1], or a loss > 0"),
+        "every": Field(0, "updates between its validation evaluations; 0: about 500 over "
+                          "the run"),
+    }),
+}
+
+
+def _defaults(fields: Dict[str, Any]) -> Dict[str, Any]:
+  return {k: f.default for k, f in fields.items() if f.default is not REQUIRED}
+
+
+# The schema's views that validation and the workdir's resume check read.
+TOP_LEVEL_FIELDS = tuple(k for k, f in SCHEMA.items() if f.default is REQUIRED)
+OPTIONAL_FIELDS = _defaults(SCHEMA)
+REQUIRED_SECTIONS = tuple(k for k in TOP_LEVEL_FIELDS if isinstance(SCHEMA[k], Section))
+SECTION_FIELDS = {k: tuple(SCHEMA[k].fields) for k in REQUIRED_SECTIONS if SCHEMA[k].fields}
+DATASET_DEFAULTS = _defaults(SCHEMA["dataset"].fields)
+TARGET_FIELDS = tuple(SCHEMA["stop_at_target"].fields)
+TARGET_DEFAULTS = _defaults(SCHEMA["stop_at_target"].fields)
 # The step counter (and optax's) is int32.
 MAX_UPDATES = 2**31 - 2
-DATASET_DEFAULTS = {"validation_examples": 0, "image_size": 0, "shuffle": True}
 # Datasets whose decoded split cannot be held as one stacked array, and why.
 UNCACHEABLE = {"imagenet2012": "its decoded images differ in size and cannot be "
                                "stacked; decoding is per example"}
-DTYPES = ("float32", "bfloat16")
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string",
@@ -118,8 +216,10 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def dataset_field(config, key: str):
-  """config.dataset[key], or its DATASET_DEFAULTS value when the config has none."""
-  return config.dataset[key] if key in config.dataset else DATASET_DEFAULTS[key]
+  """config["dataset"][key], or its DATASET_DEFAULTS value when the config
+  has none (a ConfigDict, or a config.json read as a dict)."""
+  dataset = config["dataset"]
+  return dataset[key] if key in dataset else DATASET_DEFAULTS[key]
 
 
 def num_train_examples(config, spec) -> int:
@@ -232,11 +332,10 @@ def _check_layout(config) -> None:
     _require(key in TOP_LEVEL_FIELDS + tuple(OPTIONAL_FIELDS), key, config[key],
              "not a field lbt reads; the fields are: "
              f"{', '.join(TOP_LEVEL_FIELDS + tuple(OPTIONAL_FIELDS))}")
-  sections = ("dataset", "model", "optimizer", "schedule", "loss", "bn")
   for field in TOP_LEVEL_FIELDS:
     _require(field in config, field, None, "a section of the config (ConfigDict)"
-             if field in sections else "a field every config must have")
-  for section in sections:
+             if field in REQUIRED_SECTIONS else "a field every config must have")
+  for section in REQUIRED_SECTIONS:
     _require(isinstance(config[section], ml_collections.ConfigDict),
              section, config.get(section), "a section of the config (ConfigDict)")
   for section, fields in SECTION_FIELDS.items():
@@ -387,8 +486,8 @@ def _check_target(config, updates: int) -> Optional[Dict[str, Any]]:
   target = {**TARGET_DEFAULTS,
             **(given.to_dict() if hasattr(given, "to_dict") else dict(given))}
   for key in target:
-    _require(key in ("metric", "value", "every"), f"stop_at_target.{key}", target[key],
-             "not a field lbt reads; stop_at_target has: metric, value, every")
+    _require(key in TARGET_FIELDS, f"stop_at_target.{key}", target[key],
+             f"not a field lbt reads; stop_at_target has: {', '.join(TARGET_FIELDS)}")
   _require(target["metric"] in TARGET_METRICS, "stop_at_target.metric", target["metric"],
            f"one of {', '.join(TARGET_METRICS)} (the test set never stops a run)")
   value = target.get("value")

@@ -7,6 +7,10 @@ treats them all alike:
   module = create("resnet20", num_classes=10, ghost_size=128)
   logits, updates = module.apply(variables, x, train=True,
                                  mutable=["batch_stats"])
+
+May import: `lbt.io` and the ground floor (`lbt.errors`, `lbt.registry`,
+`lbt.stats`); not `lbt.data` or `lbt.optim`, its neighbours on its
+floor, nor anything above (tests/test_layers.py).
 """
 
 from typing import Any

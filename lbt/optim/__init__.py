@@ -2,6 +2,10 @@
 
 Every optimizer is an optax chain with explicit decay/adaptation masks
 (`exclude`), registered by name; configs reach them through `create`.
+
+May import: `lbt.io` and the ground floor (`lbt.errors`, `lbt.registry`,
+`lbt.stats`); not `lbt.data` or `lbt.models`, its neighbours on its
+floor, nor anything above (tests/test_layers.py).
 """
 
 from lbt.optim.factory import OPTIMIZERS

@@ -1,9 +1,9 @@
 """What each point of a study is for: its role, declared as data, never read from its name.
 
-A study file returns {name: Point(config, role)}. The name is a label (a
-directory name a person reads); the role says what the point is for, as plain
-JSON the runner writes into the point's workdir (`lbt.io.layout.ROLE`) before
-it trains and the report reads back:
+A study file returns {name: Point(config, role)} or {name: config}. The name is
+a label (a directory name a person reads); the role says what the point is for,
+as plain JSON the runner writes into the point's workdir (`lbt.io.layout.ROLE`)
+before it trains and the report reads back:
 
   {"section": one of SECTIONS,
    "cell": the thing a table compares (every trial of one tuned cell shares it),
@@ -17,11 +17,14 @@ it trains and the report reads back:
    schedule point, "of" (a cell) and "seed" (int) in a seed's rerun of the
    chosen learning rate of a searched cell}
 
+A plain config, under any name, is a point of section "plain" (`plain_role`):
+a cell of its own, named as the point, that the report shows as itself and
+no table groups with others.
+
 Adding a kind of point is adding a section here and a reader of it in the
 report; no grammar of names spreads over the modules. `role_from_name` is the
 one reader of the old names (`<optimizer>-b<batch>[-variant][-lr<x>]`), kept
-only so that old study files (plain ConfigDict values) and old study
-directories (point workdirs without role.json) keep working.
+only to migrate old study directories (point workdirs without role.json).
 """
 
 import json
@@ -32,10 +35,12 @@ from typing import Dict, Mapping, NamedTuple, Optional
 
 import ml_collections
 
+from lbt.engine import config as config_lib
 from lbt.errors import ConfigError
 from lbt.io import files, layout
 
-SECTIONS = ("sweep", "ladder", "hoffer", "noise", "schedule", "limit", "seed", "full_batch")
+SECTIONS = ("sweep", "ladder", "hoffer", "noise", "schedule", "limit", "seed", "full_batch",
+            "plain")
 HOFFER_VARIANTS = ("sqrt", "sqrt-gbn", "regime")
 SCHEDULES = ("constant", "steps", "noise")
 COMMON = ("section", "cell", "optimizer", "batch")
@@ -45,7 +50,9 @@ SECTION_FIELDS = {"sweep": (), "ladder": ("rung", "change"), "hoffer": ("variant
                   "seed": ("of", "seed", "learning_rate"),
                   # A cell of the full-batch study (lbt.studies.full_batch):
                   # the full batch, or the small-batch reference.
-                  "full_batch": ()}
+                  "full_batch": (),
+                  # A study file's plain config: a point of its own (`plain_role`).
+                  "plain": ()}
 # Fields any role may carry: a tuned trial's base LR; the learning-rate rule a
 # reference point follows instead of being tuned (shown beside the tuned cell).
 OPTIONAL_FIELDS = ("learning_rate", "rule")
@@ -136,17 +143,25 @@ def check_agrees(name: str, config, role: dict) -> None:
                         f"its config's {field}, {value!r}")
 
 
+def plain_role(name: str, config: ml_collections.ConfigDict) -> dict:
+  """The role of a study file's plain config: a point of its own, whatever
+  its name, its cell the point's name."""
+  optimizer = config.get("optimizer")
+  return make_role("plain", cell=name, batch=config.get("batch_size"), optimizer=(
+      optimizer.get("name") if isinstance(optimizer, ml_collections.ConfigDict) else None))
+
+
 def as_point(name: str, value) -> Point:
   """A study file's value as a Point: a Point's role is checked; a plain
-  ConfigDict (an old study file) gets the role its name says."""
+  ConfigDict is a plain point (`plain_role`), whatever its name."""
   if isinstance(value, Point) and isinstance(value.config, ml_collections.ConfigDict):
     check_role(name, value.role)
     return Point(value.config, dict(value.role), value.search)
   if isinstance(value, ml_collections.ConfigDict):
-    return Point(value, role_from_name(name))
+    return Point(value, plain_role(name, value))
   raise ConfigError(f"point {name}", type(value).__name__,
                     "lbt.studies.points.Point(config, role), or an ml_collections."
-                    "ConfigDict named <optimizer>-b<batch>[-...] (an old study file)")
+                    "ConfigDict (a plain point)")
 
 
 def study_points(study: Mapping[str, object]) -> Dict[str, Point]:
@@ -226,17 +241,19 @@ _LR = re.compile(r"(?P<cell>.+)-lr(?P<lr>[0-9.]+(?:e[+-]?[0-9]+)?)")
 _OLD = re.compile(r"(?P<optimizer>[^-]+)-b(?P<batch>[0-9]+)(?:-(?P<variant>.+))?")
 OLD_NAMES = ("<optimizer>-b<batch>[-variant][-lr<x>], the variant one of tuned, "
              "recipe<k>, sqrt, sqrt-gbn, regime, noise, batch-<schedule>, target")
+_NO_ROLE = (f"a point workdir with its {layout.ROLE} (rerun its study to write it), or a "
+            f"workdir of an old study directory named {OLD_NAMES}")
 
 
 def role_from_name(name: str) -> dict:
   """The role an old point name says: the one reader of the names lbt gave
-  its points before roles were data, for old study files and directories."""
+  its points before roles were data, for the workdirs of old study
+  directories (a point workdir without role.json)."""
   with_lr = _LR.fullmatch(name)
   cell = with_lr["cell"] if with_lr else name
   old = _OLD.fullmatch(cell)
   if not old:
-    raise ConfigError(f"point {name}", name, f"a role: a points.Point(config, role), "
-                      f"or an old name {OLD_NAMES}")
+    raise ConfigError(f"point {name}", name, _NO_ROLE)
   common = {"cell": cell, "optimizer": old["optimizer"], "batch": int(old["batch"])}
   if with_lr:
     common["learning_rate"] = float(with_lr["lr"])
@@ -256,8 +273,7 @@ def role_from_name(name: str) -> dict:
   elif variant == "target" and with_lr:
     found = {"section": "limit", **common, "cell": f"b{common['batch']}"}
   else:
-    raise ConfigError(f"point {name}", name, f"a role: a points.Point(config, role), "
-                      f"or an old name {OLD_NAMES}")
+    raise ConfigError(f"point {name}", name, _NO_ROLE)
   check_role(name, found)
   return found
 
@@ -268,7 +284,7 @@ def check_searches(points: Mapping[str, Point]) -> None:
   searched = {n for n, p in points.items() if p.search is not None}
   for name in sorted(searched):
     point = points[name]
-    if not point.config.dataset.get("validation_examples", 0):
+    if not config_lib.dataset_field(point.config, "validation_examples"):
       raise ConfigError(f"point {name}: dataset.validation_examples", 0,
                         "> 0 for a searched cell (the validation split chooses)")
     anchor = getattr(point.search, "anchor", None)

@@ -19,10 +19,14 @@ file (locally) or as a compare-and-swap of the object (gs://,
 database, so a killed writer leaves the old file or the new one, and reads
 open it immutable (a journal left by an older lbt is ignored, then removed).
 
-The target accuracy of the updates-to-target columns has one precedence,
-resolved once by the study runner and recorded in study.json (`resolve_target`):
-`--target_accuracy`, else the study file's TARGET_ACCURACY, else the target this
-study directory recorded before, else the benchmark's (DEFAULT_TARGETS).
+The target of the columns test_target_accuracy, updates_to_test_target and
+examples_to_test_target is a TEST accuracy (they count the updates and
+examples until the test accuracy first reaches it; the steps-to-target
+protocols of lbt.limit train to a VALIDATION accuracy, in their own limit.json).
+It has one precedence, resolved once by the study runner and recorded in
+study.json as "target_accuracy" (`resolve_target`): `--target_accuracy`, else
+the study file's TARGET_ACCURACY, else the target this study directory
+recorded before, else the benchmark's (DEFAULT_TEST_TARGETS).
 """
 
 import contextlib
@@ -38,33 +42,36 @@ import sqlite3
 import urllib.parse
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from lbt.io import layout
-from lbt.io import faults, files, metrics, remote
+from lbt.engine import config as config_lib
+from lbt.io import faults, files, layout, metrics, remote
 from lbt.stats import steps_to_target
 from lbt.studies import points as points_lib
 
-# Names in a study directory that belong to the study, not to a point.
-# JAX's persistent compilation cache of the study's points (lbt.engine.programs).
-# Statuses of a point, from its workdir (see `status_of`).
+# Statuses of a run, from its workdir (see `status_of`): the one vocabulary of
+# how a run ended, which every module that asks imports from here.
 FINISHED, DIVERGED, FAILED, RUNNING, PENDING = (
     "finished", "diverged", "failed", "running", "pending")
-# The test accuracy the updates-to-target columns count to, by dataset, when
+# The TEST accuracy the *_to_test_target columns count to, by dataset, when
 # nothing else sets one (Fashion-MNIST: what a small MLP reaches in ~2 epochs).
-DEFAULT_TARGETS = {"fashion_mnist": 0.85, "cifar10": 0.90, "imagenet2012": 0.759}
+DEFAULT_TEST_TARGETS = {"fashion_mnist": 0.85, "cifar10": 0.90, "imagenet2012": 0.759}
 COLUMNS = (
     ("name", "TEXT PRIMARY KEY"), ("position", "INTEGER"), ("status", "TEXT"),
     # The point's role (lbt.studies.points): NULL where its section has no such field.
     ("section", "TEXT"), ("cell", "TEXT"), ("rung", "INTEGER"), ("change", "TEXT"),
     ("variant", "TEXT"), ("batch_schedule", "TEXT"), ("learning_rate", "REAL"),
-    ("rule", "TEXT"), ("seed_of", "TEXT"), ("seed", "INTEGER"), ("optimizer", "TEXT"), ("batch_size", "INTEGER"),
+    ("rule", "TEXT"), ("seed_of", "TEXT"), ("seed", "INTEGER"), ("optimizer", "TEXT"),
+    ("batch_size", "INTEGER"),
     ("microbatch_size", "INTEGER"), ("epochs", "REAL"), ("updates", "INTEGER"),
     ("base_learning_rate", "REAL"), ("effective_learning_rate", "REAL"),
     ("scaling", "TEXT"), ("schedule", "TEXT"), ("warmup_epochs", "REAL"),
     ("ghost_size", "INTEGER"), ("label_smoothing", "REAL"),
     ("validation_examples", "INTEGER"), ("final_accuracy", "REAL"),
     ("best_accuracy", "REAL"), ("final_train_loss", "REAL"), ("final_distance", "REAL"),
-    ("validation_accuracy", "REAL"), ("target_accuracy", "REAL"),
-    ("updates_to_target", "INTEGER"), ("examples_to_target", "INTEGER"),
+    ("validation_accuracy", "REAL"),
+    # To the first evaluated update whose TEST accuracy reaches test_target_accuracy
+    # (the validation split's targets belong to lbt.limit, not to these columns).
+    ("test_target_accuracy", "REAL"), ("updates_to_test_target", "INTEGER"),
+    ("examples_to_test_target", "INTEGER"),
     ("wall_time_s", "REAL"), ("examples_per_second", "REAL"), ("diverged_update", "INTEGER"),
     ("diverged_loss", "REAL"), ("diverged_learning_rate", "REAL"), ("error", "TEXT"),
     ("config_hash", "TEXT"), ("config_json", "TEXT"))
@@ -77,9 +84,10 @@ ROLE_COLUMNS = {"section": "section", "cell": "cell", "rung": "rung", "change": 
 
 
 @dataclasses.dataclass(frozen=True)
-class Point:
+class PointRecords:
   """Everything a point's workdir says, read once: its config, its
-  metrics.jsonl records, the runner's outcome file and its role."""
+  metrics.jsonl records, the runner's outcome file, its role and its facts
+  (what the study file declares is `lbt.studies.points.Point`)."""
   name: str
   config: dict
   records: List[dict]
@@ -121,11 +129,11 @@ def point_status(point_dir: str) -> str:
   return status_of(metrics.read_jsonl(point_dir), read_outcome(point_dir))
 
 
-def load_point(workdir: str, name: str) -> Point:
+def load_point(workdir: str, name: str) -> PointRecords:
   point_dir = os.path.join(workdir, name)
   config = json.loads(files.read_text(os.path.join(point_dir, layout.CONFIG)))
-  return Point(name, config, metrics.read_jsonl(point_dir), read_outcome(point_dir),
-               points_lib.read_role(point_dir, name), read_facts(point_dir))
+  return PointRecords(name, config, metrics.read_jsonl(point_dir), read_outcome(point_dir),
+                      points_lib.read_role(point_dir, name), read_facts(point_dir))
 
 
 def read_facts(point_dir: str) -> dict:
@@ -138,7 +146,7 @@ def read_facts(point_dir: str) -> dict:
   return facts if isinstance(facts, dict) else {}
 
 
-def facts_of(point: Point) -> dict:
+def facts_of(point: PointRecords) -> dict:
   """The facts a row reads: the point's facts.json, or for a workdir written
   before lbt kept it, the same few derived once here from its config.json
   and its run record."""
@@ -149,7 +157,7 @@ def facts_of(point: Point) -> dict:
   return {"batch_size": batch, "microbatch_size": config["microbatch_size"] or batch,
           "steps_per_epoch": run.get("steps_per_epoch"),
           "peak_learning_rate": run.get("effective_learning_rate"),
-          "validation_examples": config["dataset"].get("validation_examples", 0)}
+          "validation_examples": config_lib.dataset_field(config, "validation_examples")}
 
 
 def study_info(workdir: str) -> dict:
@@ -164,7 +172,7 @@ def study_info(workdir: str) -> dict:
 def resolve_target(flag: Optional[float], study_constant: Optional[float],
                    recorded: Optional[float]) -> Optional[float]:
   """The study's target accuracy (see the module docstring); None: the
-  benchmark's, per point (DEFAULT_TARGETS)."""
+  benchmark's, per point (DEFAULT_TEST_TARGETS)."""
   for value in (flag, study_constant, recorded):
     if value is not None:
       return value
@@ -186,14 +194,14 @@ def _finite(value) -> Optional[float]:
   return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def point_row(point: Point, info: dict) -> Dict[str, object]:
+def point_row(point: PointRecords, info: dict) -> Dict[str, object]:
   """One point's row, from its workdir's records and facts and the study's
   study.json; what the run derived (batch, microbatch, epochs, peak LR) is
   read from its facts, not derived again from config.json."""
   config, outcome, facts = point.config, point.outcome, facts_of(point)
   run, summary, diverged = point.last("run"), point.last("summary"), point.last("diverged")
   evals, train = point.of_kind("eval"), point.of_kind("train")
-  target = info.get("target_accuracy") or DEFAULT_TARGETS.get(config["dataset"]["name"])
+  target = info.get("target_accuracy") or DEFAULT_TEST_TARGETS.get(config["dataset"]["name"])
   batch = facts["batch_size"]
   updates = summary.get("num_train_steps", run.get("num_train_steps"))
   to_target = steps_to_target.first_at_target(
@@ -226,8 +234,8 @@ def point_row(point: Point, info: dict) -> Dict[str, object]:
                                       if "distance_from_init" in r), None)),
       "validation_accuracy": summary.get("validation_accuracy",
                                          point.last("validation").get("accuracy")),
-      "target_accuracy": target, "updates_to_target": to_target,
-      "examples_to_target": seen(to_target) if to_target is not None else None,
+      "test_target_accuracy": target, "updates_to_test_target": to_target,
+      "examples_to_test_target": seen(to_target) if to_target is not None else None,
       "wall_time_s": summary.get("wall_time_s", outcome.get("wall_time_s")),
       "examples_per_second": summary.get("examples_per_second"),
       "diverged_update": diverged.get("step", outcome.get("update")),
@@ -238,7 +246,7 @@ def point_row(point: Point, info: dict) -> Dict[str, object]:
       "config_json": json.dumps(config, sort_keys=True)}
 
 
-def load_study(workdir: str) -> Tuple[List[dict], Dict[str, Point]]:
+def load_study(workdir: str) -> Tuple[List[dict], Dict[str, PointRecords]]:
   """Every point's row and records, each workdir read once, in study order."""
   info = study_info(workdir)
   points = {name: load_point(workdir, name) for name in point_names(workdir)}
@@ -247,7 +255,7 @@ def load_study(workdir: str) -> Tuple[List[dict], Dict[str, Point]]:
 
 # ---- results.sqlite ----
 
-def rebuild_database(workdir: str) -> Tuple[List[dict], Dict[str, Point]]:
+def rebuild_database(workdir: str) -> Tuple[List[dict], Dict[str, PointRecords]]:
   """Rewrites results.sqlite from the point workdirs; returns the rows and points."""
   rows, points = load_study(workdir)
   path = os.path.join(workdir, layout.DATABASE)
@@ -367,9 +375,9 @@ def _write_whole(path: str, rows: Sequence[dict]) -> None:
 
 @contextlib.contextmanager
 def _exclusive(path: str):
-  """One writer of the local database at a time (shards on one machine or on
-  a shared filesystem); removes what killed writers left."""
-  with open(path + ".lock", "a") as lock:
+  """One writer of the local database `path` at a time (shards on one machine
+  or on a shared filesystem); removes what killed writers left."""
+  with open(os.path.join(os.path.dirname(path), layout.DATABASE_LOCK), "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     for leftover in glob.glob(glob.escape(path) + ".*.tmp"):
       with contextlib.suppress(OSError):
