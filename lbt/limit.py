@@ -35,7 +35,7 @@ def _flags():
   flags.DEFINE_string("workdir", None, "The directory of the trials, limit.json and "
                       "report/. Rerun to resume.", flag_values=values)
   flags.DEFINE_float("target_accuracy", None, "Validation accuracy each trial trains to "
-                     "(default: the file's TARGET_ACCURACY, else the benchmark's).",
+                     "(default: the file's VALIDATION_TARGET, else the benchmark's).",
                      flag_values=values)
   flags.DEFINE_float("budget_epochs", None, "A trial's budget in epochs; its budget is the "
                      "larger of this and --budget_updates (default: the file's "
@@ -48,7 +48,7 @@ def _flags():
   return values
 
 
-SETTINGS = ("TARGET_ACCURACY", "BUDGET_EPOCHS", "BUDGET_UPDATES")
+SETTINGS = ("VALIDATION_TARGET", "BUDGET_EPOCHS", "BUDGET_UPDATES", "TARGET_ACCURACY")
 
 
 def protocol_from_file(values, spec: str, overrides: Sequence[str]) -> Protocol:
@@ -61,7 +61,11 @@ def protocol_from_file(values, spec: str, overrides: Sequence[str]) -> Protocol:
   if not config.dataset.get("validation_examples", 0):
     config.dataset.validation_examples = DEFAULT_VALIDATION_EXAMPLES
   pick = lambda *choices: next((v for v in choices if v is not None), None)
-  target = pick(values.target_accuracy, constants["TARGET_ACCURACY"],
+  if constants["TARGET_ACCURACY"] is not None:  # lbt.study's test target, not this one
+    raise ConfigError(f"{spec}: TARGET_ACCURACY", constants["TARGET_ACCURACY"],
+                      "VALIDATION_TARGET: lbt.limit trains each trial to a validation "
+                      "accuracy, and TARGET_ACCURACY names lbt.study's test accuracy")
+  target = pick(values.target_accuracy, constants["VALIDATION_TARGET"],
                 results.DEFAULT_TEST_TARGETS.get(config.dataset.name))
   epochs = pick(values.budget_epochs, constants["BUDGET_EPOCHS"], DEFAULT_BUDGET_EPOCHS)
   updates = pick(values.budget_updates, constants["BUDGET_UPDATES"], DEFAULT_BUDGET_UPDATES)

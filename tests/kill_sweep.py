@@ -84,6 +84,10 @@ def endings(workdir: str) -> Dict[str, dict]:
   its metrics.jsonl: its crossings, why and where it stopped or diverged, and
   the updates it logged (each once)."""
   ended = {}
+  protocols = os.path.join(workdir, layout.LIMITS)  # a study's steps-to-target trials
+  for label in sorted(os.listdir(protocols) if os.path.isdir(protocols) else ()):
+    ended.update({f"{layout.LIMITS}/{label}/{name}": value for name, value in
+                  endings(os.path.join(protocols, label)).items()})
   for name in sorted(os.listdir(workdir) if os.path.isdir(workdir) else ()):
     if not os.path.isfile(os.path.join(workdir, name, layout.METRICS)):
       continue

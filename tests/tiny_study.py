@@ -34,6 +34,35 @@ def get_study(arg=None):
   return points
 """
 
+# The same three points beside a searched cell (lbt.studies.cell_search) and a
+# steps-to-target protocol (DIR/limits/momentum/): every kind of study work,
+# for the fault sweep over the one runner.
+FAULT_STUDY_FILE = STUDY_FILE + """
+from lbt.studies import cell_search, limit_protocol
+
+def get_study(arg=None):
+  points = {{"momentum-b12000": point("momentum,batch=12000", 4, 2),
+             "sgd-b6000": point("sgd,batch=6000", 12, 4),
+             "lars-b6000": point("lars,batch=6000", 30, 10, checkpoint_every=5)}}
+  points["sgd-b6000"].config.optimizer.learning_rate = 1e3
+  points["sgd-b6000"].config.schedule.warmup_epochs = 1.0
+  searched = point("momentum,batch=12000", 4, 2).config
+  searched.dataset.validation_examples = 5000
+  points["momentum-b12000-searched"] = points_lib.point(
+      searched, "sweep", cell="momentum-b12000-searched",
+      search=cell_search.Search(max_trials=3, refine=False, runs=1, seeds_per_rate=1))
+  return points
+
+def get_limits(arg=None):
+  config = fashion_mnist.get_config("momentum,batch=6000,model=mlp")
+  config.model.hidden_sizes = (16,)
+  config.dataset.data_dir = {data_dir!r}
+  config.dataset.validation_examples = 5000
+  config.eval_batch_size = 5000
+  config.schedule.warmup_epochs = 0.0
+  return {{"momentum": limit_protocol.Protocol(config, 0.7, 2.0, 10, max_batch=6000)}}
+"""
+
 
 def load(study_file):
   return cli.load_python_file(study_file, flag="--study", function="get_study")

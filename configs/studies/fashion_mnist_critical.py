@@ -4,7 +4,7 @@
   python -m lbt.limit --config=configs/studies/fashion_mnist_critical.py:lars --workdir=DIR
 
 Each optimizer is one `lbt.limit` protocol (steps to a validation accuracy of
-TARGET_ACCURACY, the learning rate tuned per batch on a power-of-two grid
+VALIDATION_TARGET, the learning rate tuned per batch on a power-of-two grid
 around the optimizer's own scaling rule, batches doubling from START_BATCH)
 on the MLP of `configs/studies/fashion_mnist.py` (two hidden layers of 128),
 with 10,000 training examples held out for validation. `--study` runs them
@@ -20,9 +20,8 @@ from configs.studies import fashion_mnist as default_study
 OPTIMIZERS = ("momentum", "lars", "lamb", "adam")
 START_BATCH = 128
 VALIDATION_EXAMPLES = default_study.VALIDATION_EXAMPLES
-# The test accuracy of the default study's updates-to-target columns, here
-# measured on the validation split.
-TARGET_ACCURACY = default_study.TARGET_ACCURACY
+# The validation accuracy each trial trains to: the default study's protocols'.
+VALIDATION_TARGET = default_study.VALIDATION_TARGET
 BUDGET_EPOCHS = default_study.LIMIT_BUDGET_EPOCHS
 BUDGET_UPDATES = default_study.LIMIT_BUDGET_UPDATES
 

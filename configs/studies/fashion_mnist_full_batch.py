@@ -75,8 +75,8 @@ from lbt.studies import cell_search
 from lbt.studies import points as points_lib
 
 OPTIMIZER = "nesterov"
-VALIDATION_EXAMPLES = 10000
-TRAIN_EXAMPLES = 60000 - VALIDATION_EXAMPLES
+VALIDATION_EXAMPLES = default_study.VALIDATION_EXAMPLES
+TRAIN_EXAMPLES = default_study.FULL_BATCH  # the training split less the hold-out
 SMALL_BATCH, SMALL_EPOCHS = 128, 6.0
 # Geiping et al.: 3,000 full-batch steps against 300 epochs of SGD.
 UPDATES_PER_SMALL_EPOCH = 10

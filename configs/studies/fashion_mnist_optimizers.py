@@ -50,7 +50,7 @@ from lbt.errors import ConfigError
 from lbt.studies import points as points_lib
 
 VALIDATION_EXAMPLES = default_study.VALIDATION_EXAMPLES  # 10,000 held out
-FULL_BATCH = 60000 - VALIDATION_EXAMPLES
+FULL_BATCH = default_study.TRAIN_SPLIT - VALIDATION_EXAMPLES
 # Batch -> factors of the optimizer's default base LR (its grid).
 LR_GRIDS = {256: (1.0,), 8192: (0.5, 1.0, 2.0), FULL_BATCH: (0.5, 1.0, 2.0)}
 QUICK = (("lars", 8192), ("clars", 8192), ("vr_lamb", 8192))

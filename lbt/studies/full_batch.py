@@ -14,8 +14,9 @@ seed reruns (section "seed", `of` the cell), and says:
   the larger of GAP_POINTS and the arms' seed ranges;
 - the cost: the full batch's updates and examples against the small batch's.
 
-Derived like results.sqlite: rebuilt whole from the workdirs each time the
-report is built, never edited by hand.
+Written by the runner when the study's work is done (`FullBatchSummary`,
+the last planner of a study with full-batch cells), rebuilt whole from the
+workdirs; a report only reads it.
 """
 
 import json
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 from lbt.errors import ConfigError
 from lbt.io import files, layout
-from lbt.studies import cell_search, results, search_rules
+from lbt.studies import cell_search, results, runner, search_rules
 from lbt.studies import points as points_lib
 
 SECTION = "full_batch"
@@ -43,7 +44,7 @@ def _trial(row: dict) -> Optional[search_rules.Trial]:
 def _run(row: dict, curve: Sequence[dict] = ()) -> dict:
   """What the summary keeps of one run."""
   examples = (row["updates"] or 0) * row["batch_size"]
-  return {"name": row["name"], "status": row["status"],
+  return {"name": row["name"], "status": row["status"], "seed": row.get("seed") or 0,
           "learning_rate": row["base_learning_rate"],
           "validation_accuracy": row["validation_accuracy"],
           "test_accuracy": row["final_accuracy"], "updates": row["updates"],
@@ -155,3 +156,23 @@ def read(path: str) -> Optional[dict]:
     return None
   return summary if isinstance(summary, dict) and "arms" in summary else None
 
+
+
+class FullBatchSummary(runner.Planner):
+  """The full-batch study's last step: full_batch.json, once every search
+  of its cells has ended (it plans no trial of its own)."""
+
+  def __init__(self, workdir: str):
+    self.directory = workdir
+
+  def plan(self) -> List[runner.Task]:
+    return []
+
+  def owns(self, task: runner.Task) -> bool:
+    return False
+
+  def finish(self) -> None:
+    rows, points = results.load_study(self.directory)
+    summary = summarize(self.directory, rows, {n: p.records for n, p in points.items()})
+    if summary is not None:
+      write(self.directory, summary)

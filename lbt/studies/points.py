@@ -215,13 +215,12 @@ def write_role(point_dir: str, role: dict) -> Optional[dict]:
 
 
 def read_role(point_dir: str, name: str) -> dict:
-  """The point's role.json; a workdir without one (made before roles existed)
-  gets the role its name says, written once."""
-  path = os.path.join(point_dir, layout.ROLE)
-  found = _read(path)
+  """The point's role.json; for a workdir without one (made before roles
+  existed), the role its name says, read in memory: reading never writes (the
+  runner writes a study's roles before its points train, `write_role`)."""
+  found = _read(os.path.join(point_dir, layout.ROLE))
   if found is None:
     found = role_from_name(name)
-    files.write_text_atomic(path, json.dumps(found, indent=2, sort_keys=True))
   check_role(name, found)
   return found
 

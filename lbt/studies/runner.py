@@ -126,18 +126,19 @@ def run(planners: Sequence[Planner], root: str, *, shard: Tuple[int, int] = (0, 
   """Runs every planner's work to its end in `root` (resuming what a kill
   left), wave by wave; returns what it did."""
   is_main = jax.process_index() == 0
-  progress = Progress(planners, max(1, len(groups)), program)
+  progress = StudyProgress(planners, max(1, len(groups)), program)
   statuses: Dict[str, str] = {}
   failed: Dict[str, None] = {}  # in the order they failed
   wave_number = 0
   while True:
-    wave = _journal_wave(root, planners, failed) or _plan_wave(planners, root, failed)
+    resumed = _journal_wave(root, planners, failed)
+    wave = resumed or _plan_wave(planners, root, failed)
     if not wave:
       break
     wave_number += 1
     facts = _validate(wave)
     if is_main:
-      _claim(root, wave, planners)
+      _claim(root, wave, planners, journal=not resumed)
     mine = [t for t in wave if owner(_key(root, t), shard[1]) == shard[0]]
     progress.wave(wave_number, len(wave), len(mine))
     ran = _train(mine, facts, planners, is_main, groups, progress)
@@ -191,15 +192,18 @@ def _validate(wave: Sequence[Task]) -> Dict[Tuple[str, str], object]:
   return facts
 
 
-def _claim(root: str, wave: Sequence[Task], planners: Sequence[Planner]) -> None:
-  """The wave written whole to the journal, then each directory claimed and
-  each trial's role and config written, before any of it trains: a kill
-  anywhere in the claim leaves the wave planned, and the rerun finishes it."""
+def _claim(root: str, wave: Sequence[Task], planners: Sequence[Planner],
+           journal: bool = True) -> None:
+  """The wave written whole to the journal (unless it came from there), then
+  each directory claimed and each trial's role and config written, before
+  any of it trains: a kill anywhere in the claim leaves the wave planned, and
+  the rerun finishes it."""
   entries = [{"directory": "" if t.directory == root else os.path.relpath(t.directory, root),
               "name": t.name, "config": t.point.config.to_dict(), "role": t.point.role}
              for t in wave]
   files.makedirs(root)
-  files.write_text_atomic(os.path.join(root, layout.JOURNAL), json.dumps(entries))
+  if journal:
+    files.write_text_atomic(os.path.join(root, layout.JOURNAL), json.dumps(entries))
   for folder in dict.fromkeys(t.directory for t in wave):
     tasks = [t for t in wave if t.directory == folder]
     planner = next((p for p in planners if p.directory == folder and p.study_id), None)
@@ -215,7 +219,7 @@ def _claim(root: str, wave: Sequence[Task], planners: Sequence[Planner]) -> None
 
 
 def _train(tasks: Sequence[Task], facts, planners: Sequence[Planner], is_main: bool,
-           groups: Sequence, progress: "Progress") -> Dict[Tuple[str, str], str]:
+           groups: Sequence, progress: "StudyProgress") -> Dict[Tuple[str, str], str]:
   """Trains this shard's trials of a wave, one at a time on every device, or
   side by side on `groups`; returns their statuses by (name, directory)."""
   statuses, lock = {}, threading.Lock()
@@ -325,7 +329,7 @@ def wait_for(tasks: Sequence[Task], root: str, program: str) -> List[str]:
     time.sleep(WAIT_SECONDS)
 
 
-class Progress:
+class StudyProgress:
   """The whole study's progress: trials ended of those expected across every
   planner (counted at each wave, then by the trials that end), and an ETA
   from the seconds per example measured so far."""

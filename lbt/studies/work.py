@@ -49,6 +49,9 @@ def run_study(points: Mapping[str, object], workdir: str, *,
   if jax.process_index() == 0:
     directory.claim_directory(workdir, study_id, list(study), target_accuracy, study_target)
   selected = {n: study[n] for n in directory.select_points(list(study), only)}
+  if jax.process_index() == 0:  # The study file owns its points' roles (old directories too).
+    directory.write_roles(workdir, {n: p for n, p in selected.items() if p.search is None},
+                          "lbt.study")
   work = planners.study_planners(selected, workdir, facts)
   work += [limit_protocol.LimitPlanner(p, os.path.join(workdir, layout.LIMITS, label),
                                        f"{study_id} {label}")
