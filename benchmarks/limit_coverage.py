@@ -5,7 +5,7 @@
 
 A fixed grid of batches around B_crit is not what `lbt.limit` fits: its
 batches double from the config's batch and stop where two successive
-doublings each cut S(B) by less than 10 % (`lbt.studies.search_rules.
+doublings each cut S(B) by less than 10 % (`lbt.studies.limit_rules.
 next_batch`, deciding on the noisy S it has measured), so a sweep that
 starts above B_crit ends after three batches on a nearly flat S, and one
 that starts below it runs to about 16-32·B_crit. Each simulated sweep draws
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lbt.stats import steps_to_target  # noqa: E402
-from lbt.studies import search_rules  # noqa: E402
+from lbt.studies import limit_rules  # noqa: E402
 
 B_CRIT, S_MIN = 1024, 100.0
 
@@ -38,7 +38,7 @@ def sweep(rng: np.random.Generator, start: int, max_batch: int, sigma: float
           ) -> dict:
   """batch -> S, measured in the order and up to the stop of next_batch."""
   measured = {}
-  while (batch := search_rules.next_batch(measured, start=start, max_batch=max_batch)):
+  while (batch := limit_rules.next_batch(measured, start=start, max_batch=max_batch)):
     truth = S_MIN * (1 + B_CRIT / batch)
     measured[batch] = float(max(1, round(truth * math.exp(sigma * rng.standard_normal()))))
   return measured

@@ -1,13 +1,16 @@
 """lbt.studies.cell_search against searches worked out by hand on a known
-validation-accuracy curve, and the report's choice against a test set that
-would choose differently."""
+validation-accuracy curve (the report reads the choice it records: its own
+tests are in tests/test_report.py). Synthetic curves drawn many times:
+tests/test_search_properties.py."""
 
+import json
 import math
 
 import ml_collections
 import pytest
 
-from lbt.reports import tuned_sections
+from configs import fashion_mnist
+from lbt.errors import ConfigError
 from lbt.studies import cell_search, search_rules
 
 PEAK = 0.4  # the base LR of the curve's best validation accuracy
@@ -26,12 +29,18 @@ def config(lr: float = 0.1, optimizer: str = "momentum", batch: int = 128):
                     "base_batch_size": 256}})
 
 
-def cell(label: str, anchor=None, **search) -> cell_search.Cell:
+def cell(label: str, anchor=None, updates=100, **search) -> cell_search.Cell:
   role = {"section": "sweep", "cell": label, "optimizer": "momentum", "batch": 128}
-  return cell_search.Cell(label, config(), role, cell_search.Search(anchor=anchor, **search))
+  return cell_search.Cell(label, config(), role, cell_search.Search(anchor=anchor, **search),
+                          updates)
 
 
-def run_to_the_end(cells, curve=accuracy, order=lambda wave: wave):
+def seed_offset(planned) -> float:
+  """A seed's shift of the curve: seeds 0, 1, 2 score -1, 0, +1 points."""
+  return 0.01 * (planned.seed - 1)
+
+
+def run_to_the_end(cells, curve=accuracy, order=lambda wave: wave, noise=seed_offset):
   """Plans and 'trains' wave after wave; returns the choices and every trial run."""
   done, ran = {}, []
   for _ in range(100):
@@ -41,23 +50,29 @@ def run_to_the_end(cells, curve=accuracy, order=lambda wave: wave):
     for planned in order(list(wave)):
       lr = planned.learning_rate
       ran.append(planned.name)
-      done[planned.name] = (search_rules.Trial(lr, search_rules.DIVERGED) if lr > DIVERGES_ABOVE
-                            else search_rules.Trial(lr, search_rules.FINISHED, curve(lr)))
+      done[planned.name] = (
+          search_rules.Trial(lr, search_rules.DIVERGED) if lr > DIVERGES_ABOVE
+          else search_rules.Trial(lr, search_rules.FINISHED, curve(lr) + noise(planned)))
   raise AssertionError("the search did not end")
 
 
-def test_the_search_finds_the_peak_brackets_it_and_refines_once():
+def test_the_search_finds_the_peak_brackets_it_covers_it_and_refines_once():
   # 0.05, 0.1, 0.2 (best at the top edge) -> 0.4 -> 0.8 (0.4 bracketed by
-  # 0.85 on both sides) -> √2 steps 0.283 and 0.566, both below 0.9.
-  chosen, ran = run_to_the_end([cell("a")])
+  # 0.85 on both sides) -> 1.6 (two doublings up; 0.1 is two down) -> √2
+  # steps 0.283 and 0.566, both below 0.9: 8 trials, the cap. Then seeds 1
+  # and 2 rerun 0.4: three runs at the chosen rate.
+  chosen, ran = run_to_the_end([cell("a")], noise=lambda planned: 0.0)
   choice = chosen["a"]
   assert choice.best.learning_rate == pytest.approx(PEAK)
-  assert choice.bracket.bracketed
+  assert choice.bracket.bracketed and not choice.capped
+  assert (choice.bracket.tied_low, choice.bracket.tied_high) == (PEAK, PEAK)
   tried = sorted(t.learning_rate for t in choice.trials)
   assert tried == pytest.approx([0.05, 0.1, 0.2, PEAK / math.sqrt(2), 0.4,
-                                 PEAK * math.sqrt(2), 0.8])
-  assert len(ran) == len(set(ran)) == 7
-  assert choice.tie == pytest.approx(math.sqrt(0.9 * 0.1 / 10000))
+                                 PEAK * math.sqrt(2), 0.8, 1.6])
+  assert len(ran) == len(set(ran)) == 10 and ran[-2:] == ["a-seed1", "a-seed2"]
+  assert choice.chosen_runs == ("a-lr0.4", "a-seed1", "a-seed2")
+  # No seeds per rate: the binomial standard error of a difference at 0.9.
+  assert choice.tie == pytest.approx(math.sqrt(2 * 0.9 * 0.1 / 10000))
 
 
 def test_the_order_trials_finish_in_does_not_change_the_choice():
@@ -70,6 +85,7 @@ def test_an_anchored_cell_starts_around_its_anchor_best():
   chosen, ran = run_to_the_end([cell("b", anchor="a"), cell("a")])
   first_of_b = [n for n in ran if n.startswith("b-")][:3]
   assert first_of_b == [cell_search.trial_name("b", lr) for lr in (0.2, 0.4, 0.8)]
+  assert first_of_b == ["b-lr0.2", "b-lr0.4", "b-lr0.8"]
   assert chosen["b"].best.learning_rate == pytest.approx(PEAK)
 
 
@@ -87,12 +103,96 @@ def test_a_kill_mid_search_resumes_to_the_same_choice():
 
 
 def test_seeds_rerun_the_chosen_learning_rate_as_cells_of_their_own():
-  chosen, ran = run_to_the_end([cell("a", seeds=(1, 2))])
-  assert ran[-2:] == ["a-seed1", "a-seed2"]
-  planned = cell_search.Planned("a-seed1", cell("a"), PEAK, 1)
+  chosen, ran = run_to_the_end([cell("a", seeds=(5,))])
+  assert ran[-3:] == ["a-seed1", "a-seed2", "a-seed5"]
+  assert chosen["a"].chosen_runs == ("a-lr0.4", "a-seed1", "a-seed2", "a-seed5")
+  chosen, ran = run_to_the_end([cell("a", runs=1)])
+  assert chosen["a"].chosen_runs == ("a-lr0.4",) and not any("seed" in n for n in ran)
+  planned = cell_search.Planned("a-seed1", cell("a"), PEAK, 1, rerun=True)
   config_, role = planned.point()
   assert config_.seed == 1 and config_.optimizer.learning_rate == PEAK
   assert role["section"] == "seed" and role["of"] == "a" and role["cell"] == "a/seed1"
+
+
+def test_a_cell_of_few_updates_scores_each_rate_by_the_mean_of_its_seeds():
+  """20 updates: three seeds per rate, scored -1, 0, +1 points about the
+  curve, so each rate's mean is the curve; the same search as one seed, the
+  chosen rate's own seeds are its three runs, and the tie is the seeds'."""
+  chosen, ran = run_to_the_end([cell("a", updates=cell_search.FEW_UPDATES)])
+  choice = chosen["a"]
+  assert choice.best.learning_rate == pytest.approx(PEAK)
+  assert len(ran) == 3 * 8 and not any(n.startswith("a-seed") for n in ran)
+  assert ran[:3] == ["a-lr0.05", "a-lr0.05-seed1", "a-lr0.05-seed2"]
+  assert choice.chosen_runs == ("a-lr0.4", "a-lr0.4-seed1", "a-lr0.4-seed2")
+  best = choice.best
+  assert best.score == pytest.approx(0.9) and best.seed_scores == pytest.approx(
+      (0.89, 0.9, 0.91))
+  # Pooled seed deviation 0.01 (every rate: -1, 0, +1 points), times √(2/3).
+  assert choice.tie == pytest.approx(0.01 * math.sqrt(2 / 3))
+  planned = cell_search.Planned("a-lr0.4-seed2", cell("a"), PEAK, 2)
+  config_, role = planned.point()
+  assert config_.seed == 2 and role == {"section": "sweep", "cell": "a", "optimizer": "momentum",
+                                        "batch": 128, "learning_rate": PEAK, "seed": 2}
+  # 21 updates: one seed per rate.
+  assert cell("b", updates=cell_search.FEW_UPDATES + 1).seeds_per_rate == 1
+
+
+def test_a_rate_that_diverges_on_one_seed_is_diverged():
+  """Seed 2 diverges above 1.0: 1.6 is then a divergence (closing the top),
+  0.8 is not."""
+  done = {}
+  for _ in range(30):
+    chosen, wave = cell_search.plan([cell("a", updates=5)], done.get)
+    for p in wave:
+      diverged = p.learning_rate > 1.0 and p.seed == 2
+      done[p.name] = (search_rules.Trial(p.learning_rate, search_rules.DIVERGED) if diverged
+                      else search_rules.Trial(p.learning_rate, search_rules.FINISHED,
+                                              accuracy(p.learning_rate)))
+  statuses = {round(t.learning_rate, 3): t.status for t in chosen["a"].trials}
+  assert statuses[1.6] == search_rules.DIVERGED and statuses[0.8] == search_rules.FINISHED
+  assert chosen["a"].best.learning_rate == pytest.approx(PEAK)
+
+
+def test_the_choice_round_trips_through_its_record():
+  chosen, _ = run_to_the_end([cell("a", updates=10)])
+  record = json.loads(json.dumps(chosen["a"].to_record()))
+  assert cell_search.Choice.from_record(record) == chosen["a"]
+  assert record["learning_rate"] == pytest.approx(PEAK) and record["bracketed"] is True
+  assert (record["tied_low"], record["tied_high"]) == (PEAK, PEAK)
+  assert record["chosen_runs"] == ["a-lr0.4", "a-lr0.4-seed1", "a-lr0.4-seed2"]
+  by_rate = {round(t["learning_rate"], 3): t for t in record["trials"]}
+  assert by_rate[0.8]["runs"] == ["a-lr0.8", "a-lr0.8-seed1", "a-lr0.8-seed2"]
+  assert by_rate[0.8]["score"] == pytest.approx(0.85) and by_rate[0.8]["status"] == "finished"
+  assert "grid past the best: below: 3 doublings; above: 2 doublings" in record["reason"]
+
+
+def test_a_capped_cell_says_so():
+  """The optimum 2^6 above the guess with 5 trials: 0.05 ... 0.8, best at the top."""
+  chosen, _ = run_to_the_end([cell("a", max_trials=5)], curve=lambda lr: accuracy(lr / 16))
+  choice = chosen["a"]
+  assert choice.capped and not choice.bracket.bracketed
+  assert choice.best.learning_rate == pytest.approx(0.8)
+  assert choice.reason.startswith("trial cap reached (5): not bracketed")
+  assert choice.to_record()["capped"] is True
+
+
+def test_bad_searches_are_refused_naming_the_field():
+  for field, value in (("max_trials", 2), ("runs", 0), ("seeds_per_rate", 0), ("trials", -1)):
+    with pytest.raises(ConfigError, match=f"Search.{field}"):
+      cell_search.Search(**{field: value})
+  with pytest.raises(ConfigError, match="Search.seeds"):
+    cell_search.Search(seeds=(-1,))
+
+
+def test_a_cell_counts_its_updates_from_its_config():
+  """The whole 50,000-example training split (60,000 less the 10,000
+  validation examples) in one batch for 3 epochs: 3 updates."""
+  config_ = fashion_mnist.get_config("momentum,batch=50000,epochs=3,model=mlp")
+  config_.dataset.validation_examples = 10000
+  config_.eval_batch_size = 5000
+  role = {"section": "sweep", "cell": "a", "optimizer": "momentum", "batch": 50000}
+  few = cell_search.Cell("a", config_, role, cell_search.Search())
+  assert few.updates == 3 and few.seeds_per_rate == 3
 
 
 def test_an_unknown_anchor_is_refused():
@@ -100,48 +200,21 @@ def test_an_unknown_anchor_is_refused():
     cell_search.plan([cell("a", anchor="nowhere")], {}.get)
 
 
-def test_the_report_chooses_by_validation_never_by_test():
-  """Three trials; the test set would pick 0.1, the validation split picks 0.4."""
-  def row(lr, validation, test):
-    return {"cell": "momentum-b128", "section": "sweep", "optimizer": "momentum",
-            "batch_size": 128, "learning_rate": lr, "status": "finished",
-            "validation_accuracy": validation, "final_accuracy": test,
-            "validation_examples": 10000, "effective_learning_rate": lr / 2, "updates": 10}
-  rows = [row(0.1, 0.80, 0.95), row(0.2, 0.85, 0.80), row(0.4, 0.90, 0.81),
-          row(0.8, 0.85, 0.80)]
-  tuned = tuned_sections.tuned_cells(rows)["momentum-b128"]
-  assert tuned.best["learning_rate"] == 0.4 and tuned.best["final_accuracy"] == 0.81
-  assert tuned.bracketed and tuned.accuracy_text() == "81.00"
-
-
-def test_an_unbracketed_cell_is_flagged_with_its_reason():
-  rows = [{"cell": "c", "section": "sweep", "optimizer": "adam", "batch_size": 128,
-           "learning_rate": lr, "status": "finished", "validation_accuracy": acc,
-           "final_accuracy": acc, "validation_examples": 10000,
-           "effective_learning_rate": lr, "updates": 10}
-          for lr, acc in ((0.1, 0.80), (0.2, 0.85), (0.4, 0.90))]
-  tuned = tuned_sections.tuned_cells(rows)["c"]
-  assert not tuned.bracketed
-  assert tuned.accuracy_text().endswith(tuned_sections.UNBRACKETED)
-  assert "c:" in tuned_sections.bracket_note([tuned])
-
-
 def test_a_cell_is_filled_to_its_trial_count_with_steps_around_the_best():
-  """Bracketed after 0.05 ... 0.8 (5 trials) without refinement; `trials=7`
-  adds √2 steps nearest the best, below first: 0.4/√2, then 0.4·√2."""
+  """Bracketed and covered after 0.05 ... 1.6 (6 trials) without refinement;
+  `trials=7` adds the √2 step nearest the best on the side with fewer trials
+  (three below, two above): 0.4·√2; `trials=8` both sides, above first."""
   chosen, _ = run_to_the_end([cell("a", refine=False, trials=7)])
   tried = sorted(t.learning_rate for t in chosen["a"].trials)
-  assert tried == pytest.approx([0.05, 0.1, 0.2, PEAK / math.sqrt(2), 0.4,
-                                 PEAK * math.sqrt(2), 0.8])
+  assert tried == pytest.approx([0.05, 0.1, 0.2, 0.4, PEAK * math.sqrt(2), 0.8, 1.6])
   assert chosen["a"].best.learning_rate == pytest.approx(PEAK)
+  chosen, _ = run_to_the_end([cell("a", refine=False, trials=8)])
+  tried = sorted(t.learning_rate for t in chosen["a"].trials)
+  assert tried == pytest.approx([0.05, 0.1, 0.2, PEAK / math.sqrt(2), 0.4,
+                                 PEAK * math.sqrt(2), 0.8, 1.6])
 
 
-def test_the_rule_verdict_says_where_the_optimum_stops_and_falls():
-  plateau = [(128, 0.05, 0, 0), (512, 0.283, 0, 0), (2048, 0.283, 0, 0), (8192, 0.305, 0, 0)]
-  assert "stops growing at B=512" in tuned_sections.rule_verdict(plateau)
-  surge = [(128, 0.004, 0, 0), (512, 0.016, 0, 0), (2048, 0.032, 0, 0), (8192, 0.016, 0, 0)]
-  text = tuned_sections.rule_verdict(surge)
-  assert "stops growing at B=2,048" in text and "surge" in text
-  assert "linear rule within ×1.4 up to B=512" in text  # 0.016 = 0.004 x 512/128
-  linear = [(b, 0.1 * b / 128, 0, 0) for b in (128, 256, 512)]
-  assert "still grows" in tuned_sections.rule_verdict(linear)
+def test_the_expected_runs_count_seeds_per_rate_and_reruns():
+  """8 rates at most: one seed each and two reruns (10), or three seeds each
+  and none (24), as the searches above ran."""
+  assert cell_search.expected_trials([cell("a"), cell("b", updates=10)]) == {"a": 10, "b": 24}

@@ -10,7 +10,7 @@ import pytest
 
 from lbt.io import layout
 from lbt import limit
-from lbt.studies import limit_protocol, search_rules
+from lbt.studies import limit_protocol, limit_rules, search_rules
 import kill_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = """
 import ml_collections
 from configs import fashion_mnist
-TARGET_ACCURACY = 0.7
+VALIDATION_TARGET = 0.7
 BUDGET_EPOCHS, BUDGET_UPDATES = 4.0, 40
 def get_config(optimizer="momentum"):
   config = fashion_mnist.get_config(optimizer + ",batch=8192,model=mlp")
@@ -56,31 +56,34 @@ def test_each_batch_is_searched_to_a_bracket_and_the_batches_double(reference):
     if not row["reached"]:
       continue
     tried = sorted(float(lr) for lr in row["learning_rates"])
-    assert all(float(np.log2(lr / tried[0])).is_integer() for lr in tried)
+    # On the 2x grid, refined to √2 steps around the best (rates kept to 6 digits).
+    steps = [2 * np.log2(lr / tried[0]) for lr in tried]
+    assert all(abs(k - round(k)) < 1e-4 for k in steps)
     assert_bracket_as_recorded(row)
   best = {r["batch"]: r["updates_to_target"] for r in summary["batches"]}
-  stop = search_rules.next_batch(best, start=8192, max_batch=50000)
+  stop = limit_rules.next_batch(best, start=8192, max_batch=50000)
   assert stop is None  # The protocol ran until the batch range said it was done.
 
 
 def assert_bracket_as_recorded(row):
   """The row's bracketed and bracket_reason are the rule's on its trials, and
-  by hand: bracketed is a finished trial one 2x step below the best and a
-  finished or diverged one a step above (or an edge flat within the tie);
-  the search ends unbracketed only at the trial cap or at a divergence one
-  step below the best."""
+  by hand: beyond the lowest of the trials tied at the fewest updates, a
+  finished one (slower, or not reached), and beyond the highest, any one
+  (slower, not reached or diverged); the search ends unbracketed only at the
+  trial cap or at a divergence below."""
   outcomes = {float(lr): v for lr, v in row["learning_rates"].items()}
-  trials = [search_rules.Trial(lr, search_rules.REACHED, updates_to_target=v)
-            if isinstance(v, int) else search_rules.Trial(lr, v) for lr, v in outcomes.items()]
+  trials = [limit_rules.Trial(lr, limit_rules.REACHED, updates_to_target=v)
+            if isinstance(v, int) else limit_rules.Trial(lr, v) for lr, v in outcomes.items()]
   state = search_rules.bracket(trials, max_trials=search_rules.DEFAULT_MAX_TRIALS)
   assert (row["bracketed"], row["bracket_reason"]) == (state.bracketed, state.reason)
-  best = row["best_learning_rate"]
-  below = [v for lr, v in outcomes.items() if best / 2 * (1 - 1e-6) <= lr < best * (1 - 1e-6)]
-  above = [v for lr, v in outcomes.items() if best * (1 + 1e-6) < lr <= 2 * best * (1 + 1e-6)]
-  by_hand = any(v != search_rules.DIVERGED for v in below) and bool(above)
-  assert row["bracketed"] == by_hand or "flat within tie" in row["bracket_reason"]
+  fewest = min(v for v in outcomes.values() if isinstance(v, int))
+  tied = [lr for lr, v in outcomes.items() if v == fewest]
+  below = any(v != search_rules.DIVERGED for lr, v in outcomes.items() if lr < min(tied))
+  above = any(lr > max(tied) for lr in outcomes)
+  assert row["bracketed"] == (below and above)
+  assert min(tied) * (1 - 1e-5) <= row["best_learning_rate"] <= max(tied) * (1 + 1e-5)  # 6 digits
   if not row["bracketed"]:
-    assert row["trials"] >= 10 or "divergence below" in row["bracket_reason"]
+    assert row["trials"] >= 10 or "a divergence below is not a bracket" in row["bracket_reason"]
 
 
 def test_limit_json_has_the_documented_fields(reference):
@@ -122,17 +125,22 @@ def test_a_sweep_with_a_degenerate_fit_still_writes_limit_json(tiny, tmp_path, m
                                                               case):
   s_of_b, bounded, words = DEGENERATE[case]
 
-  def measured(protocol, workdir):  # Each batch bracketed at its guess.
+  def measured(protocol, workdir):
+    """Each batch bracketed at its guess, two doublings below it covered and
+    the √2 steps run: nothing left to search."""
     by_batch, best, anchor = {}, {}, None
-    while (batch := search_rules.next_batch(best, start=protocol.start_batch,
-                                             max_batch=protocol.max_batch)):
+    while (batch := limit_rules.next_batch(best, start=protocol.start_batch,
+                                            max_batch=protocol.max_batch)):
       guess = protocol.guess(batch, anchor)
       best[batch] = round(s_of_b(batch))
+      slow = {f"low{k}": limit_rules.Trial(guess / 2 ** (k / 2), limit_rules.NOT_REACHED)
+              for k in (1, 2, 4)}
       by_batch[batch] = {
-          "low": search_rules.Trial(guess / 2, search_rules.NOT_REACHED),
-          "best": search_rules.Trial(guess, search_rules.REACHED, updates_to_target=best[batch],
-                                     examples_to_target=best[batch] * batch),
-          "high": search_rules.Trial(2 * guess, search_rules.DIVERGED)}
+          **slow,
+          "best": limit_rules.Trial(guess, limit_rules.REACHED, updates_to_target=best[batch],
+                                    examples_to_target=best[batch] * batch),
+          "high1": limit_rules.Trial(guess * 2 ** 0.5, search_rules.DIVERGED),
+          "high2": limit_rules.Trial(2 * guess, search_rules.DIVERGED)}
       anchor = (batch, guess)
     return by_batch
 
@@ -183,11 +191,11 @@ def toy_trial(batch, learning_rate, cap):
   else:
     reach = int(60 * (1 + k * k) * (1 + 2048 / batch)) // 10 * 10
   if diverge is not None and (cap is None or diverge <= cap):
-    return search_rules.Trial(learning_rate, search_rules.DIVERGED, diverged_at=diverge)
+    return limit_rules.Trial(learning_rate, search_rules.DIVERGED, diverged_at=diverge)
   if reach is not None and (cap is None or reach <= cap):
-    return search_rules.Trial(learning_rate, search_rules.REACHED, updates_to_target=reach,
-                              examples_to_target=reach * batch)
-  return search_rules.Trial(learning_rate, search_rules.NOT_REACHED)
+    return limit_rules.Trial(learning_rate, limit_rules.REACHED, updates_to_target=reach,
+                             examples_to_target=reach * batch)
+  return limit_rules.Trial(learning_rate, limit_rules.NOT_REACHED)
 
 
 def toy_limit(one_by_one):
@@ -220,8 +228,8 @@ def test_one_host_and_shards_search_the_same_way_and_record_the_same():
   assert serial_trials != shard_trials
   ended = {(b, n): (serial_trials[b][n].status, shard_trials[b][n].status)
            for b in serial_trials for n in serial_trials[b] if n in shard_trials.get(b, {})}
-  assert (search_rules.NOT_REACHED, search_rules.DIVERGED) in ended.values()
-  assert (search_rules.NOT_REACHED, search_rules.REACHED) in ended.values()
+  assert (limit_rules.NOT_REACHED, search_rules.DIVERGED) in ended.values()
+  assert (limit_rules.NOT_REACHED, limit_rules.REACHED) in ended.values()
   # ... and still the same waves, the same best, bracket and rates per batch.
   assert [sorted(w) for w in serial_waves] == [sorted(w) for w in shard_waves]
   assert serial_rows == shard_rows

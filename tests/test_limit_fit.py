@@ -12,7 +12,7 @@ import pytest
 
 from lbt.stats import limit_interval, steps_to_target
 from lbt.stats.steps_to_target import LOWER_ONLY, TWO_SIDED, UNBOUNDED, UPPER_ONLY
-from lbt.studies import search_rules
+from lbt.studies import limit_rules
 
 NAN = float("nan")
 S_MIN, B_NOISE = 100.0, 1000.0
@@ -81,7 +81,7 @@ def test_s_rising_with_the_batch_bounds_b_crit_above_only():
 def test_a_sweep_that_starts_above_b_crit_and_ends_flat():
   # The issue's second case, a sweep next_batch ends (two gains < 10 %).
   batches, s = [4000, 8000, 16000], [211.56, 229.65, 241.26]
-  assert search_rules.next_batch(dict(zip(batches, s)), start=4000, max_batch=60000) is None
+  assert limit_rules.next_batch(dict(zip(batches, s)), start=4000, max_batch=60000) is None
   fit = steps_to_target.fit_limit(batches, s)
   assert fit.b_crit == 0.0 and fit.bounded == UPPER_ONLY
   assert fit.b_crit_low == 0.0 and math.isfinite(fit.b_crit_high)
@@ -185,7 +185,7 @@ def protocol_sweep(rng, start, sigma, max_batch=2 ** 20):
   """S(B) = S_min(1 + B_noise/B), lognormal noise, whole updates, measured at
   the batches lbt.limit's rule asks for, deciding on the noisy values."""
   measured = {}
-  while (batch := search_rules.next_batch(measured, start=start, max_batch=max_batch)):
+  while (batch := limit_rules.next_batch(measured, start=start, max_batch=max_batch)):
     truth = S_MIN * (1 + B_NOISE / batch)
     measured[batch] = float(max(1, round(truth * math.exp(sigma * rng.standard_normal()))))
   return measured

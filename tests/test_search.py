@@ -1,8 +1,9 @@
-"""The steps-to-target protocol's decisions against numbers worked out by hand:
-metric sequences, the learning-rate search (generic scores and lbt.limit's
-updates to target, bracketing, ties, refinement, and decisions that do not
-depend on the order trials ran in), and the batch doubling on a known S(B).
-The B_crit fit: tests/test_limit_fit.py."""
+"""The search rules against numbers worked out by hand: metric sequences, the
+learning-rate search (generic scores and lbt.limit's updates to target,
+bracketing, ties and their tolerance, coverage, refinement, and decisions
+that do not depend on the order trials ran in), and the batch doubling on a
+known S(B). Synthetic learning-rate curves: tests/test_search_properties.py;
+the B_crit fit: tests/test_limit_fit.py."""
 
 import dataclasses
 import math
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from lbt.stats import steps_to_target
-from lbt.studies import search_rules
-from lbt.studies.search_rules import DIVERGED, FINISHED, NOT_REACHED, REACHED, Trial
+from lbt.studies import limit_rules, search_rules
+from lbt.studies.limit_rules import NOT_REACHED, REACHED, Trial
+from lbt.studies.search_rules import DIVERGED, FINISHED
 
 NAN = float("nan")
 
@@ -64,22 +66,26 @@ def reached(lr, updates):
   return Trial(lr, REACHED, updates_to_target=updates, examples_to_target=updates * 256)
 
 
-def acc(lr, score):
+def acc(lr, score, seeds=()):
   """A generic trial, scored by a validation accuracy (higher is better)."""
-  return Trial(lr, FINISHED, score)
+  return search_rules.Trial(lr, FINISHED, score, seeds)
 
 
-def test_trial_checks_its_fields():
+def test_trials_check_their_fields():
   with pytest.raises(ValueError, match="status"):
     Trial(0.1, "done")
+  with pytest.raises(ValueError, match="status"):
+    search_rules.Trial(0.1, REACHED)  # lbt.limit's statuses are its own
   with pytest.raises(ValueError, match="updates_to_target"):
     Trial(0.1, REACHED)
   with pytest.raises(ValueError, match="score"):
-    Trial(0.1, DIVERGED, 100)
+    search_rules.Trial(0.1, DIVERGED, 100)
   with pytest.raises(ValueError, match="score"):
     Trial(0.1, NOT_REACHED, 0.5)
   with pytest.raises(ValueError, match="score"):
-    Trial(0.1, FINISHED, NAN)
+    acc(0.1, NAN)
+  with pytest.raises(ValueError, match="seed_scores"):
+    search_rules.Trial(0.1, FINISHED, None, (0.5, 0.6))
   with pytest.raises(ValueError, match="score"):  # a reached trial scores -updates
     Trial(0.1, REACHED, 120, updates_to_target=100)
   with pytest.raises(ValueError, match="diverged_at"):
@@ -89,27 +95,54 @@ def test_trial_checks_its_fields():
   with pytest.raises(dataclasses.FrozenInstanceError):
     Trial(0.1, NOT_REACHED).status = REACHED
   assert reached(0.1, 120).score == -120 and reached(0.1, 120).finished
-  assert Trial(0.1, FINISHED).score is None and Trial(0.1, FINISHED).finished
+  assert Trial(0.1, NOT_REACHED).score is None and Trial(0.1, NOT_REACHED).finished
   assert not Trial(0.1, DIVERGED).finished
 
 
-def test_best_trial():
+def test_best_trial_is_the_centre_of_the_tied_set():
   trials = [reached(0.2, 300), Trial(0.4, DIVERGED), reached(0.1, 120), reached(0.05, 120),
             Trial(0.025, NOT_REACHED)]
-  assert search_rules.best_trial(trials) == reached(0.05, 120)  # tie of two: the lower
+  # {0.05, 0.1} tie; both sqrt(2) from their centre, equal scores: the higher.
+  assert search_rules.best_trial(trials) == reached(0.1, 120)
   plateau = [reached(0.025, 120), reached(0.05, 120), reached(0.1, 120)]
   assert search_rules.best_trial(plateau) == reached(0.05, 120)  # tie of three: the middle
-  assert search_rules.next_learning_rates(plateau, 0.05) == []  # a plateau brackets
+  # Nothing beyond either end of the plateau: open on both sides.
+  assert search_rules.next_learning_rates(plateau, 0.05) == [0.0125, 0.2]
   assert search_rules.best_trial([Trial(0.1, DIVERGED), Trial(0.05, NOT_REACHED)]) is None
   assert search_rules.best_trial([]) is None
-  # Accuracies: within tie 0.003 of the best 0.901, {0.05, 0.1, 0.2} tie; their median.
   scores = [acc(0.025, 0.80), acc(0.05, 0.899), acc(0.1, 0.90), acc(0.2, 0.901),
             acc(0.4, 0.85)]
   assert search_rules.best_trial(scores).learning_rate == 0.2
+  # Within 0.003 of 0.901: {0.05, 0.1, 0.2}, centred on 0.1.
   assert search_rules.best_trial(scores, tie=0.003).learning_rate == 0.1
-  assert search_rules.best_trial(scores, tie=0.0015).learning_rate == 0.1  # {0.1, 0.2}: lower
+  # Within 0.0015: {0.1, 0.2}, equally near their centre: the better-scoring.
+  assert search_rules.best_trial(scores, tie=0.0015).learning_rate == 0.2
+  scores = [acc(0.025, 0.80), acc(0.05, 0.899), acc(0.1, 0.901), acc(0.2, 0.90)]
+  assert search_rules.best_trial(scores, tie=0.0015).learning_rate == 0.1
+  # The centre is of the range, in log space: {0.1, 0.2, 0.8} centre 0.283, nearest 0.2.
+  gapped = [acc(0.1, 0.9), acc(0.2, 0.9), acc(0.4, 0.5), acc(0.8, 0.9)]
+  assert search_rules.best_trial(gapped).learning_rate == 0.2
   with pytest.raises(ValueError, match="tie"):
     search_rules.best_trial(scores, tie=-1)
+
+
+def test_tie_tolerance_from_the_seeds_or_the_validation_split():
+  # No seeds: the binomial standard error of a difference, sqrt(2 p (1 - p) / N).
+  assert search_rules.tie_tolerance([acc(0.1, 0.9), acc(0.2, 0.8)], 10000) == pytest.approx(
+      math.sqrt(2 * 0.9 * 0.1 / 10000))
+  # Three seeds: pooled variance (2 * 0.02^2 + 2 * 0.01^2) / 4 = 0.00025, times
+  # 2/3 for a difference of two means of three: 0.0129 (the binomial, 0.0031, is less).
+  seeded = [acc(0.1, 0.82, (0.80, 0.82, 0.84)), acc(0.2, 0.71, (0.70, 0.71, 0.72))]
+  assert search_rules.tie_tolerance(seeded, 10000) == pytest.approx(
+      math.sqrt(0.00025 * 2 / 3))
+  # Seeds that agree exactly: the binomial floor of a mean of three, sqrt(2 * 0.09 / 30000).
+  agreeing = [acc(0.1, 0.9, (0.9, 0.9, 0.9)), acc(0.2, 0.8, (0.8, 0.8, 0.8))]
+  assert search_rules.tie_tolerance(agreeing, 10000) == pytest.approx(
+      math.sqrt(2 * 0.09 / 30000))
+  assert search_rules.tie_tolerance([acc(0.1, 0.0)], 10000) == search_rules.MIN_TIE
+  assert search_rules.tie_tolerance([], 10000) == pytest.approx(math.sqrt(0.5 / 10000))
+  with pytest.raises(ValueError, match="validation"):
+    search_rules.tie_tolerance([], 0)
 
 
 def test_first_grid_is_three_points_around_the_guess():
@@ -121,27 +154,39 @@ def test_best_at_low_edge_extends_down():
   assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
   state = search_rules.bracket(trials)
   assert (state.bracketed, state.low, state.high) == (False, None, 0.1)
-  assert state.reason == "best at the lowest LR tried"
+  assert state.reason == ("not bracketed (best 0.05, tied 0.05-0.05): the tied set reaches "
+                          "the lowest LR tried (0.05)")
 
 
 def test_best_at_top_edge_extends_up_until_a_divergence_closes_it():
   trials = [reached(0.05, 300), reached(0.1, 200), reached(0.2, 100)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
-  assert search_rules.bracket(trials).reason == "best at the highest LR tried"
+  assert search_rules.bracket(trials).reason.endswith(
+      "the tied set reaches the highest LR tried (0.2)")
+  # Closed above by the divergence, below by 0.1; 0.05 is two doublings down.
   closed = trials + [Trial(0.4, DIVERGED)]
   assert search_rules.next_learning_rates(closed, GUESS) == []
   assert search_rules.bracket(closed) == search_rules.Bracket(
-      True, "bracketed around the best, 0.2: 0.1 (reached) below; 0.4 (diverged) above",
-      0.1, 0.4)
-  # A slower reach above the best brackets it too.
-  assert search_rules.next_learning_rates(trials + [reached(0.4, 180)], GUESS) == []
+      True, "bracketed (best 0.2, tied 0.2-0.2): 0.1 below scores worse by more than the tie; "
+      "0.4 above diverged", 0.1, 0.4, 0.2, 0.2,
+      "below: 2 doublings; above: 1 doubling, closed by the divergence at 0.4")
+  # A slower reach above brackets it too, and the grid goes on to two doublings up.
+  assert search_rules.next_learning_rates(trials + [reached(0.4, 180)], GUESS) == [0.8]
 
 
-def test_bracketed_best_stops():
+def test_a_bracketed_best_is_covered_two_doublings_each_side():
   trials = [reached(0.05, 200), reached(0.1, 100), reached(0.2, 150)]
-  assert search_rules.next_learning_rates(trials, GUESS) == []
   state = search_rules.bracket(trials)
   assert (state.bracketed, state.low, state.high) == (True, 0.05, 0.2)
+  assert state.coverage == "below: only 1 doubling; above: only 1 doubling"
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.025, 0.4]
+  covered = trials + [reached(0.025, 400), reached(0.4, 300)]
+  assert search_rules.next_learning_rates(covered, GUESS) == []
+  assert search_rules.bracket(covered).coverage == "below: 2 doublings; above: 2 doublings"
+  # A second peak two doublings up takes over, and the grid follows it.
+  second = trials + [reached(0.025, 400), reached(0.4, 80)]
+  assert search_rules.best_trial(second).learning_rate == 0.4
+  assert search_rules.next_learning_rates(second, GUESS) == [0.8]
 
 
 def test_nothing_reached():
@@ -163,23 +208,39 @@ def test_a_divergence_below_the_best_neither_stops_the_search_above_nor_brackets
   # The best, 0.2, is the highest: up to 0.4, whatever happened at 0.05.
   trials = [Trial(0.05, DIVERGED), reached(0.1, 200), reached(0.2, 100)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
-  # Best 0.1 with only a divergence one step below: not bracketed, and the grid
-  # point below is taken, so the search ends there and says why.
+  # Best 0.1 with only a divergence one step below: not bracketed; below is
+  # taken and ends the coverage there, above the grid goes on to 0.4.
   trials = [Trial(0.05, DIVERGED), reached(0.1, 60), reached(0.2, 100)]
   state = search_rules.bracket(trials)
   assert (state.bracketed, state.low, state.high) == (False, None, 0.2)
-  assert state.reason == ("diverged at 0.05, one grid step below the best, and a divergence "
-                          "below is not a bracket")
-  assert search_rules.next_learning_rates(trials, GUESS) == []
-  # Two steps below: the step between is proposed, and the divergence is no bracket.
+  assert state.reason == ("not bracketed (best 0.1, tied 0.1-0.1): only divergences below "
+                          "the tied set (nearest 0.05), and a divergence below is not a "
+                          "bracket")
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
+  assert search_rules.next_learning_rates(trials + [reached(0.4, 300)], GUESS) == []
+  # Two steps below: the step between is proposed.
   trials = [Trial(0.025, DIVERGED), reached(0.1, 60), reached(0.2, 100)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.05]
-  assert search_rules.bracket(trials).reason == (
-      "only divergences below the best, and a divergence below is not a bracket")
-  # A divergence further above leaves room: the step above the best first.
+  # A divergence further above closes the top, and the step between is still run.
   trials = [reached(0.05, 300), reached(0.1, 200), reached(0.2, 100), Trial(0.8, DIVERGED)]
+  assert search_rules.bracket(trials).bracketed
   assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
-  assert search_rules.bracket(trials).reason == "no trial within one grid step above the best"
+
+
+def test_a_neighbour_that_only_ties_is_not_a_side():
+  trials = [acc(0.05, 0.901), acc(0.1, 0.90), acc(0.2, 0.85)]
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
+  # Within 0.003, 0.05 and 0.1 tie: the tied set reaches the lowest LR tried.
+  state = search_rules.bracket(trials, tie=0.003)
+  assert (state.bracketed, state.low, state.high) == (False, None, 0.2)
+  assert (state.tied_low, state.tied_high) == (0.05, 0.1)
+  assert search_rules.next_learning_rates(trials, GUESS, tie=0.003) == [0.025]
+  trials = [acc(0.05, 0.85), acc(0.1, 0.90), acc(0.2, 0.901)]
+  assert search_rules.next_learning_rates(trials, GUESS, tie=0.003) == [0.4]
+  assert not search_rules.bracket(trials, tie=0.003).bracketed
+  # lbt.limit's counts tie exactly: 0.05 and 0.1 both in 100 updates.
+  trials = [reached(0.05, 100), reached(0.1, 100), reached(0.2, 150)]
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
 
 
 def test_capped_and_uncapped_trials_decide_the_same():
@@ -193,17 +254,17 @@ def test_capped_and_uncapped_trials_decide_the_same():
   # 100; capped at 60, both stop unreached. as_capped makes them one input.
   capped = [Trial(0.05, NOT_REACHED), reached(0.1, 60), Trial(0.2, NOT_REACHED)]
   uncapped = [Trial(0.05, DIVERGED, diverged_at=150), reached(0.1, 60), reached(0.2, 100)]
-  assert search_rules.as_capped(uncapped) == capped
-  assert search_rules.as_capped(capped) == capped
-  for trials in (capped, search_rules.as_capped(uncapped)):
-    assert search_rules.next_learning_rates(trials, GUESS) == []
+  assert limit_rules.as_capped(uncapped) == capped
+  assert limit_rules.as_capped(capped) == capped
+  for trials in (capped, limit_rules.as_capped(uncapped)):
+    assert search_rules.next_learning_rates(trials, GUESS) == [0.025, 0.4]
     assert search_rules.bracket(trials).bracketed
   # A divergence before the best count is seen by a capped run too: it stays.
   early = [Trial(0.05, DIVERGED, diverged_at=30), reached(0.1, 60), reached(0.2, 100)]
-  assert search_rules.as_capped(early)[0] == early[0]
-  assert not search_rules.bracket(search_rules.as_capped(early)).bracketed
+  assert limit_rules.as_capped(early)[0] == early[0]
+  assert not search_rules.bracket(limit_rules.as_capped(early)).bracketed
   # Nothing reached: nothing was capped, nothing changes.
-  assert search_rules.as_capped([Trial(0.1, DIVERGED, diverged_at=5)]) == [
+  assert limit_rules.as_capped([Trial(0.1, DIVERGED, diverged_at=5)]) == [
       Trial(0.1, DIVERGED, diverged_at=5)]
 
 
@@ -217,46 +278,48 @@ def test_the_decision_does_not_depend_on_the_order_of_the_trials(seed):
   shuffled = [trials[i] for i in order]
   assert (search_rules.next_learning_rates(shuffled, GUESS, refine=True),
           search_rules.bracket(shuffled), search_rules.best_trial(shuffled)) == expected
-  # Tied 0.1 and 0.2: best 0.1 (the lower), bracketed by 0.2 above; below it
-  # only a divergence at 0.05, so not bracketed.
-  assert expected[2] == reached(0.1, 120) and expected[0] == []
-
-
-def test_flat_within_tie_brackets_an_edge():
-  # Best 0.05 (0.901) at the low edge. Without a tie: down to 0.025.
-  trials = [acc(0.05, 0.901), acc(0.1, 0.90), acc(0.2, 0.85)]
-  assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
-  # Within 0.003, 0.05 and 0.1 tie: best 0.05 (the lower middle), whose only
-  # neighbour scores within the tie: flat, bracketed.
-  state = search_rules.bracket(trials, tie=0.003)
-  assert (state.bracketed, state.low, state.high) == (True, 0.05, 0.1)
-  assert "flat within tie below" in state.reason
-  assert search_rules.next_learning_rates(trials, GUESS, tie=0.003) == []
-  # The best at the top with a tied neighbour below: the tie picks 0.1, bracketed.
-  trials = [acc(0.05, 0.85), acc(0.1, 0.90), acc(0.2, 0.901)]
-  assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
-  assert search_rules.next_learning_rates(trials, GUESS, tie=0.003) == []
-  # lbt.limit's counts tie exactly: 0.05 and 0.1 both in 100 updates.
-  trials = [reached(0.05, 100), reached(0.1, 100), reached(0.2, 150)]
-  assert search_rules.next_learning_rates(trials, GUESS) == []
+  # Tied 0.1 and 0.2: best 0.2 (equal scores, the higher), closed by 0.025
+  # below (the step between diverged, so it stays) and 0.4 above; covered.
+  # What is left are the √2 steps.
+  assert expected[2] == reached(0.2, 120) and expected[1].bracketed
+  assert expected[0] == pytest.approx([0.2 / ROOT2, 0.2 * ROOT2])
 
 
 def test_refine_proposes_the_root_two_steps_once():
   trials = [acc(0.05, 0.85), acc(0.1, 0.90), acc(0.2, 0.87)]
-  assert search_rules.next_learning_rates(trials, GUESS) == []
-  steps = search_rules.next_learning_rates(trials, GUESS, refine=True)
+  assert search_rules.next_learning_rates(trials, GUESS) == [0.025, 0.4]
+  covered = trials + [acc(0.025, 0.70), acc(0.4, 0.75)]
+  assert search_rules.next_learning_rates(covered, GUESS) == []
+  steps = search_rules.next_learning_rates(covered, GUESS, refine=True)
   assert steps == pytest.approx([0.1 / ROOT2, 0.1 * ROOT2])
-  refined = trials + [acc(0.1 / ROOT2, 0.89), acc(0.1 * ROOT2, 0.91)]
-  assert search_rules.next_learning_rates(refined, GUESS, refine=True) == []
+  # 0.1·√2 is the new best, bracketed by 0.1 and 0.2; 0.4 is 1.5 doublings up: 0.8.
+  refined = covered + [acc(0.1 / ROOT2, 0.89), acc(0.1 * ROOT2, 0.91)]
   state = search_rules.bracket(refined)
   assert state.bracketed and (state.low, state.high) == (0.1, 0.2)
-  # Within the cap: one of the two steps.
-  assert search_rules.next_learning_rates(trials, GUESS, refine=True, max_trials=4) == (
-      pytest.approx([0.1 / ROOT2]))
+  assert search_rules.next_learning_rates(refined, GUESS, refine=True) == [0.8]
+  assert search_rules.next_learning_rates(refined + [acc(0.8, 0.6)], GUESS, refine=True) == []
+  # Within the cap, one of the two steps: two trials on each side, so above.
+  assert search_rules.next_learning_rates(covered, GUESS, refine=True, max_trials=6) == (
+      pytest.approx([0.1 * ROOT2]))
   # Never at or above a divergence above the best: 0.2 diverged, 0.1·√2 is below it.
-  trials = [acc(0.05, 0.85), acc(0.1, 0.90), Trial(0.2, DIVERGED)]
+  trials = [acc(0.025, 0.7), acc(0.05, 0.85), acc(0.1, 0.90), search_rules.Trial(0.2, DIVERGED)]
   assert search_rules.next_learning_rates(trials, GUESS, refine=True) == pytest.approx(
       [0.1 / ROOT2, 0.1 * ROOT2])
+
+
+def test_fill_alternates_sides_nearest_first():
+  covered = [acc(lr, 0.9 - 0.05 * math.log2(lr / GUESS) ** 2)
+             for lr in (0.025, 0.05, 0.1, 0.2, 0.4)]
+  # Two trials each side of the best: above first, then below, then the next above.
+  fill = search_rules.next_learning_rates(covered, GUESS, min_trials=8)
+  assert fill == pytest.approx([GUESS / ROOT2, GUESS * ROOT2, GUESS * 2 * ROOT2])
+  assert search_rules.next_learning_rates(covered, GUESS, min_trials=6) == pytest.approx(
+      [GUESS * ROOT2])
+  # One more above than below: below first.
+  more_above = covered + [acc(0.8, 0.5)]
+  assert search_rules.next_learning_rates(more_above, GUESS, min_trials=7) == pytest.approx(
+      [GUESS / ROOT2])
+  assert search_rules.next_learning_rates(covered, GUESS, min_trials=5) == []
 
 
 def test_max_trials():
@@ -264,7 +327,8 @@ def test_max_trials():
   trials = [reached(GUESS * 2.0 ** -k, 100 - k) for k in range(10)]
   assert search_rules.next_learning_rates(trials, GUESS) == []
   assert search_rules.bracket(trials, max_trials=10).reason == (
-      "trial cap (10) reached with best at the lowest LR tried")
+      "trial cap reached (10): not bracketed (best 0.0001953, tied 0.0001953-0.0001953): "
+      "the tied set reaches the lowest LR tried (0.0001953)")
   assert search_rules.next_learning_rates(trials, GUESS, max_trials=11) == [GUESS * 2.0 ** -10]
   with pytest.raises(ValueError, match="max_trials"):
     search_rules.next_learning_rates([], GUESS, max_trials=2)
@@ -278,10 +342,9 @@ def test_off_grid_trials_snap_back_to_the_grid():
   assert search_rules.next_learning_rates(trials, GUESS) == [0.2]
   trials = [reached(0.07, 100), reached(0.1, 200), reached(0.2, 300)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.05]
-  # A gap of two steps below the best is no bracket: the step in between.
+  # A gap of two steps below the best: the step in between.
   trials = [reached(0.025, 300), reached(0.1, 100), reached(0.2, 200)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.05]
-  assert search_rules.bracket(trials).reason == "no trial within one grid step below the best"
 
 
 def run_search(optimum, diverge_at, guess=GUESS, max_trials=10):
@@ -321,11 +384,12 @@ def test_search_walks_the_grid_to_a_bracket(optimum, diverge_at, best):
   state = search_rules.bracket(trials, max_trials=10)
   if best is None:
     assert found is None and len(trials) == 10  # ran out of trials
-    assert not state.bracketed and state.reason.startswith("trial cap (10) reached")
+    assert not state.bracketed and state.reason.startswith("trial cap reached (10)")
   else:
     assert found.learning_rate == pytest.approx(best)
     assert lrs[0] < found.learning_rate < lrs[-1]  # bracketed
     assert state.bracketed and state.low < found.learning_rate < state.high
+    assert lrs[0] <= best / 4 and (lrs[-1] >= best * 4 or lrs[-1] >= diverge_at)
 
 
 def test_optimum_beyond_the_cap_is_reported_unbracketed():
@@ -333,16 +397,17 @@ def test_optimum_beyond_the_cap_is_reported_unbracketed():
   trials = run_search(GUESS * 2 ** 9, 1e9)
   state = search_rules.bracket(trials, max_trials=10)
   assert len(trials) == 10 and search_rules.best_trial(trials).learning_rate == GUESS * 2 ** 8
-  assert state == search_rules.Bracket(
-      False, "trial cap (10) reached with best at the highest LR tried", GUESS * 2 ** 7, None)
+  assert (state.bracketed, state.low, state.high) == (False, GUESS * 2 ** 7, None)
+  assert state.reason.startswith("trial cap reached (10): not bracketed")
+  assert state.coverage == "below: 9 doublings; above: only 0 doublings (trial cap reached)"
 
 
 # --- the batch doubling ------------------------------------------------------
 
-def sweep(s_of_b, start, max_batch, min_gain=0.10):
+def sweep(s_of_b, start, max_batch, min_gain=limit_rules.MIN_GAIN):
   measured = {}
-  while (batch := search_rules.next_batch(measured, start=start, max_batch=max_batch,
-                                    min_gain=min_gain)) is not None:
+  while (batch := limit_rules.next_batch(measured, start=start, max_batch=max_batch,
+                                         min_gain=min_gain)) is not None:
     measured[batch] = s_of_b(batch)
   return measured
 
@@ -356,7 +421,7 @@ def test_doubling_stops_where_two_doublings_gain_little():
   # The first two successive doublings under 10 % are 4096->8192->16384.
   measured = sweep(lambda b: 100 * (1 + 1000 / b), start=64, max_batch=2 ** 20)
   assert list(measured) == [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
-  assert search_rules.doubling_stops_at(measured) == 4096
+  assert limit_rules.doubling_stops_at(measured) == 4096
 
 
 def test_doubling_is_capped_at_max_batch():
@@ -364,38 +429,38 @@ def test_doubling_is_capped_at_max_batch():
   # training set size, 60,000, measured last.
   measured = sweep(lambda b: 100 * (1 + 1e7 / b), start=64, max_batch=60000)
   assert list(measured) == [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 60000]
-  assert search_rules.doubling_stops_at(measured) is None
-  assert search_rules.next_batch({64: 10.0}, start=64, max_batch=64) is None
+  assert limit_rules.doubling_stops_at(measured) is None
+  assert limit_rules.next_batch({64: 10.0}, start=64, max_batch=64) is None
 
 
 def test_next_batch_stops_when_a_batch_reaches_nothing():
-  assert search_rules.next_batch({}, start=64, max_batch=4096) == 64
-  assert search_rules.next_batch({64: None}, start=64, max_batch=4096) is None
-  assert search_rules.next_batch({64: 1000, 128: 600, 256: None}, start=64, max_batch=4096) is None
+  assert limit_rules.next_batch({}, start=64, max_batch=4096) == 64
+  assert limit_rules.next_batch({64: None}, start=64, max_batch=4096) is None
+  assert limit_rules.next_batch({64: 1000, 128: 600, 256: None}, start=64, max_batch=4096) is None
   # Measured beyond the None: still done; doubling_stops_at ignores them too.
   after = {64: 1000, 128: 990, 256: None, 512: 980, 1024: 979}
-  assert search_rules.next_batch(after, start=64, max_batch=4096) is None
-  assert search_rules.doubling_stops_at(after) is None
+  assert limit_rules.next_batch(after, start=64, max_batch=4096) is None
+  assert limit_rules.doubling_stops_at(after) is None
 
 
 def test_next_batch_counts_only_the_doubling_sequence():
-  assert search_rules.next_batch({64: 1000, 96: 5, 128: 600}, start=64, max_batch=4096) == 256
+  assert limit_rules.next_batch({64: 1000, 96: 5, 128: 600}, start=64, max_batch=4096) == 256
   # 96 and 192 are off the sequence: their tiny gains do not stop it.
   off = {64: 1000, 96: 999, 128: 600, 192: 599}
-  assert search_rules.next_batch(off, start=64, max_batch=4096) == 256
+  assert limit_rules.next_batch(off, start=64, max_batch=4096) == 256
 
 
 def test_one_small_gain_does_not_stop():
   s = {64: 1000, 128: 950, 256: 500}  # 5 % then 47 %
-  assert search_rules.next_batch(s, start=64, max_batch=4096) == 512
-  assert search_rules.doubling_stops_at({**s, 512: 480, 1024: 470}) == 256
+  assert limit_rules.next_batch(s, start=64, max_batch=4096) == 512
+  assert limit_rules.doubling_stops_at({**s, 512: 480, 1024: 470}) == 256
 
 
 def test_next_batch_bad_input():
   with pytest.raises(ValueError, match="start"):
-    search_rules.next_batch({}, start=0, max_batch=64)
+    limit_rules.next_batch({}, start=0, max_batch=64)
   with pytest.raises(ValueError, match="max_batch"):
-    search_rules.next_batch({}, start=128, max_batch=64)
+    limit_rules.next_batch({}, start=128, max_batch=64)
   with pytest.raises(ValueError, match="min_gain"):
-    search_rules.next_batch({}, start=64, max_batch=128, min_gain=1.5)
-  assert search_rules.doubling_stops_at({}) is None
+    limit_rules.next_batch({}, start=64, max_batch=128, min_gain=1.5)
+  assert limit_rules.doubling_stops_at({}) is None

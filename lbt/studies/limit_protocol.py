@@ -18,11 +18,11 @@ The protocol of Shallue et al. 2019 read with McCandlish et al. 2018's model:
    batch's best is bracketed, and why not. A trial that can no longer beat
    the best finished trial of its batch stops at that trial's count
    (`max_updates`) and says so; every trial is read as if stopped at the
-   batch's final best count (`search_rules.as_capped`), so the order the
+   batch's final best count (`limit_rules.as_capped`), so the order the
    trials ran in (one by one, or side by side with --shard) changes nothing.
 3. Batches double from the config's batch until two successive doublings
    each cut S(B) by less than 10 % or the training set is reached
-   (`lbt.studies.search_rules.next_batch`).
+   (`lbt.studies.limit_rules.next_batch`).
 4. S(B) = S_min (1 + B_noise/B) is fitted to the measured batches only, with
    a profile-likelihood interval for B_crit
    (`lbt.stats.steps_to_target.fit_limit`), and what the data bound: both
@@ -53,7 +53,7 @@ from lbt.engine import workdir as workdir_lib
 from lbt.io import faults, files
 from lbt.stats import noise_scale, steps_to_target
 from lbt.studies import points as points_lib
-from lbt.studies import results, runner, search_rules
+from lbt.studies import limit_rules, results, runner, search_rules
 
 
 
@@ -62,9 +62,6 @@ CHANCE_FACTOR = 1.5
 
 
 DEFAULT_VALIDATION_EXAMPLES = 10000
-
-
-WAIT_SECONDS = 10.0  # how often a shard looks for the others' trials
 
 
 class Protocol:
@@ -127,25 +124,25 @@ class Protocol:
     return config
 
 
-def trial_of(point: results.Point, num_classes: int) -> Optional[search_rules.Trial]:
+def trial_of(point: results.PointRecords, num_classes: int) -> Optional[limit_rules.Trial]:
   """A finished trial's result from its workdir; None while it runs."""
   lr = point.config["optimizer"]["learning_rate"]
   target = point.last("target")
   if target:
-    return search_rules.Trial(lr, search_rules.REACHED, updates_to_target=target["step"],
-                              examples_to_target=target["examples"])
+    return limit_rules.Trial(lr, limit_rules.REACHED, updates_to_target=target["step"],
+                             examples_to_target=target["examples"])
   if point.last("diverged") or point.status == results.DIVERGED:
-    return search_rules.Trial(lr, search_rules.DIVERGED,
-                              diverged_at=point.last("diverged").get("step"))
+    return limit_rules.Trial(lr, search_rules.DIVERGED,
+                             diverged_at=point.last("diverged").get("step"))
   summary = point.last("summary")
   if not summary:
     return None
   final = summary.get("validation_accuracy")
   if summary.get("stopped_by") == "end" and final is not None and (
       final < CHANCE_FACTOR / num_classes):
-    return search_rules.Trial(lr, search_rules.DIVERGED,
-                              diverged_at=summary.get("num_train_steps"))
-  return search_rules.Trial(lr, search_rules.NOT_REACHED)
+    return limit_rules.Trial(lr, search_rules.DIVERGED,
+                             diverged_at=summary.get("num_train_steps"))
+  return limit_rules.Trial(lr, limit_rules.NOT_REACHED)
 
 
 def measured(protocol: Protocol, workdir: str) -> Dict[int, Dict[str, object]]:
@@ -168,12 +165,12 @@ class _Unfinished(float):
   """The learning rate of a trial that has a workdir but no result yet."""
 
 
-def _finished(trials) -> List[search_rules.Trial]:
+def _finished(trials) -> List[limit_rules.Trial]:
   """A batch's ended trials as if each was stopped at the batch's best count
-  (`search_rules.as_capped`): run one by one or side by side (--shard), the
+  (`limit_rules.as_capped`): run one by one or side by side (--shard), the
   same trials, so the same search and the same limit.json."""
-  return search_rules.as_capped([t for t in trials.values()
-                                 if isinstance(t, search_rules.Trial)])
+  return limit_rules.as_capped([t for t in trials.values()
+                                if isinstance(t, limit_rules.Trial)])
 
 
 def next_wave(protocol: Protocol, by_batch) -> List[Tuple[str, int, float]]:
@@ -189,90 +186,75 @@ def next_wave(protocol: Protocol, by_batch) -> List[Tuple[str, int, float]]:
       return [(n, batch, lr) for n, lr in unfinished]
     trials = _finished(started)
     guess = protocol.guess(batch, anchor)
-    wanted = search_rules.next_learning_rates(trials, guess)
+    wanted = search_rules.next_learning_rates(trials, guess, refine=True)
     if wanted:
       wanted.sort(key=lambda lr: abs(math.log(lr / guess)))
       return [(protocol.name(batch, lr), batch, lr) for lr in wanted]
     winner = search_rules.best_trial(trials)
     best[batch] = None if winner is None else winner.updates_to_target
     anchor = anchor if winner is None else (batch, winner.learning_rate)
-    batch = search_rules.next_batch(best, start=protocol.start_batch, max_batch=protocol.max_batch)
+    batch = limit_rules.next_batch(best, start=protocol.start_batch, max_batch=protocol.max_batch)
   return []
 
 
-def run_limit(protocol: Protocol, workdir: str, *, shard=(0, 1),
-              study_id: Optional[str] = None) -> dict:
-  """Runs the protocol to its end in `workdir` (resuming); returns limit.json."""
-  files.check_location(workdir, "--workdir")
-  is_main = jax.process_index() == 0
-  while True:
-    wave = _planned_wave(workdir) or next_wave(protocol, measured(protocol, workdir))
-    if not wave:
-      break
-    points = {name: protocol.point(batch, lr) for name, batch, lr in wave}
-    facts = runner.validate_points(points, workdir)
-    if is_main:
-      runner.claim_directory(workdir, study_id, list(points), protocol.target, None)
-      _claim_wave(workdir, wave, points)
-    for name in runner.select_points(list(points), (), shard):
-      _run_trial(protocol, workdir, name, points[name].config, facts[name], is_main)
-    runner.wait_for(workdir, list(points), seconds=WAIT_SECONDS, program="lbt.limit")
-  summary = summarize(protocol, workdir)
-  faults.moment("limit")
-  if is_main:
-    files.write_text_atomic(os.path.join(workdir, layout.LIMIT),
-                            json.dumps(summary, indent=2, sort_keys=True))
-  return summary
+class LimitPlanner(runner.Planner):
+  """One protocol's trials, in its own directory (a study directory of its
+  own: results.sqlite, study.json); limit.json when its work is done. Each
+  trial stops at the best count of its batch when it starts (`cap`)."""
+
+  def __init__(self, protocol: Protocol, workdir: str, study_id: Optional[str] = None):
+    self.protocol, self.directory = protocol, workdir
+    self.study_id, self.target = study_id, protocol.target
+    self.summary: Optional[dict] = None
+
+  def plan(self) -> List[runner.Task]:
+    wave = next_wave(self.protocol, measured(self.protocol, self.directory))
+    return [runner.Task(self.directory, name, self.protocol.point(batch, lr))
+            for name, batch, lr in wave]
+
+  def owns(self, task: runner.Task) -> bool:
+    return task.directory == self.directory
+
+  def cap(self, task: runner.Task) -> int:
+    """The best finished trial's count at the trial's batch, or 0."""
+    trials = measured(self.protocol, self.directory).get(task.point.config.batch_size, {})
+    best = search_rules.best_trial(_finished(trials))
+    return best.updates_to_target if best is not None else 0
+
+  def progress(self) -> Tuple[int, int, float]:
+    """Trials ended, and those expected: the batches measured so far at their
+    mean trial count, the batches left to the largest at the same count (an
+    upper bound: the protocol stops when doubling stops paying)."""
+    if not files.exists(self.directory):
+      return 0, 4 * len(limit_rules.doubling(self.protocol.start_batch,
+                                            self.protocol.max_batch)), self._examples([])
+    by_batch = measured(self.protocol, self.directory)
+    trials = [t for batch in by_batch.values() for t in batch.values()]
+    ended = [t for t in trials if isinstance(t, limit_rules.Trial)]
+    per_batch = max(4.0, len(trials) / max(1, len(by_batch)))
+    left = [b for b in limit_rules.doubling(self.protocol.start_batch, self.protocol.max_batch)
+            if b > max(by_batch, default=0)]
+    return len(ended), int(len(trials) + per_batch * len(left)), self._examples(ended)
+
+  def _examples(self, ended: Sequence[limit_rules.Trial]) -> float:
+    reached = [t.examples_to_target for t in ended if t.examples_to_target]
+    if reached:
+      return sum(reached) / len(reached)
+    return self.protocol.budget_epochs * self.protocol.train_examples / 2
+
+  def finish(self) -> None:
+    self.summary = summarize(self.protocol, self.directory)
+    faults.moment("limit")
+    files.write_text_atomic(os.path.join(self.directory, layout.LIMIT),
+                            json.dumps(self.summary, indent=2, sort_keys=True))
 
 
-def _planned_wave(workdir: str) -> List[Tuple[str, int, float]]:
-  """The wave `_claim_wave` wrote last, (name, batch, learning rate), while a
-  trial of it has not ended; [] when none has that."""
+def read_summary(workdir: str) -> Optional[dict]:
+  """A protocol's limit.json, or None when it is missing or damaged."""
   try:
-    wave = json.loads(files.read_text(os.path.join(workdir, layout.WAVE)) or "[]")
+    return json.loads(files.read_text(os.path.join(workdir, layout.LIMIT)) or "null")
   except ValueError:
-    return []
-  ended = (results.FINISHED, results.DIVERGED)
-  if all(runner.agreed_status(os.path.join(workdir, name)) in ended for name, _, _ in wave):
-    return []
-  return [(name, int(batch), float(lr)) for name, batch, lr in wave]
-
-
-def _claim_wave(workdir: str, wave: Sequence[Tuple[str, int, float]],
-                points: Dict[str, points_lib.Point]) -> None:
-  """Writes the wave whole (wave.json), then each trial's role.json and
-  config.json, before any of it trains: a kill anywhere in the wave, its
-  claim included, leaves it planned and unfinished, so the rerun finishes the
-  wave as planned instead of planning again from the trials that ended."""
-  files.write_text_atomic(os.path.join(workdir, layout.WAVE),
-                          json.dumps([list(trial) for trial in wave]))
-  for name, (config, role, _) in points.items():
-    point_dir = os.path.join(workdir, name)
-    points_lib.write_role(point_dir, role)
-    if not files.exists(os.path.join(point_dir, layout.CONFIG)):
-      workdir_lib.write_config(config, point_dir)
-      faults.moment("claim")
-
-
-def _run_trial(protocol: Protocol, workdir: str, name: str, config, facts,
-               is_main: bool) -> None:
-  """One trial, capped at the best finished trial of its batch."""
-  point_dir = os.path.join(workdir, name)
-  if runner.agreed_status(point_dir) in (results.FINISHED, results.DIVERGED):
-    return
-  best = search_rules.best_trial(_finished(measured(protocol, workdir).get(config.batch_size, {})))
-  cap = best.updates_to_target if best is not None else 0
-  if is_main:
-    print(f"lbt.limit: {name} (batch {config.batch_size}, learning rate "
-          f"{config.optimizer.learning_rate:.4g}"
-          f"{f'; stops at update {cap}, the best trial of its batch' if cap else ''})",
-          flush=True)
-  start = time.time()
-  status, outcome = runner.run_point(name, config, facts, point_dir, is_main,
-                                    max_updates=cap)
-  if status != results.RUNNING and is_main:
-    runner.record_point(workdir, name, config, status,
-                       {"wall_time_s": time.time() - start, **outcome})
+    return None
 
 
 def summarize(protocol: Protocol, workdir: str) -> dict:
@@ -292,13 +274,13 @@ def summarize(protocol: Protocol, workdir: str) -> dict:
                  "trials": len(trials),
                  **_at_target(protocol, workdir, batch, best),
                  "learning_rates": {f"{t.learning_rate:.6g}": t.status if t.status !=
-                                    search_rules.REACHED else t.updates_to_target
+                                    limit_rules.REACHED else t.updates_to_target
                                     for t in sorted(trials, key=lambda t: t.learning_rate)}})
   reached = [r for r in rows if r["reached"]]
   summary = {"config": protocol.optimizer, "target": protocol.target,
              "budget_epochs": protocol.budget_epochs,
              "budget_updates": protocol.budget_updates, "batches": rows,
-             "doubling_stops_at": search_rules.doubling_stops_at(
+             "doubling_stops_at": limit_rules.doubling_stops_at(
                  {r["batch"]: r["updates_to_target"] for r in rows})}
   fit = None
   if len(reached) >= 3:
@@ -331,7 +313,7 @@ def fit_fields(fit: Optional[steps_to_target.LimitFit], rows: Sequence[dict]) ->
 
 
 def _at_target(protocol: Protocol, workdir: str, batch: int,
-               best: Optional[search_rules.Trial]) -> dict:
+               best: Optional[limit_rules.Trial]) -> dict:
   """Of a batch's best trial (its workdir read once): B_simple at the update
   it reached the target, and the validation interval its count is exact to."""
   if best is None:
