@@ -31,7 +31,7 @@ import jax  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
-from lbt.engine import checkpoint, parallel, programs, train
+from lbt.engine import checkpoint, parallel, programs, train, train_metrics
 from lbt.io import metrics as metrics_lib
 
 # Lowering and XLA's compile (tracing is left in its stage: traces nest, so
@@ -89,20 +89,22 @@ def instrument(stages: Stages) -> contextlib.ExitStack:
     setattr(owner, attribute, replacement(original))
     stack.callback(setattr, owner, attribute, original)
 
-  def timed_update(compile_update):
+  def timed_update(compile_update, updates_of=lambda args: 1):
+    """`updates_of(args)`: how many updates a call of the update runs."""
     def build(*args, **kwargs):
       update = compile_update(*args, **kwargs)
 
-      def run(state, microbatches, params_init, *args, **kwargs):
+      def run(*args, **kwargs):
         start = time.perf_counter()
         with stages.stage("steps"):
-          out = jax.block_until_ready(update(state, microbatches, params_init, *args,
-                                             **kwargs))
-        stages.updates += 1
-        if stages.updates == 1:
+          out = jax.block_until_ready(update(*args, **kwargs))
+        first = stages.updates == 0
+        stages.updates += updates_of(args)
+        if first:
           stages.first_update_end = time.perf_counter()
           stages.first_update_seconds = stages.first_update_end - start
         return out
+      run.length = getattr(update, "length", None)
       return run
     return build
 
@@ -118,13 +120,15 @@ def instrument(stages: Stages) -> contextlib.ExitStack:
     return stream
 
   patch(programs, "compile_update", timed_update)
+  # Several updates a dispatch on data held on the devices: the rows of `indices`.
+  patch(programs, "compile_updates", lambda f: timed_update(f, lambda args: len(args[2])))
   patch(parallel, "prefetch_to_mesh", timed_input)
   patch(programs, "evaluate", lambda f: stages.timed("eval", f))
   patch(checkpoint, "save", lambda f: stages.timed("checkpoints", f))
-  patch(metrics_lib, "stack_steps", lambda f: stages.timed("logging", f))
-  for method in ("write", "flush", "close"):
+  # The train lines: fetched from the device, written, the progress bar moved.
+  patch(train_metrics.TrainMetrics, "flush", lambda f: stages.timed("logging", f))
+  for method in ("flush", "close"):
     patch(metrics_lib.MetricsWriter, method, lambda f: stages.timed("logging", f))
-  patch(metrics_lib.Progress, "update", lambda f: stages.timed("logging", f))
   return stack
 
 

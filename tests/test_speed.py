@@ -107,7 +107,7 @@ def shared_study(data_dir, tmp_path_factory):
 
   def point(lr, warmup, steps):
     config = fashion_mnist.get_config("momentum,batch=6000,model=mlp")
-    config.model.hidden_sizes = (16,)
+    config.model.hidden_sizes = (19,)  # No other test's programs: none compiled before.
     config.optimizer.learning_rate = lr
     config.schedule.warmup_epochs = warmup
     config.num_train_steps = steps
@@ -121,7 +121,10 @@ def shared_study(data_dir, tmp_path_factory):
 
 
 def test_points_that_differ_in_learning_rate_and_schedule_compile_once(shared_study,
-                                                                       tmp_path):
+                                                                       tmp_path, monkeypatch):
+  # Each run builds its programs (none kept in the process): the persistent
+  # compilation cache serves them.
+  monkeypatch.setattr(programs, "KEPT_PROGRAMS", 0)
   first, again = str(tmp_path / "first"), str(tmp_path / "again")
   with compile_events() as cold:
     run_study(shared_study, first, only=["*lr0.1"])
@@ -141,6 +144,16 @@ def test_points_that_differ_in_learning_rate_and_schedule_compile_once(shared_st
   other = [{k: v for k, v in r.items() if k not in TIMING} for r in
            results.read_database(again)]
   assert same == other  # A cached program computes what a compiled one does.
+
+
+def test_a_process_keeps_the_programs_of_points_that_differ_in_learning_rate(
+    shared_study, tmp_path):
+  workdir = str(tmp_path / "kept")
+  run_study(shared_study, workdir, only=["*lr0.1"])
+  with compile_events() as rest:
+    run_study(shared_study, workdir)  # Two new points of the same shape.
+  # Only the two new schedules are built; nothing is traced or loaded again.
+  assert rest == {"compiled": 2, "cache hits": 0}, rest
 
 
 def test_devices_per_point_is_checked_before_anything_trains(study_file, tmp_path):

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import zipfile
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional, Tuple
 
 import grain
 import numpy as np
@@ -270,19 +270,27 @@ class TrainBatches:
                             for k in range(self.num_microbatches)])
     return parts[parts >= 0]
 
-  def read(self, slot: slots.Slot, microbatch: int) -> Batch:
-    """This process's part of one microbatch, decoded and augmented."""
+  def examples(self, slot: slots.Slot, microbatch: int) -> Tuple[np.ndarray,
+                                                                  Optional[np.ndarray]]:
+    """(the examples this process reads for one microbatch, their mask): a
+    padded place reads any real example and has mask 0; no mask when the
+    batch is not padded."""
     places = self.places(slot, microbatch)
     real = places >= 0
-    indices = np.where(real, places, self.pool[0])  # padding: any real example
+    indices = np.where(real, places, self.pool[0])
+    return indices, real.astype(np.float32) if self.layout(slot.batch)[2] else None
+
+  def read(self, slot: slots.Slot, microbatch: int) -> Batch:
+    """This process's part of one microbatch, decoded and augmented."""
+    indices, mask = self.examples(slot, microbatch)
     batch = self.source.read(indices)
     images = batch["image"]
     if self.spec.train_transform is not None:
       images = augment.train_batch(images, indices, self.spec.train_transform,
                                    self.image_size, seed=self.seed, update=slot.update)
     out = {"image": normalize(images, self.spec), "label": batch["label"]}
-    if self.layout(slot.batch)[2]:
-      out["mask"] = real.astype(np.float32)
+    if mask is not None:
+      out["mask"] = mask
     return out
 
   def __call__(self, element: int) -> Batch:
@@ -409,24 +417,32 @@ class Pipeline:
     mask = positions < total
     return np.where(mask, positions, 0), mask
 
-  def _batches(self, source, indices: np.ndarray) -> Iterator[Batch]:
-    """Every example of `indices` exactly once; the last batch padded, masked."""
+  def eval_reads(self, indices: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(the examples this process reads, their mask) of each eval batch over
+    `indices`: every example exactly once, the last batch padded and masked."""
     for b in range(math.ceil(len(indices) / self.eval_batch_size)):
       positions, mask = self.eval_positions(b, len(indices))
-      batch = source.read(indices[positions])
+      yield indices[positions], mask.astype(np.float32)
+
+  def _batches(self, source, indices: np.ndarray) -> Iterator[Batch]:
+    for examples, mask in self.eval_reads(indices):
+      batch = source.read(examples)
       images = batch["image"]
       if self.spec.eval_transform is not None:
         images = augment.eval_batch(images, self.spec.eval_transform, self.image_size)
       yield {"image": normalize(images, self.spec),
-             "label": batch["label"].astype(np.int32),
-             "mask": mask.astype(np.float32)}
+             "label": batch["label"].astype(np.int32), "mask": mask}
 
   def eval_batches(self) -> Iterator[Batch]:
-    return self._batches(self.eval_source, np.arange(self.num_eval_examples))
+    return self._batches(self.eval_source, self.eval_indices)
 
   def validation_batches(self) -> Iterator[Batch]:
     """The held-out part of the training split (empty without validation)."""
     return self._batches(self.train_batches.source, self.validation_indices)
+
+  @property
+  def eval_indices(self) -> np.ndarray:
+    return np.arange(self.num_eval_examples)
 
 
 def prepare(spec: DatasetSpec, data_dir: str) -> None:

@@ -102,3 +102,24 @@ def prefetch_to_mesh(local_batches, mesh: Mesh, count: int, depth: int = 2):
       queue.append(to_global(next(local_batches), mesh))
       fetched += 1
     yield queue.popleft()
+
+
+class MeshInput:
+  """A host pipeline's batches as global arrays on `mesh`: the input of a run
+  whose data does not stay on the devices (lbt.data.device_input)."""
+
+  def __init__(self, pipeline, mesh: Mesh):
+    self.pipeline, self.mesh = pipeline, mesh
+
+  def train_stream(self, plan):
+    return self.pipeline.train_stream(plan)
+
+  def microbatches(self, stream, count: int):
+    """The next `count` microbatches of `stream`, the next copy started early."""
+    return prefetch_to_mesh(stream, self.mesh, count)
+
+  def eval_batches(self):
+    return (to_global(b, self.mesh) for b in self.pipeline.eval_batches())
+
+  def validation_batches(self):
+    return (to_global(b, self.mesh) for b in self.pipeline.validation_batches())

@@ -3,7 +3,9 @@
 `compile_update` turns the pure step (lbt.engine.step) into the programs one update
 runs on the mesh: one fused program for a batch of one microbatch, else a host
 loop of start / add-each-microbatch / finish, with the accumulator donated.
-`compile_eval` and `evaluate` count every example of a split once.
+`compile_updates` runs several updates in one dispatch on data held on the
+devices. `compile_eval` and `evaluate` count every example of a split once.
+`kept` keeps a run's schedule-free programs for the next run of the process.
 """
 
 import collections
@@ -15,7 +17,10 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
 
+from lbt.data import device_input
 from lbt.engine import config as config_lib
 from lbt import models
 from lbt.engine import parallel, step
@@ -24,6 +29,31 @@ from lbt.engine import parallel, step
 # to overlap the next transfer with the compute, few enough that host and
 # device memory stay those of a few microbatches, whatever the batch.
 IN_FLIGHT = 2
+# Updates one dispatch may run on data held on the devices (compile_updates):
+# at most CHUNK_UPDATES, and their indices at most CHUNK_EXAMPLES.
+CHUNK_UPDATES, CHUNK_EXAMPLES = 64, 1 << 16
+
+
+# Programs kept for the next runs of the process (`kept`), at most this many.
+KEPT_PROGRAMS = 32
+_kept: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+
+
+def kept(key, build: Callable[[], Any]) -> Any:
+  """`build()`, or what it returned for `key` earlier in this process (key
+  None: built each time).
+
+  A study runs its points one after another in one process; those of one
+  model, optimizer, loss and mesh (their key: lbt.engine.train names it) run
+  the same programs, which kept are neither traced nor loaded again.
+  """
+  if key is None:
+    return build()
+  program = _kept.pop(key) if key in _kept else build()
+  _kept[key] = program  # the most recently used last
+  while len(_kept) > KEPT_PROGRAMS:
+    _kept.popitem(last=False)
+  return program
 
 
 def build_model(config, num_classes: int):
@@ -42,7 +72,8 @@ def dispatch_ahead(mesh) -> int:
 def compile_update(model, tx, schedule, mesh, num_microbatches: int,
                    label_smoothing: float, needs: Sequence[str] = (),
                    adversarial: Optional[Dict[str, Any]] = None,
-                   gradient_penalty: Optional[Dict[str, Any]] = None) -> Callable:
+                   gradient_penalty: Optional[Dict[str, Any]] = None,
+                   key: Any = None) -> Callable:
   """The jitted update: `update(state, microbatches, params_init, lr_position,
   num_microbatches=<this>, full_diagnostics=True) -> (state, metrics)`
   (`lr_position`: where on the schedule this update's learning rate is;
@@ -64,12 +95,41 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   `num_microbatches`: the programs compile once per microbatch shape, and the
   finish once per count only for optimizers that read the count (GSNR). A
   `gradient_penalty` (lbt.engine.regularizers) enters every microbatch.
+  `key` names the model, optimizer and loss for `kept` (None: not kept).
   """
-  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   def learning_rate_at(position):
     return schedule(position)
 
-  learning_rate = jax.jit(learning_rate_at, out_shardings=replicated)
+  learning_rate = jax.jit(learning_rate_at, out_shardings=parallel.replicated(mesh))
+  fused, start_fn, add_fn, finish_fn = kept(
+      key and ("update", key, mesh), lambda: _update_programs(
+          model, tx, mesh, label_smoothing, needs, adversarial, gradient_penalty))
+  counts_matter, ahead, default_count = ("microbatch_grad_sq" in needs,
+                                         dispatch_ahead(mesh), num_microbatches)
+
+  def update(state, microbatches, params_init, lr_position,
+             num_microbatches=default_count, full_diagnostics=True):
+    lr, full = learning_rate(lr_position), bool(full_diagnostics)
+    if num_microbatches == 1:
+      return fused(state, next(iter(microbatches)), params_init, lr, full)
+    sums, dispatched = start_fn(state), collections.deque()
+    for microbatch in microbatches:
+      sums, done = add_fn(state, sums, microbatch)
+      dispatched.append(done)
+      if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
+        jax.block_until_ready(dispatched.popleft())
+    # Static, so passed only where read: other optimizers compile one finish.
+    return finish_fn(state, sums, params_init, lr, full,
+                     num_microbatches if counts_matter else 1)
+
+  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn, "fused": fused,
+                     "learning_rate": learning_rate}
+  return update
+
+
+def _update_programs(model, tx, mesh, label_smoothing, needs, adversarial, gradient_penalty):
+  """The schedule-free programs of `compile_update`: fused, start, add, finish."""
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   add = functools.partial(step.add_microbatch, apply_fn=model.apply,
                           label_smoothing=label_smoothing, adversarial=adversarial,
                           gradient_penalty=gradient_penalty)
@@ -98,41 +158,97 @@ def compile_update(model, tx, schedule, mesh, num_microbatches: int,
   finish_fn = jax.jit(finish_update, in_shardings=(replicated,) * 5,
                       out_shardings=(replicated, replicated), static_argnums=(5,),
                       donate_argnums=(0,))
-  counts_matter, ahead, default_count = ("microbatch_grad_sq" in needs,
-                                         dispatch_ahead(mesh), num_microbatches)
-
-  def update(state, microbatches, params_init, lr_position,
-             num_microbatches=default_count, full_diagnostics=True):
-    lr, full = learning_rate(lr_position), bool(full_diagnostics)
-    if num_microbatches == 1:
-      return fused(state, next(iter(microbatches)), params_init, lr, full)
-    sums, dispatched = start_fn(state), collections.deque()
-    for microbatch in microbatches:
-      sums, done = add_fn(state, sums, microbatch)
-      dispatched.append(done)
-      if len(dispatched) > ahead:  # Memory stays that of a few microbatches.
-        jax.block_until_ready(dispatched.popleft())
-    # Static, so passed only where read: other optimizers compile one finish.
-    return finish_fn(state, sums, params_init, lr, full,
-                     num_microbatches if counts_matter else 1)
-
-  update.programs = {"start": start_fn, "add": add_fn, "finish": finish_fn, "fused": fused,
-                     "learning_rate": learning_rate}
-  return update
+  return fused, start_fn, add_fn, finish_fn
 
 
-def compile_eval(model, mesh) -> Callable:
-  """The jitted eval step: summed loss, correct predictions and count of a batch."""
-  return jax.jit(functools.partial(step.eval_step, apply_fn=model.apply),
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+def chunk_length(batch: int) -> int:
+  """The most updates of `batch` one dispatch of `compile_updates` runs: up
+  to CHUNK_UPDATES, fewer as the batch grows (their indices travel with them)."""
+  return max(1, min(CHUNK_UPDATES, CHUNK_EXAMPLES // batch))
 
 
-def evaluate(eval_fn, state, batches, mesh) -> Dict[str, float]:
-  """Loss and accuracy over every example of `batches`, each counted once."""
+def compile_updates(model, tx, schedule, mesh, batch: int, label_smoothing: float,
+                    needs: Sequence[str] = (),
+                    adversarial: Optional[Dict[str, Any]] = None,
+                    gradient_penalty: Optional[Dict[str, Any]] = None,
+                    key: Any = None) -> Callable:
+  """Several updates of one batch in one dispatch, for data held on the
+  devices (lbt.data.device_input): `updates(state, data, indices, positions,
+  full_last, params_init) -> (state, metrics)` runs one update per row of
+  `indices` (each row a whole batch, no padding), at schedule `positions`,
+  the last with FULL_DIAGNOSTICS when `full_last`; each metric comes back
+  with one entry per update.
+
+  Each update is `compile_update`'s fused step on the batch `device_input`
+  gathers, in a loop on the device: the same arithmetic, so the same state
+  to the bit, without a dispatch (and the host's work around it) per update.
+  The learning rates come from the schedule's own program, mapped over the
+  positions. Fewer rows than `chunk_length(batch)` run one program: the rows
+  are padded and the loop stops at the real ones.
+  """
+  length = chunk_length(batch)
+  rates = jax.jit(jax.vmap(schedule), out_shardings=parallel.replicated(mesh))
+  program = kept(key and ("updates", key, mesh, batch), lambda: _updates_program(
+      model, tx, mesh, length, label_smoothing, needs, adversarial, gradient_penalty))
+
+  def updates(state, data, indices, positions, full_last, params_init):
+    count = len(indices)
+    padded = np.zeros((length, batch), np.int32)
+    padded[:count] = indices
+    at = np.full(length, positions[-1], np.float32)
+    at[:count] = positions
+    full = np.zeros(length, bool)
+    full[count - 1] = full_last
+    return program(state, data.train, data.table, padded, rates(at), full, params_init,
+                   np.int32(count))
+
+  updates.programs = {"updates": program, "learning_rates": rates}
+  updates.length = length
+  return updates
+
+
+def _updates_program(model, tx, mesh, length, label_smoothing, needs, adversarial,
+                     gradient_penalty):
+  """`compile_updates`'s schedule-free program."""
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  one = functools.partial(step.train_step, apply_fn=model.apply, tx=tx,
+                          label_smoothing=label_smoothing, needs=needs,
+                          adversarial=adversarial, gradient_penalty=gradient_penalty)
+
+  def run(state, split, table, indices, learning_rates, full, params_init, count):
+    def update(k, state):
+      examples = jax.lax.with_sharding_constraint(
+          device_input.gather(split, table, indices[k]), sharded)
+      return one(state, examples, params_init, learning_rates[k], full[k])
+
+    shapes = jax.eval_shape(update, 0, state)[1]
+    def body(k, carry):
+      state, metrics = update(k, carry[0])
+      return state, jax.tree.map(lambda all_, m: all_.at[k].set(m), carry[1], metrics)
+
+    empty = jax.tree.map(lambda s: jnp.zeros((length,) + s.shape, s.dtype), shapes)
+    return jax.lax.fori_loop(0, count, body, (state, empty))
+
+  rows = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+  return jax.jit(run, in_shardings=(replicated,) * 3 + (rows,) + (replicated,) * 4,
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def compile_eval(model, mesh, key: Any = None) -> Callable:
+  """The jitted eval step: summed loss, correct predictions and count of a
+  batch (`key`: the model's, for `kept`)."""
+  return kept(key and ("eval", key, mesh), lambda: jax.jit(
+      functools.partial(step.eval_step, apply_fn=model.apply),
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+      out_shardings=parallel.replicated(mesh)))
+
+
+def evaluate(eval_fn, state, batches) -> Dict[str, float]:
+  """Loss and accuracy over every example of `batches` (global arrays), each
+  counted once."""
   totals = None
-  for local in batches:
-    sums = eval_fn(state, parallel.to_global(local, mesh))
+  for batch in batches:
+    sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])

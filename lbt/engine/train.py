@@ -9,6 +9,11 @@ each doing what lbt.engine.update_plan decides for it: writes metrics
 evaluates on the test set and writes the summary. The step itself is pure
 (lbt.engine.step); the I/O is here.
 
+Data that fits on the devices stays there (lbt.data.device_input, else the
+host pipeline feeds each batch); there the updates between two that do more
+than train (log, evaluate, checkpoint, end) run as one dispatch
+(`programs.compile_updates`). The results are the same either way, to the bit.
+
 A run may stop before its last update at a target on held-out data
 (`stop_at_target`: the first evaluated update whose validation accuracy or
 loss reaches the value; the test set never stops a run), or at a cap in
@@ -19,15 +24,18 @@ beat the best one).
 import contextlib
 import dataclasses
 import functools
+import json
 import time
 from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lbt.stats import steps_to_target
 from lbt.engine import batch_schedule, checkpoint
 from lbt import data
+from lbt.data import device_input
 from lbt.engine import config as config_lib
 from lbt.io import faults
 from lbt.io import metrics as metrics_lib
@@ -58,9 +66,11 @@ class Run:
   lease: Any
   mesh: Any
   pipeline: data.Pipeline
+  input: Any  # where batches come from: parallel.MeshInput or device_input.DeviceData
   plan: batch_schedule.BatchPlan
   stream: Any
   update_fn: Any
+  updates_fn: Any  # several updates a dispatch (programs.compile_updates), or None
   eval_fn: Any
   params_init: Any
   manager: Any
@@ -143,33 +153,36 @@ def set_up(config, facts, workdir: str, lease, max_updates: int,
   a checkpoint; returns (Run, state)."""
   mesh = parallel.create_mesh(placement.devices if placement else None)
   pipeline = create_pipeline(config, facts, mesh)
+  source = create_input(pipeline, mesh)
   plan = batch_schedule.create_plan(facts)
   model = programs.build_model(config, facts.num_classes)
   schedule = optim.create_schedule(config.schedule, facts.peak_learning_rate,
                                    facts.steps_per_epoch, facts.num_train_steps)
   # One route for the learning rate: the step sets it from the schedule.
   tx = optim.create_with_learning_rate_input(config.optimizer)
-  state = _initial_state(config, facts, pipeline, mesh, model, tx)
+  key = program_key(config, facts)
+  state = _initial_state(config, facts, pipeline, mesh, model, tx, key)
   params_init = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
   workdir_lib.write_config(config, workdir)
   workdir_lib.write_facts(facts, workdir)
   manager = checkpoint.create_manager(workdir, config.checkpoint_keep)
-  stream = pipeline.train_stream(plan)
+  stream = source.train_stream(plan)
   state, start_step = _resume(workdir, manager, state, stream, plan)
   update_fn = programs.compile_update(
       model, tx, schedule, mesh, 1, config.loss.label_smoothing,
       needs=optim.needs(config.optimizer), adversarial=facts.adversarial,
-      gradient_penalty=facts.gradient_penalty)
+      gradient_penalty=facts.gradient_penalty, key=key)
+  updates_fn = _compile_updates(config, facts, source, plan, model, tx, schedule, mesh, key)
   stopped = _stopped_at(workdir, start_step, max_updates, plan.finished())
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0,
                                      resume_step=start_step)
   planned = start_step + batch_schedule.planned_updates(plan)  # noise_scale: a guess
   progress = metrics_lib.Progress(planned, start_step,
                                   enabled=jax.process_index() == 0 and placement is None)
-  run = Run(config, facts, workdir, lease, mesh, pipeline, plan, stream, update_fn,
-            programs.compile_eval(model, mesh), params_init, manager, writer, progress,
-            start_step, plan.examples(), update_plan.cadence_of(config, facts, max_updates),
-            stopped, placement)
+  run = Run(config, facts, workdir, lease, mesh, pipeline, source, plan, stream, update_fn,
+            updates_fn, programs.compile_eval(model, mesh, key), params_init, manager, writer,
+            progress, start_step, plan.examples(),
+            update_plan.cadence_of(config, facts, max_updates), stopped, placement)
   _announce(run, planned)
   return run, state
 
@@ -199,21 +212,62 @@ def create_pipeline(config, facts, mesh) -> data.Pipeline:
   return pipeline
 
 
-def _initial_state(config, facts, pipeline, mesh, model, tx):
+def create_input(pipeline: data.Pipeline, mesh):
+  """Where the run's batches come from: its splits held on the devices when
+  they can be (lbt.data.device_input; LBT_INPUT chooses), else the host
+  pipeline. Either gives the same batches."""
+  wanted = device_input.choice()
+  reason = "LBT_INPUT=pipeline" if wanted == "pipeline" else device_input.unavailable(pipeline)
+  if wanted == "device" and reason:
+    raise ConfigError("LBT_INPUT", wanted, f"a run whose data can stay on the devices "
+                      f"(this one cannot: {reason})")
+  if reason:
+    return parallel.MeshInput(pipeline, mesh)
+  return device_input.DeviceData(pipeline, parallel.replicated(mesh),
+                                 parallel.batch_sharding(mesh))
+
+
+def program_key(config, facts) -> str:
+  """What the schedule-free programs of a run depend on, for
+  `programs.kept`: the model (and its BatchNorm), the optimizer but its
+  learning rate (the schedule's input), the loss and the input's shape."""
+  optimizer = {k: v for k, v in config.optimizer.to_dict().items() if k != "learning_rate"}
+  return json.dumps({
+      "model": config.model.to_dict(), "bn": config.bn.to_dict(), "optimizer": optimizer,
+      "label_smoothing": config.loss.label_smoothing, "adversarial": facts.adversarial,
+      "gradient_penalty": facts.gradient_penalty, "classes": facts.num_classes,
+      "dataset": config.dataset.name,
+      "image_size": config_lib.dataset_field(config, "image_size")},
+                    sort_keys=True, default=str)
+
+
+def _compile_updates(config, facts, source, plan, model, tx, schedule, mesh, key):
+  """The program of several updates a dispatch where it applies: data held
+  on the devices, one batch throughout, each update one unpadded microbatch;
+  else None (one dispatch an update)."""
+  if not isinstance(source, device_input.DeviceData) or plan.name != "constant" or (
+      source.pipeline.train_batches.layout(plan.batch) != (1, plan.batch, False)):
+    return None
+  return programs.compile_updates(
+      model, tx, schedule, mesh, plan.batch, config.loss.label_smoothing,
+      needs=optim.needs(config.optimizer), adversarial=facts.adversarial,
+      gradient_penalty=facts.gradient_penalty, key=key)
+
+
+def _initial_state(config, facts, pipeline, mesh, model, tx, key):
   """The train state at initialization, created already replicated over the
   mesh: the model's variables and the optimizer's state are two programs, so
-  that points of one model share the first."""
-  image_shape = pipeline.spec.image_shape
-  adversarial = facts.adversarial
-  replicated = parallel.replicated(mesh)
-  init_variables = jax.jit(functools.partial(
-      step.init_variables, model=model,
-      input_shape=(pipeline.image_size, pipeline.image_size, image_shape[2])),
-                           out_shardings=replicated)
-  init_state = jax.jit(functools.partial(
-      step.state_from_variables, tx=tx,
-      keep_previous_params=bool(adversarial) and adversarial["parameters"] == "stale"),
-                       out_shardings=replicated)
+  that points of one model share the first; both kept for the next run of
+  the process with the same `key` (`programs.kept`)."""
+  input_shape = (pipeline.image_size, pipeline.image_size, pipeline.spec.image_shape[2])
+  adversarial, replicated = facts.adversarial, parallel.replicated(mesh)
+  keep_previous = bool(adversarial) and adversarial["parameters"] == "stale"
+  init_variables = programs.kept(("variables", key, mesh), lambda: jax.jit(
+      functools.partial(step.init_variables, model=model, input_shape=input_shape),
+      out_shardings=replicated))
+  init_state = programs.kept(("state", key, mesh), lambda: jax.jit(
+      functools.partial(step.state_from_variables, tx=tx, keep_previous_params=keep_previous),
+      out_shardings=replicated))
   return init_state(*init_variables(jax.random.PRNGKey(config.seed)))
 
 
@@ -300,15 +354,10 @@ def train_loop(run: Run, state):
   shared = run.placement.preemption if run.placement else None
   with contextlib.nullcontext(shared) if shared else PreemptionNotice() as preemption:
     while stop is None and not plan.finished():
-      slot = run.stream.next_update()
-      done, count = slot.update + 1, run.stream.num_microbatches(slot)
+      slots = [run.stream.next_update() for _ in range(_updates_to_dispatch(run))]
+      done = slots[-1].update + 1
       actions = update_plan.decide(run.cadence, done, last=plan.finished())
-      microbatches = parallel.prefetch_to_mesh(run.stream, run.mesh, count)
-      state, step_metrics = run.update_fn(
-          state, microbatches, run.params_init,
-          plan.schedule_position(slot, run.facts.steps_per_epoch), num_microbatches=count,
-          full_diagnostics=actions.full_diagnostics)
-      buffer.add(step_metrics, slot.batch, count, actions.full_diagnostics)
+      state = _dispatch(run, state, slots, actions.full_diagnostics, buffer)
       buffer.wait_for(ahead)
       if plan.is_decision_point():
         # The next batch, and so whether the run ends here, follows every estimate.
@@ -329,6 +378,8 @@ def train_loop(run: Run, state):
         buffer.flush(done)
         run.writer.flush()
         checkpoint.save(run.manager, done, state, run.stream)
+      for _ in slots[1:]:
+        faults.moment("update")
       faults.moment("ended" if stop else "update")
       if preemption.reached(done) and not stop:
         buffer.flush(done)
@@ -338,10 +389,42 @@ def train_loop(run: Run, state):
   return state, final, stop or "end"
 
 
+def _updates_to_dispatch(run: Run) -> int:
+  """How many updates the next dispatch runs: one, or with `run.updates_fn`
+  those up to the next one that does more than train (log, evaluate, check
+  the target, checkpoint or end), at most its chunk. Those in between compute
+  no full diagnostics, and the host has nothing to do there."""
+  if run.updates_fn is None:
+    return 1
+  first = run.plan.update + 1
+  stop = min(run.plan.num_updates, first + run.updates_fn.length - 1)
+  acts = (done for done in range(first, stop) if update_plan.decide(
+      run.cadence, done, last=False).full_diagnostics)
+  return next(acts, stop) - first + 1
+
+
+def _dispatch(run: Run, state, slots, full_last: bool, buffer) -> Any:
+  """Runs the updates of `slots` (several only with `run.updates_fn`), the
+  last with full diagnostics when `full_last`; their metrics go to `buffer`."""
+  positions = [run.plan.schedule_position(s, run.facts.steps_per_epoch) for s in slots]
+  if run.updates_fn is not None:
+    indices = np.stack([run.stream.batches.examples(s, 0)[0] for s in slots])
+    state, metrics = run.updates_fn(state, run.input, indices, positions, full_last,
+                                    run.params_init)
+    buffer.add_updates(metrics, len(slots), slots[0].batch, full_last)
+    return state
+  slot, = slots
+  count = run.stream.num_microbatches(slot)
+  state, metrics = run.update_fn(state, run.input.microbatches(run.stream, count),
+                                 run.params_init, positions[0], num_microbatches=count,
+                                 full_diagnostics=full_last)
+  buffer.add(metrics, slot.batch, count, full_last)
+  return state
+
+
 def _validate(run: Run, state, done: int) -> Dict[str, float]:
   """The validation split's metrics at update `done`, written to metrics.jsonl."""
-  result = programs.evaluate(run.eval_fn, state, run.pipeline.validation_batches(),
-                             run.mesh)
+  result = programs.evaluate(run.eval_fn, state, run.input.validation_batches())
   run.writer.write(done, "validation", result)
   return result
 
@@ -372,7 +455,7 @@ def evaluate_all(run: Run, state, done: int,
       validation = _validate(run, state, done)
     extra = {"validation_accuracy": validation["accuracy"],
              "validation_loss": validation["loss"]}
-  result = programs.evaluate(run.eval_fn, state, run.pipeline.eval_batches(), run.mesh)
+  result = programs.evaluate(run.eval_fn, state, run.input.eval_batches())
   run.writer.write(done, "eval", result)
   return {**result, **extra}
 

@@ -13,7 +13,6 @@ from typing import Dict
 import jax
 import numpy as np
 
-from lbt.io import metrics as metrics_lib
 from lbt.engine import step
 from lbt.stats import noise_scale
 from lbt.errors import Diverged
@@ -24,27 +23,38 @@ class TrainMetrics:
   batches (fetching every update would make the host wait on the device)."""
 
   def __init__(self, run):
-    self.run, self.pending = run, []  # (metrics, batch, microbatches, full) per update
+    # (metrics, updates, batch, microbatches, full) per dispatch: `updates`
+    # None for one update's scalars, else how many leading entries of each
+    # metric are updates (lbt.engine.programs.compile_updates), the last one full.
+    self.run, self.pending = run, []
 
   def add(self, metrics, batch: int, count: int, full: bool) -> None:
-    self.pending.append((metrics, batch, count, full))
+    self.pending.append((metrics, None, batch, count, full))
+
+  def add_updates(self, metrics, updates: int, batch: int, full_last: bool) -> None:
+    """Several updates of one microbatch each, their metrics stacked."""
+    self.pending.append((metrics, updates, batch, 1, full_last))
 
   def wait_for(self, ahead: int) -> None:
-    """Waits for the update `ahead` before the last: host memory stays small."""
+    """Waits for the dispatch `ahead` before the last: host memory stays small."""
     if len(self.pending) > ahead:
       jax.block_until_ready(self.pending[-1 - ahead][0])
 
   def flush(self, done: int) -> None:
     """Writes the buffered updates' metrics; Diverged at a non-finite one."""
     run, pending = self.run, self.pending
-    rows = metrics_lib.stack_steps([m for m, _, _, _ in pending])
-    batches = np.array([b for _, b, _, _ in pending])
-    counts = np.array([n for _, _, n, _ in pending])
-    full = [f for _, _, _, f in pending]
-    first = done - len(pending)
     self.pending = []
-    if not rows:
+    if not pending:
       return
+    host = jax.device_get([m for m, _, _, _, _ in pending])
+    rows = {k: np.concatenate([m[k][None] if n is None else m[k][:n]
+                               for m, (_, n, _, _, _) in zip(host, pending)]) for k in host[0]}
+    sizes = [1 if n is None else n for _, n, _, _, _ in pending]
+    batches = np.repeat([b for _, _, b, _, _ in pending], sizes)
+    counts = np.repeat([c for _, _, _, c, _ in pending], sizes)
+    full = [f and i == size - 1 for (_, _, _, _, f), size in zip(pending, sizes)
+            for i in range(size)]
+    first = done - len(full)
     noise = self._noise_scale(rows, batches, counts)
     for i in range(len(rows["loss"])):
       record = {k: v[i] for k, v in rows.items()
