@@ -10,7 +10,7 @@ import pytest
 
 from lbt.io import layout
 from lbt.reports import limit_report, limit_sections
-from lbt.stats import noise_scale, steps_to_target
+from lbt.stats import steps_to_target
 from lbt.studies import limit_protocol, results
 from test_report import finish_study, write_point
 
@@ -117,13 +117,6 @@ def test_schedules_are_compared_at_equal_examples(synthetic):
                 bounded=steps_to_target.UNBOUNDED), "cannot be tested")])
 def test_b_simple_is_consistent_when_inside_the_interval(b_simple, fields, words):
   assert words in limit_report.consistency(b_simple, fields)
-
-
-@pytest.mark.parametrize("b_simple,b_crit,word", [
-    (1500, 1000, "agree (within"), (400, 1000, "order of magnitude only"),
-    (50, 1000, "disagree"), (-5, 1000, "cannot be compared")])
-def test_agreement_rule(b_simple, b_crit, word):
-  assert word in noise_scale.agreement(b_simple, b_crit)
 
 
 def test_perfect_scaling_bounds_the_critical_batch_from_below_only(tmp_path):

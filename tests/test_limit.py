@@ -72,8 +72,8 @@ def assert_bracket_as_recorded(row):
   (slower, not reached or diverged); the search ends unbracketed only at the
   trial cap or at a divergence below."""
   outcomes = {float(lr): v for lr, v in row["learning_rates"].items()}
-  trials = [limit_rules.Trial(lr, limit_rules.REACHED, updates_to_target=v)
-            if isinstance(v, int) else limit_rules.Trial(lr, v) for lr, v in outcomes.items()]
+  trials = [limit_rules.TargetTrial(lr, limit_rules.REACHED, updates_to_target=v)
+            if isinstance(v, int) else limit_rules.TargetTrial(lr, v) for lr, v in outcomes.items()]
   state = search_rules.bracket(trials, max_trials=search_rules.DEFAULT_MAX_TRIALS)
   assert (row["bracketed"], row["bracket_reason"]) == (state.bracketed, state.reason)
   fewest = min(v for v in outcomes.values() if isinstance(v, int))
@@ -133,14 +133,14 @@ def test_a_sweep_with_a_degenerate_fit_still_writes_limit_json(tiny, tmp_path, m
                                             max_batch=protocol.max_batch)):
       guess = protocol.guess(batch, anchor)
       best[batch] = round(s_of_b(batch))
-      slow = {f"low{k}": limit_rules.Trial(guess / 2 ** (k / 2), limit_rules.NOT_REACHED)
+      slow = {f"low{k}": limit_rules.TargetTrial(guess / 2 ** (k / 2), limit_rules.NOT_REACHED)
               for k in (1, 2, 4)}
       by_batch[batch] = {
           **slow,
-          "best": limit_rules.Trial(guess, limit_rules.REACHED, updates_to_target=best[batch],
+          "best": limit_rules.TargetTrial(guess, limit_rules.REACHED, updates_to_target=best[batch],
                                     examples_to_target=best[batch] * batch),
-          "high1": limit_rules.Trial(guess * 2 ** 0.5, search_rules.DIVERGED),
-          "high2": limit_rules.Trial(2 * guess, search_rules.DIVERGED)}
+          "high1": limit_rules.TargetTrial(guess * 2 ** 0.5, search_rules.DIVERGED),
+          "high2": limit_rules.TargetTrial(2 * guess, search_rules.DIVERGED)}
       anchor = (batch, guess)
     return by_batch
 
@@ -191,11 +191,11 @@ def toy_trial(batch, learning_rate, cap):
   else:
     reach = int(60 * (1 + k * k) * (1 + 2048 / batch)) // 10 * 10
   if diverge is not None and (cap is None or diverge <= cap):
-    return limit_rules.Trial(learning_rate, search_rules.DIVERGED, diverged_at=diverge)
+    return limit_rules.TargetTrial(learning_rate, search_rules.DIVERGED, diverged_at=diverge)
   if reach is not None and (cap is None or reach <= cap):
-    return limit_rules.Trial(learning_rate, limit_rules.REACHED, updates_to_target=reach,
+    return limit_rules.TargetTrial(learning_rate, limit_rules.REACHED, updates_to_target=reach,
                              examples_to_target=reach * batch)
-  return limit_rules.Trial(learning_rate, limit_rules.NOT_REACHED)
+  return limit_rules.TargetTrial(learning_rate, limit_rules.NOT_REACHED)
 
 
 def toy_limit(one_by_one):

@@ -1,8 +1,10 @@
-"""A study whose cells search their learning rate (lbt.studies.cell_search planned, lbt.studies.runner run)
-run from outside: the validation split chooses, the report flags what is not
-bracketed, a kill at a named moment then a rerun, and two shards, each give
-the table of one uninterrupted runner; every trial is in TensorBoard's HParams."""
+"""A study whose cells search their learning rate (planned by
+lbt.studies.cell_search, run by lbt.studies.runner) run from outside: the
+validation split chooses, the report flags what is not bracketed, a kill at a
+named moment then a rerun, and two shards, each give the table of one
+uninterrupted runner; every trial is in TensorBoard's HParams."""
 
+import json
 import os
 import struct
 import subprocess
@@ -13,7 +15,7 @@ from tensorboardX.proto import event_pb2
 
 
 from lbt.io import layout
-from lbt.reports import choice, study_report
+from lbt.reports import study_report
 from lbt.studies import results
 from tiny_study import TIMING, load, run_study
 
@@ -37,14 +39,18 @@ def config(optimizer, batch):
   return config
 
 def get_study(arg=None):
-  search = cell_search.Search(max_trials=4, refine=False)
+  # The first cell trains 6 updates: few, so each rate runs two seeds and is
+  # scored by their mean; the second runs one seed per rate and reruns its
+  # chosen rate once.
+  first = cell_search.Search(max_trials=4, refine=False, runs=2, seeds_per_rate=2)
+  second = cell_search.Search(anchor="momentum-b2000", max_trials=4, refine=False, runs=2,
+                              seeds_per_rate=1)
   return {{
       "plain-b4000": points_lib.point(config("sgd", 4000), "sweep", cell="sgd-b4000"),
       "momentum-b2000": points_lib.point(config("momentum", 2000), "sweep",
-                                         cell="momentum-b2000", search=search),
-      "momentum-b8000": points_lib.point(
-          config("momentum", 8000), "sweep", cell="momentum-b8000",
-          search=cell_search.Search(anchor="momentum-b2000", max_trials=4, refine=False)),
+                                         cell="momentum-b2000", search=first),
+      "momentum-b8000": points_lib.point(config("momentum", 8000), "sweep",
+                                         cell="momentum-b8000", search=second),
   }}
 """
 
@@ -76,18 +82,33 @@ def run(searched_file, workdir, *flags, env=None):
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def choice_of(workdir, cell):
+  with open(os.path.join(workdir, layout.choice_file(cell))) as f:
+    return json.load(f)
+
+
 def test_each_cell_keeps_its_validation_best_trial(reference):
-  rows = list(rows_of(reference).values())
-  for cell in ("momentum-b2000", "momentum-b8000"):
-    trials = [r for r in rows if r["cell"] == cell]
-    assert 3 <= len(trials) <= 4 and all(r["learning_rate"] for r in trials)
-    chosen = choice.choose_learning_rates(rows)[cell]["row"]
-    best = max(r["validation_accuracy"] for r in trials)
-    tie = (best * (1 - best) / 5000) ** 0.5
-    assert chosen["validation_accuracy"] >= best - tie
-  anchor = choice.choose_learning_rates(rows)["momentum-b2000"]["row"]
-  second = sorted(r["learning_rate"] for r in rows if r["cell"] == "momentum-b8000")[:3]
-  assert anchor["learning_rate"] in [pytest.approx(lr) for lr in second]
+  rows = rows_of(reference)
+  for cell, seeds in (("momentum-b2000", 2), ("momentum-b8000", 1)):
+    choice = choice_of(reference, cell)
+    trials = choice["trials"]
+    assert 3 <= len(trials) <= 4
+    for trial in trials:  # Each rate's score is the mean validation accuracy of its runs.
+      runs = [rows[name] for name in trial["runs"]]
+      assert len(runs) == seeds and all(
+          r["learning_rate"] == pytest.approx(trial["learning_rate"]) for r in runs)
+      assert trial["score"] == pytest.approx(
+          sum(r["validation_accuracy"] for r in runs) / seeds)
+    best = max(t["score"] for t in trials)
+    chosen = next(t for t in trials if t["learning_rate"] == choice["learning_rate"])
+    assert chosen["score"] >= best - choice["tie"]  # Never worse than a tie of the best.
+    runs = [rows[n] for n in choice["chosen_runs"]]  # The cell's number: its chosen runs.
+    assert len(runs) == 2 and all(r["learning_rate"] == pytest.approx(
+        choice["learning_rate"]) and r["status"] == "finished" for r in runs)
+    assert len({r["seed"] or 0 for r in runs}) == 2  # Two seeds.
+  anchor = choice_of(reference, "momentum-b2000")["learning_rate"]
+  second = sorted(t["learning_rate"] for t in choice_of(reference, "momentum-b8000")["trials"])
+  assert anchor in [pytest.approx(lr) for lr in second]  # The grid started from the anchor.
   table = study_report.main_table(reference)
   assert "momentum" in table and "sgd" in table
 

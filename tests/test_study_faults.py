@@ -1,34 +1,48 @@
-"""Fault injection: a small study killed (SIGKILL) at every named moment of a
-study (lbt.io.faults), and stopped by SIGTERM and Ctrl-C at chosen ones, each
-stop followed by a rerun of the same command; the last rerun ends with the
-rows and the report table of an uninterrupted run. Where each stop lands is
-chosen, not timed."""
+"""Fault injection: a small study of every kind of work (plain points, a
+searched cell, a steps-to-target protocol: all through the one runner) killed
+(SIGKILL) at every named moment (lbt.io.faults), and a plain one stopped by
+SIGTERM and Ctrl-C at chosen ones, each stop followed by a rerun of the same
+command; the last rerun ends with the rows, choices, limit.json and report
+table of an uninterrupted run. Where each stop lands is chosen, not timed."""
 
+import json
+import os
+
+import pytest
+
+from lbt.io import layout
 from lbt.studies import results
 from lbt.reports import study_report
-from tiny_study import TIMING
+from tiny_study import FAULT_STUDY_FILE, TIMING
 import kill_sweep
 
 # Each kill lands in the run the previous one left (a moment's count is per
-# process; the tiny study's points are momentum-b12000, then sgd-b6000, which
-# diverges, then lars-b6000, checkpointed every 5 of its 30 updates).
+# process). The first wave holds the plain points momentum-b12000, sgd-b6000
+# (which diverges) and lars-b6000 (checkpointed every 5 of its 30 updates),
+# the searched cell's three rates and the protocol's first three trials; the
+# protocol's later waves follow.
 KILLS = (
-    "start:1",       # before the flags are read: nothing written yet
-    "write:1",       # study.json written beside itself, not renamed
-    "setup:1",       # momentum-b12000 set up, before its first update
-    "update:2",      # momentum-b12000 before its first checkpoint
-    "ended:1",       # its last update checkpointed, its summary not written
-    "point_end:1",   # it ended, its row not written
-    "database:1",    # sgd-b6000 diverged, its row's results.sqlite not renamed
-    "write:2",       # lars-b6000's config.json written beside itself, not renamed
-    "update:3",      # lars-b6000 before its first checkpoint
-    "checkpoint:2",  # right after its checkpoint of update 10
-    "update:4",      # between two checkpoints (update 14)
-    "ended:1",       # its last update checkpointed, its summary not written
-    "row:1",         # its row in place, the report not started
-    "database:1",    # the report's rebuild of results.sqlite, not renamed
-    "write:3",       # a plot of the report written beside itself, not renamed
-    "report:1",      # the plots written, report.md not
+    "start:1",        # before the flags are read: nothing written yet
+    "write:1",        # study.json written beside itself, not renamed
+    "claim:4",        # the wave journaled and its roles written; 4 of its 9 configs
+    "setup:1",        # the rest of the journal's wave claimed; momentum-b12000 set up
+    "update:2",       # momentum-b12000 before its first checkpoint
+    "ended:1",        # its last update checkpointed, its summary not written
+    "point_end:1",    # it ended, its row not written
+    "database:1",     # sgd-b6000 diverged, its row's results.sqlite not renamed
+    "update:3",       # lars-b6000 before its first checkpoint
+    "checkpoint:2",   # right after its checkpoint of update 10
+    "ended:1",        # its last update checkpointed, its summary not written
+    "row:1",          # its row in place, the searched cell's first rate not started
+    "point_end:2",    # the searched cell's second rate ended, its row not written
+    "point_end:3",    # the protocol's first trial ended, its row not written
+    "claim:1",        # the protocol's second wave journaled, its trial's config written
+    "ended:1",        # a protocol trial stopped at its batch's best count
+    "limit:1",        # every trial ended, limit.json not written
+    "write:1",        # limit.json written beside itself, not renamed
+    "database:1",     # the report's rebuild of results.sqlite, not renamed
+    "write:3",        # a plot of the report written beside itself, not renamed
+    "report:1",       # the plots written, report.md not
 )
 
 
@@ -36,18 +50,37 @@ def strip(rows):
   return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-def test_a_kill_at_every_moment_of_a_study_then_a_rerun_loses_nothing(
-    study_file, uninterrupted, tmp_path):
-  reference, _ = uninterrupted
-  workdir = str(tmp_path / "faults")
-  command = kill_sweep.python("lbt.study", f"--study={study_file}", f"--workdir={workdir}")
+@pytest.fixture(scope="module")
+def fault_file(data_dir, tmp_path_factory):
+  path = tmp_path_factory.mktemp("fault_study") / "fault_study.py"
+  path.write_text(FAULT_STUDY_FILE.format(data_dir=data_dir))
+  return str(path)
+
+
+def outcome(workdir):
+  """What the study wrote: its rows, its protocol's rows and limit.json, the
+  searched cell's choice, the report's table."""
+  protocol = os.path.join(workdir, layout.LIMITS, "momentum")
+  with open(os.path.join(protocol, layout.LIMIT)) as f:
+    limit = json.load(f)
+  with open(os.path.join(workdir, layout.choice_file("momentum-b12000-searched"))) as f:
+    choice = json.load(f)
+  return (strip(results.read_database(workdir)), strip(results.read_database(protocol)),
+          limit, choice, study_report.main_table(workdir))
+
+
+def test_a_kill_at_every_moment_of_a_study_then_a_rerun_loses_nothing(fault_file, tmp_path):
+  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "faults")
+  uninterrupted = kill_sweep.run(kill_sweep.python(
+      "lbt.study", f"--study={fault_file}", f"--workdir={reference}"))
+  assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+  command = kill_sweep.python("lbt.study", f"--study={fault_file}", f"--workdir={workdir}")
   kill_sweep.sweep(command, KILLS, str(tmp_path / "moments"), lambda fault:
                    kill_sweep.assert_ended_as(workdir, reference, fault))
   final = kill_sweep.run(command)
   assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
   kill_sweep.assert_ended_as(workdir, reference, "the last rerun")
-  assert strip(results.read_database(workdir)) == strip(results.read_database(reference))
-  assert study_report.main_table(workdir) == study_report.main_table(reference)
+  assert outcome(workdir) == outcome(reference)
 
 
 # (where the signal lands, the exit status, its one line): lars-b6000's set-up

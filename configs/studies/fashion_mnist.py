@@ -13,30 +13,36 @@ the full batch is the 50,000 left.
 
 Every cell whose number the report compares is searched
 (`lbt.studies.cell_search`): its base learning rate on a power-of-two grid
-around the best of its neighbouring cell, extended until bracketed, refined
-once to √2 steps, the same rule and the same trial cap for every optimizer.
-The cells (each a `lbt.studies.points.Point` whose role names its section):
+around the best of its neighbouring cell, extended until bracketed and two
+doublings past the best on each side, refined once to √2 steps, the same rule
+and the same trial cap for every optimizer; every cell ends with three runs
+(seeds) at its chosen rate, and a cell of 20 updates or fewer runs every rate
+it tries with three seeds and scores their mean. The cells (each a
+`lbt.studies.points.Point` whose role names its section):
 
-- the sweep: momentum, Nesterov, LARS, LAMB and Adam at BATCHES for EPOCHS
-  epochs (cosine decay, warmup WARMUP_EPOCHS): equal epochs, so the larger
-  the batch the fewer the updates; each batch's search starts from the best
-  learning rate of the previous batch;
-- the recipe ladder at the full batch (LADDER), each rung tuned from the
-  previous rung's best; the rungs whose ingredient is a learning-rate rule
+- the sweep: momentum, Nesterov, LARS, LAMB and Adam at TUNED_BATCHES for
+  EPOCHS epochs (cosine decay, warmup WARMUP_EPOCHS): equal epochs, so the
+  larger the batch the fewer the updates; each batch's search starts from the
+  best learning rate of the previous batch;
+- the recipe ladder at the full batch (TUNED_LADDER), each rung tuned from
+  the previous rung's best; the rungs whose ingredient is a learning-rate rule
   (Goyal's linear rule at rung 0, square-root scaling with LEGW warmup) also
   run once at the rule's own learning rate, for how far the rule is from the
   optimum;
 - Hoffer et al.'s remedies at HOFFER_BATCH against B0 = SMALL_BATCH, each tuned;
-- batch-size schedules at equal examples, each tuned;
-- the seed-to-seed spread: SEED_CELLS rerun at their chosen learning rate
-  with two more seeds;
 - the gradient noise scale over training (one point, `noise_scale_split`);
 - the critical batch: the steps-to-target protocol of `lbt.limit` for each
   optimizer (`get_limits`, constant learning rate, no warmup), run into
   DIR/limits/<optimizer>/.
 
-`:quick` is the same machinery on fewer cells (about 4 minutes), `:full` the
-sweep at every power of two (about twice the default's sweep), `:untuned` the
+Left to `:full` for the default's time budget (seeds were kept, cells
+dropped): the sweep at every power of two (32,768 among them), the ladder's
+three rungs that measured ties (BN/bias exclusions, label smoothing, momentum
+0.95 with weight decay) and its 15 epochs, and the batch-size schedules at
+equal examples.
+
+`:quick` is the same machinery on fewer cells (a few minutes), `:full` all of
+the above (several times the default), `:untuned` the
 study as it was before the searches: every point at its scaling rule's
 learning rate.
 """
@@ -175,7 +181,7 @@ LADDER = (_lars, _exclusions, _poly, _longer_warmup, _sqrt_legw, _label_smoothin
           _momentum_and_decay, _more_epochs)
 
 
-def ladder(batch: int = LADDER_BATCH, epochs: float = LADDER_EPOCHS, steps: int = len(LADDER)):
+def ladder(batch: int = LADDER_BATCH, epochs: float = LADDER_EPOCHS, changes=LADDER):
   """Step 0 is Goyal et al.: momentum, linear scaling, warmup 5/90 and x0.1
   steps at 30/60/80 of 90 epochs, scaled to the run."""
   config = point("momentum", batch, epochs)
@@ -183,7 +189,7 @@ def ladder(batch: int = LADDER_BATCH, epochs: float = LADDER_EPOCHS, steps: int 
                          decay_epochs=[round(epochs * f, 3) for f in (1 / 3, 2 / 3, 8 / 9)],
                          decay_factor=0.1)
   rungs = [("baseline", config)]
-  for change in LADDER[:steps]:
+  for change in changes:
     config = _copy(config)
     change(config)
     rungs.append((change.__name__.lstrip("_"), config))
@@ -238,15 +244,19 @@ def batch_schedules(batch: int = SCHEDULE_BATCH, epochs: float = SCHEDULE_EPOCHS
 
 TUNED_OPTIMIZERS = ("momentum", "nesterov", "lars", "lamb", "adam")
 FULL_BATCH = TRAIN_SPLIT - VALIDATION_EXAMPLES  # the whole training split after the hold-out
-TUNED_BATCHES = (128, 512, 2048, 8192, 32768, FULL_BATCH)  # x4 steps (`:full`: every x2)
+# x4 steps to 8,192, then the whole split (`:full`: every x2). 32,768 trains the
+# same 3 updates as the full batch and is left to `:full` for the budget.
+TUNED_BATCHES = (128, 512, 2048, 8192, FULL_BATCH)
 ALL_BATCHES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, FULL_BATCH)
 TUNED_LADDER_EPOCHS = 10.0
-# Every optimizer's cell gets the same search: at most 8 trials, and at least 6
-# where the search allows (√2 steps around the best fill a cell that bracketed
-# early), so that cells compared with each other had the same effort.
-SEARCH = cell_search.Search(max_trials=8, refine=True, trials=6)
-SEED_CELLS = ("momentum-b128", "momentum-b8192", "adam-b2048")
-SEEDS = (1, 2)
+# Every optimizer's cell gets the same search: up to 7 learning rates (the
+# first three, two doublings past the best on each side, the √2 steps around
+# it), three runs at the chosen rate, and, where a cell trains 20 updates or
+# fewer, three seeds at every rate, scored by their mean
+# (`lbt.studies.cell_search.Search`'s defaults).
+SEARCH = cell_search.Search(max_trials=7, refine=True)
+# The ladder's rungs and Hoffer's remedies: five rates each, no √2 step.
+SHORT_SEARCH = cell_search.Search(max_trials=5, refine=False)
 # The steps-to-target protocol of every optimizer (as
 # configs/studies/fashion_mnist_critical.py): constant LR, no warmup.
 LIMIT_START_BATCH, LIMIT_BUDGET_EPOCHS, LIMIT_BUDGET_UPDATES = 128, 10.0, 300
@@ -264,8 +274,6 @@ def searched(config, section: str, cell: str, *, anchor=None, search=SEARCH,
              **fields) -> points_lib.Point:
   """A cell whose base learning rate is searched (the config's is the guess
   when there is no anchor)."""
-  if cell in SEED_CELLS:
-    search = dataclasses.replace(search, seeds=SEEDS)
   return points_lib.point(config, section, cell=cell,
                           search=dataclasses.replace(search, anchor=anchor), **fields)
 
@@ -284,13 +292,19 @@ def tuned_sweep(optimizers, batches, epochs: float = EPOCHS, search=SEARCH):
   return points
 
 
+# The default study's ladder: the ingredients whose rung measured a tie when
+# last tuned (BN/bias exclusions -0.06, label smoothing +0.06, momentum 0.95
+# with weight decay -0.35 points) are left to `:full`, for the budget.
+TUNED_LADDER = (_lars, _poly, _longer_warmup, _sqrt_legw, _more_epochs)
+
+
 def tuned_ladder(batch: int = FULL_BATCH, epochs: float = TUNED_LADDER_EPOCHS,
-                 steps: int = len(LADDER), search=SEARCH):
+                 changes=TUNED_LADDER, search=SHORT_SEARCH):
   """Each rung searched from the previous rung's best; the rungs whose
   ingredient is a learning-rate rule also run at the rule's own LR."""
   points = {}
   previous = None
-  for cell, point_ in ladder(batch, epochs, steps).items():
+  for cell, point_ in ladder(batch, epochs, changes).items():
     config, role, _ = point_
     config.dataset.validation_examples = VALIDATION_EXAMPLES
     _evaluate_often(config)
@@ -308,21 +322,20 @@ LR_RULES = {"baseline": "linear (Goyal et al.)", "sqrt_legw": "square root with 
 
 def tuned_hoffer(batch: int = HOFFER_BATCH, small: int = SMALL_BATCH, epochs: float = EPOCHS):
   """Hoffer et al.'s remedies, each tuned (the sqrt rule is then only the guess)."""
-  search = dataclasses.replace(SEARCH, max_trials=6, refine=False)
   points = {}
   for cell, (config, role, _) in hoffer(batch, small, epochs).items():
     config.dataset.validation_examples = VALIDATION_EXAMPLES
     _evaluate_often(config)
-    points[cell] = searched(config, "hoffer", cell, search=search, variant=role["variant"])
+    points[cell] = searched(config, "hoffer", cell, search=SHORT_SEARCH,
+                            variant=role["variant"])
   return points
 
 
 def tuned_schedules(batch: int = SCHEDULE_BATCH, epochs: float = SCHEDULE_EPOCHS):
-  search = dataclasses.replace(SEARCH, max_trials=6, refine=False)
   points = {}
   for cell, (config, role, _) in batch_schedules(batch, epochs).items():
     config.dataset.validation_examples = VALIDATION_EXAMPLES
-    points[cell] = searched(config, "schedule", cell, search=search,
+    points[cell] = searched(config, "schedule", cell, search=SHORT_SEARCH,
                             schedule=role["schedule"])
   return points
 
@@ -355,16 +368,22 @@ def get_study(arg: str = None) -> Dict[str, points_lib.Point]:
   if arg == "untuned":
     return untuned_study()
   if arg == "quick":
-    quick = dataclasses.replace(SEARCH, max_trials=4, refine=False, trials=0)
+    quick = cell_search.Search(max_trials=4, refine=False)
     points = tuned_sweep(("momentum", "lars"), (512, 4096), 2.0, search=quick)
-    points.update(tuned_ladder(epochs=4.0, steps=1, search=quick))
+    points.update(tuned_ladder(epochs=4.0, changes=LADDER[:1], search=quick))
     _log_every_update(points)
     return points
-  points = tuned_sweep(TUNED_OPTIMIZERS, ALL_BATCHES if arg == "full" else TUNED_BATCHES)
-  points.update(tuned_ladder(epochs=LADDER_EPOCHS if arg == "full" else TUNED_LADDER_EPOCHS))
-  points.update(tuned_hoffer())
-  points.update(noise_scale())
-  points.update(tuned_schedules())
+  if arg == "full":
+    points = tuned_sweep(TUNED_OPTIMIZERS, ALL_BATCHES)
+    points.update(tuned_ladder(epochs=LADDER_EPOCHS, changes=LADDER))
+    points.update(tuned_hoffer())
+    points.update(noise_scale())
+    points.update(tuned_schedules())
+  else:
+    points = tuned_sweep(TUNED_OPTIMIZERS, TUNED_BATCHES)
+    points.update(tuned_ladder())
+    points.update(tuned_hoffer())
+    points.update(noise_scale())
   _log_every_update(points)
   return points
 

@@ -248,6 +248,8 @@ def _compile_updates(config, facts, source, plan, model, tx, schedule, mesh, key
   if not isinstance(source, device_input.DeviceData) or plan.name != "constant" or (
       source.pipeline.train_batches.layout(plan.batch) != (1, plan.batch, False)):
     return None
+  if programs.chunk_length(plan.batch) < 2:  # One update a dispatch anyway: the plain
+    return None  # step's program (a loop of one compiled otherwise drifted in the 5th digit).
   return programs.compile_updates(
       model, tx, schedule, mesh, plan.batch, config.loss.label_smoothing,
       needs=optim.needs(config.optimizer), adversarial=facts.adversarial,

@@ -53,7 +53,17 @@ class CellResult:
       return "search not finished"
     if self.estimate is None:
       return outcome(self.row)
-    return f"{plots.pct(self.estimate.mean)}{_half(self.estimate)} (n={self.estimate.n})"
+    return f"{plots.pct(self.estimate.mean)}{_half(self.estimate)}"
+
+  def table_text(self) -> str:
+    """The cell in the accuracy table: its mean ± half-interval, † when its
+    search did not bracket its best, then (n=k) its seeds, or, for a cell of
+    one run, (k) the rates its search or grid tried (as before seeds)."""
+    text = self.outcome() + self.mark()
+    if self.estimate is not None and self.estimate.n > 1:
+      return f"{text} (n={self.estimate.n})"
+    rates = len(self.choice["trials"]) if self.choice else 0
+    return f"{text} ({rates})" if rates > 1 else text
 
 
 def _half(estimate: intervals.Estimate) -> str:
@@ -148,15 +158,15 @@ def accuracy_table(found: Dict[str, CellResult]) -> str:
   out = ["| optimizer | " + " | ".join(str(b) for b in batches) + " |",
          "|---|" + "---|" * len(batches)]
   for label, series in lines.items():
-    by_batch = {c.row["batch_size"]: c.outcome() + c.mark() for c in series}
+    by_batch = {c.row["batch_size"]: c.table_text() for c in series}
     out.append(f"| {label} | " + " | ".join(by_batch.get(b, "") for b in batches) + " |")
   updates = {c.row["batch_size"]: c.row["updates"] for cells_ in lines.values()
              for c in cells_ if c.row.get("updates")}
   out.append("| updates | " + " | ".join(str(updates.get(b, "")) for b in batches) + " |")
   if any(c.searched for c in found.values()):
     out.append(f"\n±: half the {intervals.LEVEL:.0%} interval of the mean over the seeds "
-               f"(n) at the chosen learning rate; {UNBRACKETED}: the search did not bracket "
-               "its best (reasons below).")
+               f"(n=k) at the chosen learning rate; (k) alone: one run, of a cell that tried "
+               f"k rates; {UNBRACKETED}: the search did not bracket its best (reasons below).")
   return "\n".join(out)
 
 

@@ -70,14 +70,12 @@ def _in_fit(row: dict) -> str:
 def consistency(b_simple: float, summary: dict) -> str:
   """B_simple against B_crit's interval: consistent when it lies inside."""
   low, high = summary.get("b_crit_low"), summary.get("b_crit_high")
-  bounded = summary.get("bounded")
-  if bounded == steps_to_target.UNBOUNDED or (low is None and high is None):
+  inside = steps_to_target.inside_interval(b_simple, low, high, summary.get("bounded"))
+  if inside is None:
     return "cannot be tested against B_crit (its interval has no bound)"
-  above_low = low is None or bounded == steps_to_target.UPPER_ONLY or b_simple >= low
-  below_high = high is None or bounded == steps_to_target.LOWER_ONLY or b_simple <= high
-  if above_low and below_high:
+  if inside:
     return f"is consistent with B_crit (inside its interval {bounds(summary)})"
-  side = "below" if not above_low else "above"
+  side = "below" if low is not None and b_simple < low else "above"
   return f"is not consistent with B_crit ({side} its interval {bounds(summary)})"
 
 

@@ -1,7 +1,7 @@
 """The gradient noise scale: McCandlish et al.'s unbiased estimates of |G|² and
 tr(Σ) from the squared gradient norms of a small and a big batch, their
-smoothed ratio B_simple, and how B_simple compares with a measured B_crit.
-Numpy only.
+smoothed ratio B_simple (compared with a measured B_crit by its interval:
+`lbt.stats.steps_to_target.inside_interval`). Numpy only.
 
 Reference:
   McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch
@@ -72,21 +72,3 @@ def smoothed_noise_scale(grad_sq_norm, trace_sigma, state=(0.0, 0.0, 0),
     count += 1
     out.append(ema_t / ema_g if ema_g else float("nan"))
   return np.asarray(out), (ema_g, ema_t, count)
-
-
-# B_simple "agrees" with B_crit within this factor; within 10x it is the same
-# order of magnitude (McCandlish et al. predict B_crit ≈ B_noise, of which
-# B_simple is an approximation that ignores the Hessian's conditioning).
-AGREEMENT_FACTOR = 2.0
-
-
-def agreement(b_simple: float, b_crit: float) -> str:
-  """How B_simple compares with B_crit, by the rule in the module docstring."""
-  if not (b_simple > 0 and b_crit > 0):
-    return "cannot be compared (a non-positive value)"
-  ratio = b_simple / b_crit
-  if 1 / AGREEMENT_FACTOR <= ratio <= AGREEMENT_FACTOR:
-    return f"agree (within a factor of {AGREEMENT_FACTOR:g})"
-  if 0.1 <= ratio <= 10:
-    return f"agree in order of magnitude only (B_simple/B_crit = {ratio:.2g})"
-  return f"disagree (B_simple/B_crit = {ratio:.2g})"

@@ -228,3 +228,14 @@ def regimes(b_crit: float) -> Tuple[float, float]:
   if math.isnan(b_crit) or b_crit < 0:
     raise ValueError(f"b_crit must be >= 0, got {b_crit}")
   return b_crit / REGIME_FACTOR, b_crit * REGIME_FACTOR
+
+
+def inside_interval(value: float, low: Optional[float], high: Optional[float],
+                    bounded: str) -> Optional[bool]:
+  """Whether a value (B_simple) lies inside B_crit's interval, an open side
+  counting as no bound; None when the interval bounds neither side."""
+  if bounded == UNBOUNDED or (low is None and high is None):
+    return None
+  above_low = low is None or bounded == UPPER_ONLY or value >= low
+  below_high = high is None or bounded == LOWER_ONLY or value <= high
+  return above_low and below_high

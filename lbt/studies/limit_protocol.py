@@ -13,9 +13,11 @@ The protocol of Shallue et al. 2019 read with McCandlish et al. 2018's model:
 2. At each batch the learning rates form a grid in powers of two around the
    config's scaling rule's guess (applied to the best learning rate of the
    previous batch; at the first batch, to the config's), extended until the
-   best trial is bracketed (`lbt.studies.search_rules.next_learning_rates`);
-   S(B) is the best trial's updates, and limit.json says whether each
-   batch's best is bracketed, and why not. A trial that can no longer beat
+   best trial is bracketed and the grid reaches two doublings past it on each
+   side, then refined once to √2 steps around it: the one rule of every
+   search (`lbt.studies.search_rules.next_learning_rates`). S(B) is the best
+   trial's updates, and limit.json says for each batch whether its best is
+   bracketed (and why not), its tied range, and whether the fit used it. A trial that can no longer beat
    the best finished trial of its batch stops at that trial's count
    (`max_updates`) and says so; every trial is read as if stopped at the
    batch's final best count (`limit_rules.as_capped`), so the order the
@@ -29,12 +31,14 @@ The protocol of Shallue et al. 2019 read with McCandlish et al. 2018's model:
    sides, one, or neither.
 5. Every trial runs its one-microbatch batches as two halves
    (noise_scale_split), so B_simple is measured at the best learning rate of
-   every batch and compared with B_crit (`lbt.stats.noise_scale.agreement`).
+   every batch; their median is consistent with B_crit when it lies inside
+   B_crit's interval (`lbt.stats.steps_to_target.inside_interval`).
 
-DIR is a study directory (lbt.study's machinery: one workdir per trial,
-results.sqlite, resumable, `--shard` splits each wave of trials across hosts,
-who wait for each other's trials); it gets `limit.json` and `report/limit.md`
-with the plots. Rerunning the command resumes and rewrites the same files."""
+DIR is a study directory run by the one runner (`lbt.studies.runner`, through
+`LimitPlanner`: one workdir per trial, results.sqlite, resumable, `--shard`
+splits each wave of trials across hosts, who wait for each other's trials);
+it gets `limit.json` when the protocol ends, and `report/limit.md` with the
+plots. Rerunning the command resumes and rewrites the same files."""
 
 import json
 import math
@@ -124,15 +128,15 @@ class Protocol:
     return config
 
 
-def trial_of(point: results.PointRecords, num_classes: int) -> Optional[limit_rules.Trial]:
+def trial_of(point: results.PointRecords, num_classes: int) -> Optional[limit_rules.TargetTrial]:
   """A finished trial's result from its workdir; None while it runs."""
   lr = point.config["optimizer"]["learning_rate"]
   target = point.last("target")
   if target:
-    return limit_rules.Trial(lr, limit_rules.REACHED, updates_to_target=target["step"],
+    return limit_rules.TargetTrial(lr, limit_rules.REACHED, updates_to_target=target["step"],
                              examples_to_target=target["examples"])
   if point.last("diverged") or point.status == results.DIVERGED:
-    return limit_rules.Trial(lr, search_rules.DIVERGED,
+    return limit_rules.TargetTrial(lr, search_rules.DIVERGED,
                              diverged_at=point.last("diverged").get("step"))
   summary = point.last("summary")
   if not summary:
@@ -140,9 +144,9 @@ def trial_of(point: results.PointRecords, num_classes: int) -> Optional[limit_ru
   final = summary.get("validation_accuracy")
   if summary.get("stopped_by") == "end" and final is not None and (
       final < CHANCE_FACTOR / num_classes):
-    return limit_rules.Trial(lr, search_rules.DIVERGED,
+    return limit_rules.TargetTrial(lr, search_rules.DIVERGED,
                              diverged_at=summary.get("num_train_steps"))
-  return limit_rules.Trial(lr, limit_rules.NOT_REACHED)
+  return limit_rules.TargetTrial(lr, limit_rules.NOT_REACHED)
 
 
 def measured(protocol: Protocol, workdir: str) -> Dict[int, Dict[str, object]]:
@@ -165,12 +169,12 @@ class _Unfinished(float):
   """The learning rate of a trial that has a workdir but no result yet."""
 
 
-def _finished(trials) -> List[limit_rules.Trial]:
+def _finished(trials) -> List[limit_rules.TargetTrial]:
   """A batch's ended trials as if each was stopped at the batch's best count
   (`limit_rules.as_capped`): run one by one or side by side (--shard), the
   same trials, so the same search and the same limit.json."""
   return limit_rules.as_capped([t for t in trials.values()
-                                if isinstance(t, limit_rules.Trial)])
+                                if isinstance(t, limit_rules.TargetTrial)])
 
 
 def next_wave(protocol: Protocol, by_batch) -> List[Tuple[str, int, float]]:
@@ -230,13 +234,13 @@ class LimitPlanner(runner.Planner):
                                             self.protocol.max_batch)), self._examples([])
     by_batch = measured(self.protocol, self.directory)
     trials = [t for batch in by_batch.values() for t in batch.values()]
-    ended = [t for t in trials if isinstance(t, limit_rules.Trial)]
+    ended = [t for t in trials if isinstance(t, limit_rules.TargetTrial)]
     per_batch = max(4.0, len(trials) / max(1, len(by_batch)))
     left = [b for b in limit_rules.doubling(self.protocol.start_batch, self.protocol.max_batch)
             if b > max(by_batch, default=0)]
     return len(ended), int(len(trials) + per_batch * len(left)), self._examples(ended)
 
-  def _examples(self, ended: Sequence[limit_rules.Trial]) -> float:
+  def _examples(self, ended: Sequence[limit_rules.TargetTrial]) -> float:
     reached = [t.examples_to_target for t in ended if t.examples_to_target]
     if reached:
       return sum(reached) / len(reached)
@@ -268,6 +272,8 @@ def summarize(protocol: Protocol, workdir: str) -> dict:
     bracket = search_rules.bracket(trials, max_trials=search_rules.DEFAULT_MAX_TRIALS)
     rows.append({"batch": batch, "reached": best is not None,
                  "bracketed": bracket.bracketed, "bracket_reason": bracket.reason,
+                 "tied_low": bracket.tied_low, "tied_high": bracket.tied_high,
+                 "coverage": bracket.coverage, "used_in_fit": best is not None,
                  "best_learning_rate": best.learning_rate if best else None,
                  "updates_to_target": best.updates_to_target if best else None,
                  "examples_to_target": best.examples_to_target if best else None,
@@ -307,13 +313,13 @@ def fit_fields(fit: Optional[steps_to_target.LimitFit], rows: Sequence[dict]) ->
           "measured_range": [fit.measured_low, fit.measured_high],
           "regimes": {"perfect_scaling_below": low, "maximal_parallelism_above": high},
           "b_simple_median": b_simple,
-          "b_simple_vs_b_crit": (noise_scale.agreement(b_simple, fit.b_crit)
-                                 if b_simple is not None and math.isfinite(fit.b_crit)
-                                 else "fewer than 3 batches measured B_simple")}
+          "b_simple_inside_interval": (
+              None if b_simple is None else steps_to_target.inside_interval(
+                  b_simple, finite(fit.b_crit_low), finite(fit.b_crit_high), fit.bounded))}
 
 
 def _at_target(protocol: Protocol, workdir: str, batch: int,
-               best: Optional[limit_rules.Trial]) -> dict:
+               best: Optional[limit_rules.TargetTrial]) -> dict:
   """Of a batch's best trial (its workdir read once): B_simple at the update
   it reached the target, and the validation interval its count is exact to."""
   if best is None:

@@ -30,7 +30,7 @@ MIN_GAIN = 0.10
 
 
 @dataclasses.dataclass(frozen=True)
-class Trial(search_rules.Trial):
+class TargetTrial(search_rules.Trial):
   """One learning rate at one batch: REACHED (with updates_to_target and
   examples_to_target; the score is then -updates_to_target), NOT_REACHED
   (unscored) or DIVERGED, which may say at which update it diverged
@@ -56,7 +56,7 @@ class Trial(search_rules.Trial):
     super().__post_init__()
 
 
-def as_capped(trials: Sequence[Trial]) -> List[Trial]:
+def as_capped(trials: Sequence[TargetTrial]) -> List[TargetTrial]:
   """A batch's trials as if every one had been stopped at the batch's best
   count S* (the fewest updates to target), as a trial that can no longer
   beat the best is: reached later than S*, or diverged after S*
@@ -71,7 +71,7 @@ def as_capped(trials: Sequence[Trial]) -> List[Trial]:
   cap = best.updates_to_target
   late = lambda t: ((t.status == REACHED and t.updates_to_target > cap) or (
       t.status == search_rules.DIVERGED and t.diverged_at is not None and t.diverged_at > cap))
-  return [Trial(t.learning_rate, NOT_REACHED) if late(t) else t for t in trials]
+  return [TargetTrial(t.learning_rate, NOT_REACHED) if late(t) else t for t in trials]
 
 
 def doubling(start: int, max_batch: int) -> List[int]:

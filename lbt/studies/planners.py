@@ -35,6 +35,22 @@ class PlainPoints(Planner):
   def owns(self, task: Task) -> bool:
     return task.directory == self.directory and task.name in self.points
 
+  def write_decisions(self) -> None:
+    """A cell of several plain points at their own learning rates (a grid,
+    not a search) gets its choice by the one rule once every point ended."""
+    grids: Dict[str, List[str]] = {}
+    for name, point in self.points.items():
+      if point.role.get("learning_rate") is not None:
+        grids.setdefault(point.role["cell"], []).append(name)
+    outcome = Outcomes(self.directory)
+    for cell, names in grids.items():
+      trials = [outcome(n) for n in names]
+      if len(names) > 1 and all(t is not None for t in trials):
+        examples = config_lib.dataset_field(self.points[names[0]].config,
+                                            "validation_examples")
+        write_choice(self.directory, cell, cell_search.choose(
+            trials, examples, runs=[[n] for n in names]))
+
   def progress(self) -> Tuple[int, int, float]:
     if not self.points:
       return 0, 0, 0.0
@@ -105,11 +121,16 @@ class SearchedCells(Planner):
 
   def write_decisions(self) -> None:
     for label, choice in self.chosen.items():
-      path = os.path.join(self.directory, layout.choice_file(label))
-      text = json.dumps({"cell": label, **choice.to_record()}, indent=2, sort_keys=True)
-      if files.read_text(path) != text:
-        files.makedirs(os.path.dirname(path))
-        files.write_text_atomic(path, text)
+      write_choice(self.directory, label, choice)
+
+
+def write_choice(workdir: str, cell: str, choice: cell_search.Choice) -> None:
+  """DIR/choices/<cell>.json, written whole when it changed."""
+  path = os.path.join(workdir, layout.choice_file(cell))
+  text = json.dumps({"cell": cell, **choice.to_record()}, indent=2, sort_keys=True)
+  if files.read_text(path) != text:
+    files.makedirs(os.path.dirname(path))
+    files.write_text_atomic(path, text)
 
 
 def write_hparams(workdir: str, name: str, role: dict) -> None:
@@ -132,7 +153,8 @@ def write_hparams(workdir: str, name: str, role: dict) -> None:
 def study_planners(points: Mapping[str, points_lib.Point], workdir: str,
                    facts: Mapping[str, config_lib.RunFacts]) -> List[Planner]:
   """The planners of a study file's selected points, plain then searched."""
-  cells = [cell_search.Cell(name, p.config, dict(p.role), p.search)
+  cells = [cell_search.Cell(name, p.config, dict(p.role), p.search,
+                            updates=facts[name].num_train_steps)
            for name, p in points.items() if p.search is not None]
   plain = {n: p for n, p in points.items() if p.search is None}
   return [PlainPoints(plain, workdir, facts), SearchedCells(cells, workdir, facts)]

@@ -54,8 +54,9 @@ SECTION_FIELDS = {"sweep": (), "ladder": ("rung", "change"), "hoffer": ("variant
                   # A study file's plain config: a point of its own (`plain_role`).
                   "plain": ()}
 # Fields any role may carry: a tuned trial's base LR; the learning-rate rule a
-# reference point follows instead of being tuned (shown beside the tuned cell).
-OPTIONAL_FIELDS = ("learning_rate", "rule")
+# reference point follows instead of being tuned (shown beside the tuned cell);
+# the seed of a search's trial that runs its rate with several seeds.
+OPTIONAL_FIELDS = ("learning_rate", "rule", "seed")
 LR_RTOL = 1e-5  # an old name's learning rate has 6 significant digits (`:g`)
 
 _text = lambda v: isinstance(v, str) and bool(v)
@@ -176,7 +177,7 @@ def study_points(study: Mapping[str, object]) -> Dict[str, Point]:
 
 def check_cells(roles: Mapping[str, dict]) -> None:
   """The points of one cell are the trials of one tuned cell: the same role
-  but for their learning rates, which all carry and no two share."""
+  but for their learning rates (and seeds), which all carry and no two share."""
   cells: Dict[str, list] = {}
   for name, role in roles.items():
     cells.setdefault(role["cell"], []).append((name, role))
@@ -186,18 +187,18 @@ def check_cells(roles: Mapping[str, dict]) -> None:
     first_name, first = members[0]
     rates = []
     for name, role in members:
-      rate = role.get("learning_rate")
+      rate, seed = role.get("learning_rate"), role.get("seed")
       if (_but_rate(role) != _but_rate(first) or rate is None
-          or any(math.isclose(rate, r, rel_tol=LR_RTOL) for r in rates)):
+          or any(math.isclose(rate, r, rel_tol=LR_RTOL) and seed == s for r, s in rates)):
         raise ConfigError(f"point {name}: role", role,
                           f"the role of {first_name}, a point of the same cell {cell!r}, "
-                          "with a learning_rate of its own (the points of one cell are "
-                          "the trials of its learning rate)")
-      rates.append(rate)
+                          "with a learning_rate (and seed) of its own (the points of one "
+                          "cell are the trials of its learning rate)")
+      rates.append((rate, seed))
 
 
 def _but_rate(role: dict) -> dict:
-  return {k: v for k, v in role.items() if k != "learning_rate"}
+  return {k: v for k, v in role.items() if k not in ("learning_rate", "seed")}
 
 
 # ---- role.json ----

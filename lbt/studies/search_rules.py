@@ -63,7 +63,7 @@ class Trial:
   """One learning rate run at one setting: finished (scored, or unscored) or
   diverged. A score that is a mean over seeds keeps the seeds' own scores
   (`seed_scores`), from which `tie` measures the seed noise. Subclasses
-  (lbt.limit's `limit_rules.Trial`) name their own statuses in STATUSES;
+  (lbt.limit's `limit_rules.TargetTrial`) name their own statuses in STATUSES;
   every status but DIVERGED is finished."""
   STATUSES: ClassVar[Tuple[str, ...]] = (FINISHED, DIVERGED)
   learning_rate: float
