@@ -34,7 +34,7 @@ setup(
         "gcs": ["gcsfs", "google-cloud-storage>=2.0"],
         "test": [
             "pytest>=8", "pytest-xdist>=3",
-            # tests/test_colab.py executes launch/colab.ipynb's cells.
+            # tests/commands/test_colab.py executes launch/colab.ipynb's cells.
             "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
         ],
     },

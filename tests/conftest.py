@@ -1,4 +1,5 @@
-"""Test set-up: 8 CPU devices, and one prepared Fashion-MNIST for the session."""
+"""Test set-up: 8 CPU devices, tests/support importable, and one prepared
+Fashion-MNIST for the session."""
 
 import os
 import sys
@@ -11,8 +12,12 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+# The tests mirror lbt's packages (tests/engine/, tests/studies/, ...); what
+# several of them share lies in tests/support/ (the tiny study, the kill
+# sweep, the fake GCS, hand-written study directories).
+for path in (REPO, os.path.join(REPO, "tests", "support")):
+  if path not in sys.path:
+    sys.path.insert(0, path)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +48,7 @@ def make_config(data_dir):
 
 @pytest.fixture(scope="module")
 def study_file(data_dir, tmp_path_factory):
-  """tests/tiny_study.py's study file, written for this session's data dir."""
+  """tests/support/tiny_study.py's study file, written for this session's data dir."""
   from tiny_study import STUDY_FILE
   path = tmp_path_factory.mktemp("study") / "tiny_study.py"
   path.write_text(STUDY_FILE.format(data_dir=data_dir))

@@ -110,7 +110,7 @@ def penalty_gradient(apply_fn: Callable, params, batch_stats, microbatch, rng,
   derivative of the reverse-mode gradient along g_b (`jax.jvp` of
   `jax.grad`), block after block in a `lax.scan`. On XLA:CPU that costs about
   one more gradient of the microbatch; `jax.grad` through `jax.vmap(jax.grad)`
-  gives the same numbers (tests/test_full_batch.py) 4-6x slower.
+  gives the same numbers (tests/studies/test_full_batch.py) 4-6x slower.
   """
   mask = microbatch.get("mask")
   weights = (jnp.ones(microbatch["label"].shape, jnp.float32) if mask is None

@@ -97,7 +97,7 @@ def _tuned_text(found: Dict[str, CellResult]) -> str:
   for c in found.values():
     if c.choice is None or c.choice.get("learning_rate") is None:
       continue
-    trials = c.choice.get("trials") or []
+    trials = sorted(c.choice.get("trials") or [], key=lambda t: t["learning_rate"])
     tried = ", ".join(
         f"{t['learning_rate']:.3g} ({plots.pct(t['score'])}% val)" if t.get("score") is not None
         else f"{t['learning_rate']:.3g} ({t.get('status', '—')})" for t in trials)

@@ -17,7 +17,7 @@ from lbt.engine import train
 from lbt.stats import steps_to_target
 from lbt.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny(make_config, **overrides):

@@ -22,7 +22,7 @@ from lbt import errors
 from lbt.io import metrics
 from lbt.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # 10 updates per epoch at batch 6000; a tiny MLP keeps each update cheap.
 CONFIG_FILE = """

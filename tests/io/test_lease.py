@@ -24,7 +24,7 @@ from lbt.io import files, logs, metrics
 from lbt.io import lease as lease_lib
 from lbt.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Waits for a file named GO (so that racers start together; with a fourth
 # argument it first says "ready"), locks, says so, holds until stdin closes

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from lbt.io import layout, metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The exit status of a run stopped by each signal of lbt.io.faults.
 STATUS = {"KILL": -signal.SIGKILL, "TERM": 143, "INT": 130}

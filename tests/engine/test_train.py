@@ -130,7 +130,7 @@ def test_a_workdir_from_before_a_new_field_still_resumes(make_config, tmp_path):
 
 
 def test_object_store_workdirs_lbt_cannot_write_are_refused_not_made_local(monkeypatch):
-  # gs:// itself is written through epath: tests/test_remote_workdir.py.
+  # gs:// itself is written through epath: tests/io/test_remote_workdir.py.
   with pytest.raises(train.ConfigError, match="--workdir='s3://bucket/run'.*gs://BUCKET/DIR"):
     workdir_lib.check_location("s3://bucket/run")
   monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # gs:// packages missing

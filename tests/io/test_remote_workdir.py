@@ -1,4 +1,4 @@
-"""gs:// workdirs, on a fake GCS (tests/fake_gcs.py) that refuses local-only calls.
+"""gs:// workdirs, on a fake GCS (tests/support/fake_gcs.py) that refuses local-only calls.
 
 A run writes config.json, metrics.jsonl, TensorBoard events, its log and
 checkpoints into the bucket and resumes from them; the lease refuses a second
@@ -42,7 +42,7 @@ def gcs(tmp_path, monkeypatch):
 
 
 def small(make_config, **overrides):
-  """The MLP, 8 updates of 128 examples, checkpoints every 4 (as tests/test_train.py)."""
+  """The MLP, 8 updates of 128 examples, checkpoints every 4 (as tests/engine/test_train.py)."""
   args = dict(batch_size=128, num_train_steps=8, schedule__warmup_epochs=0.01,
               checkpoint_every_steps=4, log_every_steps=2, eval_every_steps=8,
               eval_batch_size=5000)

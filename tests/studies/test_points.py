@@ -15,7 +15,7 @@ from lbt.errors import ConfigError
 from lbt.io import layout
 from lbt.reports import study_report
 from lbt.studies import directory, points, results, work
-from test_report import write_choice, write_point
+from study_dirs import write_choice, write_point
 
 SWEEP = {"section": "sweep", "cell": "momentum-b128", "optimizer": "momentum", "batch": 128}
 
@@ -195,7 +195,7 @@ def test_a_changed_role_is_rewritten_and_said(tmp_path, capsys):
   assert "lbt.study: point p: role" in capsys.readouterr().out
 
 
-# A small study whose every number is known (`test_report.write_point`).
+# A small study whose every number is known (`study_dirs.write_point`).
 SPEC = [
     ("momentum-b128", "momentum,batch=128", dict(updates=100, evals=[(50, 0.8), (100, 0.9)])),
     ("momentum-b1024", "momentum,batch=1024", dict(updates=20, evals=[(10, 0.86), (20, 0.88)])),

@@ -299,7 +299,7 @@ def storage_module(fake: FakeGcs) -> types.ModuleType:
 
 # ---- the guard ----
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STDLIB = (sysconfig.get_paths()["stdlib"], "<frozen")
 
 

@@ -1,7 +1,7 @@
 """lbt.studies.cell_search against searches worked out by hand on a known
 validation-accuracy curve (the report reads the choice it records: its own
-tests are in tests/test_report.py). Synthetic curves drawn many times:
-tests/test_search_properties.py."""
+tests are in tests/reports/test_report.py). Synthetic curves drawn many times:
+tests/studies/test_search_properties.py."""
 
 import json
 import math

@@ -12,7 +12,7 @@ from lbt.io import layout
 from lbt.reports import limit_report, limit_sections
 from lbt.stats import steps_to_target
 from lbt.studies import limit_protocol, results
-from test_report import finish_study, write_point
+from study_dirs import finish_study, write_point
 
 TARGET = 0.85
 S_MIN, B_NOISE = 10, 1000  # updates to target: 90, 50, 30, 20 at B = 125 ... 1000

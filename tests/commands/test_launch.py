@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCH = os.path.join(REPO, "launch")
 sys.path.insert(0, LAUNCH)
 import tpu_pod  # noqa: E402  pylint: disable=wrong-import-position

@@ -18,7 +18,7 @@ import pytest
 
 from lbt import main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "--config=configs/fashion_mnist.py"
 
 

@@ -2,7 +2,7 @@
 
 The LANS, CLARS and GSNR equations are written out below from their papers
 (docstrings of lbt.optim.lans/clars/gsnr cite them), not from lbt code; the
-base rules VRGD wraps (LARS, Adam, LAMB, momentum) reuse tests/test_optim.py's
+base rules VRGD wraps (LARS, Adam, LAMB, momentum) reuse tests/optim/test_optim.py's
 references. Gradients come from K = 4 "examples" (CLARS) or "microbatches"
 (VRGD) per update, whose statistics are computed here in NumPy and passed as
 the extra arguments the train step will pass. 25 updates of a tree with biases,

@@ -19,7 +19,7 @@ from lbt.reports import study_report
 from lbt.studies import results
 from tiny_study import TIMING, load, run_study
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Two cells of a tiny MLP, the second's search anchored on the first's best;
 # a plain point beside them runs as in any study.

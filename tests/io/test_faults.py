@@ -1,6 +1,6 @@
 """The named moments of lbt.io.faults: each one the code marks is listed, each
 listed one is marked, and a bad LBT_FAULT is one line, not a kill that never
-comes. The kills themselves: tests/test_study_faults.py, tests/test_limit.py."""
+comes. The kills themselves: tests/studies/test_study_faults.py, tests/studies/test_limit.py."""
 
 import ast
 import os

@@ -22,7 +22,7 @@ from lbt.stats import noise_scale
 from lbt.engine import workdir as workdir_lib
 from lbt.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def plan_of(schedule, *, batch=1000, pool=10000, micro=100, epochs=4.0, steps=0):

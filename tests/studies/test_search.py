@@ -2,8 +2,8 @@
 learning-rate search (generic scores and lbt.limit's updates to target,
 bracketing, ties and their tolerance, coverage, refinement, and decisions
 that do not depend on the order trials ran in), and the batch doubling on a
-known S(B). Synthetic learning-rate curves: tests/test_search_properties.py;
-the B_crit fit: tests/test_limit_fit.py."""
+known S(B). Synthetic learning-rate curves: tests/studies/test_search_properties.py;
+the B_crit fit: tests/stats/test_limit_fit.py."""
 
 import dataclasses
 import math
@@ -13,7 +13,7 @@ import pytest
 
 from lbt.stats import steps_to_target
 from lbt.studies import limit_rules, search_rules
-from lbt.studies.limit_rules import NOT_REACHED, REACHED, Trial
+from lbt.studies.limit_rules import NOT_REACHED, REACHED, TargetTrial
 from lbt.studies.search_rules import DIVERGED, FINISHED
 
 NAN = float("nan")
@@ -63,7 +63,7 @@ ROOT2 = math.sqrt(2)
 
 
 def reached(lr, updates):
-  return Trial(lr, REACHED, updates_to_target=updates, examples_to_target=updates * 256)
+  return TargetTrial(lr, REACHED, updates_to_target=updates, examples_to_target=updates * 256)
 
 
 def acc(lr, score, seeds=()):
@@ -73,42 +73,42 @@ def acc(lr, score, seeds=()):
 
 def test_trials_check_their_fields():
   with pytest.raises(ValueError, match="status"):
-    Trial(0.1, "done")
+    TargetTrial(0.1, "done")
   with pytest.raises(ValueError, match="status"):
     search_rules.Trial(0.1, REACHED)  # lbt.limit's statuses are its own
   with pytest.raises(ValueError, match="updates_to_target"):
-    Trial(0.1, REACHED)
+    TargetTrial(0.1, REACHED)
   with pytest.raises(ValueError, match="score"):
     search_rules.Trial(0.1, DIVERGED, 100)
   with pytest.raises(ValueError, match="score"):
-    Trial(0.1, NOT_REACHED, 0.5)
+    TargetTrial(0.1, NOT_REACHED, 0.5)
   with pytest.raises(ValueError, match="score"):
     acc(0.1, NAN)
   with pytest.raises(ValueError, match="seed_scores"):
     search_rules.Trial(0.1, FINISHED, None, (0.5, 0.6))
   with pytest.raises(ValueError, match="score"):  # a reached trial scores -updates
-    Trial(0.1, REACHED, 120, updates_to_target=100)
+    TargetTrial(0.1, REACHED, 120, updates_to_target=100)
   with pytest.raises(ValueError, match="diverged_at"):
-    Trial(0.1, NOT_REACHED, diverged_at=5)
+    TargetTrial(0.1, NOT_REACHED, diverged_at=5)
   with pytest.raises(ValueError, match="learning_rate"):
-    Trial(0.0, NOT_REACHED)
+    TargetTrial(0.0, NOT_REACHED)
   with pytest.raises(dataclasses.FrozenInstanceError):
-    Trial(0.1, NOT_REACHED).status = REACHED
+    TargetTrial(0.1, NOT_REACHED).status = REACHED
   assert reached(0.1, 120).score == -120 and reached(0.1, 120).finished
-  assert Trial(0.1, NOT_REACHED).score is None and Trial(0.1, NOT_REACHED).finished
-  assert not Trial(0.1, DIVERGED).finished
+  assert TargetTrial(0.1, NOT_REACHED).score is None and TargetTrial(0.1, NOT_REACHED).finished
+  assert not TargetTrial(0.1, DIVERGED).finished
 
 
 def test_best_trial_is_the_centre_of_the_tied_set():
-  trials = [reached(0.2, 300), Trial(0.4, DIVERGED), reached(0.1, 120), reached(0.05, 120),
-            Trial(0.025, NOT_REACHED)]
+  trials = [reached(0.2, 300), TargetTrial(0.4, DIVERGED), reached(0.1, 120), reached(0.05, 120),
+            TargetTrial(0.025, NOT_REACHED)]
   # {0.05, 0.1} tie; both sqrt(2) from their centre, equal scores: the higher.
   assert search_rules.best_trial(trials) == reached(0.1, 120)
   plateau = [reached(0.025, 120), reached(0.05, 120), reached(0.1, 120)]
   assert search_rules.best_trial(plateau) == reached(0.05, 120)  # tie of three: the middle
   # Nothing beyond either end of the plateau: open on both sides.
   assert search_rules.next_learning_rates(plateau, 0.05) == [0.0125, 0.2]
-  assert search_rules.best_trial([Trial(0.1, DIVERGED), Trial(0.05, NOT_REACHED)]) is None
+  assert search_rules.best_trial([TargetTrial(0.1, DIVERGED), TargetTrial(0.05, NOT_REACHED)]) is None
   assert search_rules.best_trial([]) is None
   scores = [acc(0.025, 0.80), acc(0.05, 0.899), acc(0.1, 0.90), acc(0.2, 0.901),
             acc(0.4, 0.85)]
@@ -164,7 +164,7 @@ def test_best_at_top_edge_extends_up_until_a_divergence_closes_it():
   assert search_rules.bracket(trials).reason.endswith(
       "the tied set reaches the highest LR tried (0.2)")
   # Closed above by the divergence, below by 0.1; 0.05 is two doublings down.
-  closed = trials + [Trial(0.4, DIVERGED)]
+  closed = trials + [TargetTrial(0.4, DIVERGED)]
   assert search_rules.next_learning_rates(closed, GUESS) == []
   assert search_rules.bracket(closed) == search_rules.Bracket(
       True, "bracketed (best 0.2, tied 0.2-0.2): 0.1 below scores worse by more than the tie; "
@@ -190,27 +190,27 @@ def test_a_bracketed_best_is_covered_two_doublings_each_side():
 
 
 def test_nothing_reached():
-  not_reached = [Trial(lr, NOT_REACHED) for lr in (0.05, 0.1, 0.2)]
+  not_reached = [TargetTrial(lr, NOT_REACHED) for lr in (0.05, 0.1, 0.2)]
   assert search_rules.next_learning_rates(not_reached, GUESS) == [0.4]
   assert search_rules.bracket(not_reached).reason.startswith("nothing scored")
-  all_diverged = [Trial(lr, DIVERGED) for lr in (0.05, 0.1, 0.2)]
+  all_diverged = [TargetTrial(lr, DIVERGED) for lr in (0.05, 0.1, 0.2)]
   assert search_rules.next_learning_rates(all_diverged, GUESS) == [0.025]
   assert search_rules.bracket(all_diverged).reason.startswith("nothing finished")
   assert search_rules.bracket([]) == search_rules.Bracket(False, "nothing tried", None, None)
-  top_diverged = not_reached[:2] + [Trial(0.2, DIVERGED)]
+  top_diverged = not_reached[:2] + [TargetTrial(0.2, DIVERGED)]
   assert search_rules.next_learning_rates(top_diverged, GUESS) == [0.025]
   # Nothing reached, highest did not diverge, a lower one did: up would pass it, so down.
-  trials = [Trial(0.05, NOT_REACHED), Trial(0.1, DIVERGED), Trial(0.2, NOT_REACHED)]
+  trials = [TargetTrial(0.05, NOT_REACHED), TargetTrial(0.1, DIVERGED), TargetTrial(0.2, NOT_REACHED)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.025]
 
 
 def test_a_divergence_below_the_best_neither_stops_the_search_above_nor_brackets():
   # The best, 0.2, is the highest: up to 0.4, whatever happened at 0.05.
-  trials = [Trial(0.05, DIVERGED), reached(0.1, 200), reached(0.2, 100)]
+  trials = [TargetTrial(0.05, DIVERGED), reached(0.1, 200), reached(0.2, 100)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
   # Best 0.1 with only a divergence one step below: not bracketed; below is
   # taken and ends the coverage there, above the grid goes on to 0.4.
-  trials = [Trial(0.05, DIVERGED), reached(0.1, 60), reached(0.2, 100)]
+  trials = [TargetTrial(0.05, DIVERGED), reached(0.1, 60), reached(0.2, 100)]
   state = search_rules.bracket(trials)
   assert (state.bracketed, state.low, state.high) == (False, None, 0.2)
   assert state.reason == ("not bracketed (best 0.1, tied 0.1-0.1): only divergences below "
@@ -219,10 +219,10 @@ def test_a_divergence_below_the_best_neither_stops_the_search_above_nor_brackets
   assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
   assert search_rules.next_learning_rates(trials + [reached(0.4, 300)], GUESS) == []
   # Two steps below: the step between is proposed.
-  trials = [Trial(0.025, DIVERGED), reached(0.1, 60), reached(0.2, 100)]
+  trials = [TargetTrial(0.025, DIVERGED), reached(0.1, 60), reached(0.2, 100)]
   assert search_rules.next_learning_rates(trials, GUESS) == [0.05]
   # A divergence further above closes the top, and the step between is still run.
-  trials = [reached(0.05, 300), reached(0.1, 200), reached(0.2, 100), Trial(0.8, DIVERGED)]
+  trials = [reached(0.05, 300), reached(0.1, 200), reached(0.2, 100), TargetTrial(0.8, DIVERGED)]
   assert search_rules.bracket(trials).bracketed
   assert search_rules.next_learning_rates(trials, GUESS) == [0.4]
 
@@ -246,32 +246,32 @@ def test_a_neighbour_that_only_ties_is_not_a_side():
 def test_capped_and_uncapped_trials_decide_the_same():
   # The issue's case: 0.05 stopped at the best count ("not reached") or run on
   # to diverge; either way the best, 0.2, is at the top: 0.4.
-  capped = [Trial(0.05, NOT_REACHED), reached(0.1, 100), reached(0.2, 60)]
-  uncapped = [Trial(0.05, DIVERGED, diverged_at=80), reached(0.1, 100), reached(0.2, 60)]
+  capped = [TargetTrial(0.05, NOT_REACHED), reached(0.1, 100), reached(0.2, 60)]
+  uncapped = [TargetTrial(0.05, DIVERGED, diverged_at=80), reached(0.1, 100), reached(0.2, 60)]
   assert search_rules.next_learning_rates(capped, GUESS) == [0.4]
   assert search_rules.next_learning_rates(uncapped, GUESS) == [0.4]
   # Best 0.1 in 60. Uncapped, 0.05 diverged at update 150 and 0.2 reached in
   # 100; capped at 60, both stop unreached. as_capped makes them one input.
-  capped = [Trial(0.05, NOT_REACHED), reached(0.1, 60), Trial(0.2, NOT_REACHED)]
-  uncapped = [Trial(0.05, DIVERGED, diverged_at=150), reached(0.1, 60), reached(0.2, 100)]
+  capped = [TargetTrial(0.05, NOT_REACHED), reached(0.1, 60), TargetTrial(0.2, NOT_REACHED)]
+  uncapped = [TargetTrial(0.05, DIVERGED, diverged_at=150), reached(0.1, 60), reached(0.2, 100)]
   assert limit_rules.as_capped(uncapped) == capped
   assert limit_rules.as_capped(capped) == capped
   for trials in (capped, limit_rules.as_capped(uncapped)):
     assert search_rules.next_learning_rates(trials, GUESS) == [0.025, 0.4]
     assert search_rules.bracket(trials).bracketed
   # A divergence before the best count is seen by a capped run too: it stays.
-  early = [Trial(0.05, DIVERGED, diverged_at=30), reached(0.1, 60), reached(0.2, 100)]
+  early = [TargetTrial(0.05, DIVERGED, diverged_at=30), reached(0.1, 60), reached(0.2, 100)]
   assert limit_rules.as_capped(early)[0] == early[0]
   assert not search_rules.bracket(limit_rules.as_capped(early)).bracketed
   # Nothing reached: nothing was capped, nothing changes.
-  assert limit_rules.as_capped([Trial(0.1, DIVERGED, diverged_at=5)]) == [
-      Trial(0.1, DIVERGED, diverged_at=5)]
+  assert limit_rules.as_capped([TargetTrial(0.1, DIVERGED, diverged_at=5)]) == [
+      TargetTrial(0.1, DIVERGED, diverged_at=5)]
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_the_decision_does_not_depend_on_the_order_of_the_trials(seed):
-  trials = [reached(0.025, 400), Trial(0.05, DIVERGED), reached(0.1, 120), reached(0.2, 120),
-            reached(0.4, 300), Trial(1.6, DIVERGED)]
+  trials = [reached(0.025, 400), TargetTrial(0.05, DIVERGED), reached(0.1, 120), reached(0.2, 120),
+            reached(0.4, 300), TargetTrial(1.6, DIVERGED)]
   expected = (search_rules.next_learning_rates(trials, GUESS, refine=True),
               search_rules.bracket(trials), search_rules.best_trial(trials))
   order = np.random.default_rng(seed).permutation(len(trials))
@@ -361,9 +361,9 @@ def run_search(optimum, diverge_at, guess=GUESS, max_trials=10):
       assert all(lr < t.learning_rate for t in trials if t.status == DIVERGED)
       distance = abs(math.log2(lr / optimum))
       if lr >= diverge_at:
-        trials.append(Trial(lr, DIVERGED))
+        trials.append(TargetTrial(lr, DIVERGED))
       elif distance > 6:
-        trials.append(Trial(lr, NOT_REACHED))
+        trials.append(TargetTrial(lr, NOT_REACHED))
       else:
         trials.append(reached(lr, int(100 * (1 + distance ** 2))))
 

@@ -14,9 +14,9 @@ from lbt.studies import results
 from lbt.studies import directory, runner
 from lbt import study
 from lbt.errors import ConfigError
-from tiny_study import TIMING, load, run_study  # the tiny study: tests/tiny_study.py, conftest.py
+from tiny_study import TIMING, load, run_study  # the tiny study: tests/support/tiny_study.py, conftest.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rows_without_timing(workdir):

@@ -13,7 +13,7 @@ from lbt import limit
 from lbt.studies import limit_protocol, limit_rules, search_rules
 import kill_sweep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TINY = """
 import ml_collections
