@@ -120,13 +120,7 @@ def main(argv: Sequence[str]) -> int:
       print(f"lbt.limit: {limit_report.write_comparison(summaries, values.workdir)}")
 
   cli.exit_on_signals()
-  status = cli.run(command)
-  failed = outcome[0].failed if outcome else []
-  if status == 0 and failed:
-    print(f"lbt.limit: {len(failed)} trial(s) failed: {', '.join(failed)}; fix the cause "
-          "and rerun the same command", file=sys.stderr)
-    return 1
-  return status
+  return cli.with_failures(cli.run(command), outcome[0].failed if outcome else [], "lbt.limit")
 
 
 if __name__ == "__main__":

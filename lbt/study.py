@@ -116,13 +116,7 @@ def main(argv: Sequence[str]) -> int:
               "left as it is", flush=True)
 
   cli.exit_on_signals()
-  status = cli.run(command)
-  failed = outcome[0].failed if outcome else []
-  if status == 0 and failed:
-    print(f"lbt.study: {len(failed)} trial(s) failed: {', '.join(failed)}; fix the cause "
-          "and rerun the same command", file=sys.stderr)
-    return 1
-  return status
+  return cli.with_failures(cli.run(command), outcome[0].failed if outcome else [], "lbt.study")
 
 
 if __name__ == "__main__":

@@ -7,4 +7,5 @@ floor, nor anything above (tests/test_layers.py).
 """
 
 from lbt.data.catalog import DATASETS, DatasetSpec, default_data_dir, register
-from lbt.data.pipeline import Pipeline, load_source, prepare
+from lbt.data.pipeline import Pipeline
+from lbt.data.sources import load_source, prepare

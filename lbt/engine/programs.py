@@ -11,6 +11,7 @@ devices. `compile_eval` and `evaluate` count every example of a split once.
 import collections
 import contextlib
 import functools
+import json
 import os
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from lbt.data import device_input
 from lbt.engine import config as config_lib
-from lbt import models
+from lbt import models, optim
 from lbt.engine import parallel, step
 
 # Microbatches (and updates) the host may dispatch ahead of the device: enough
@@ -284,3 +285,49 @@ def compilation_cache(path: Optional[str]) -> Iterator[Optional[str]]:
     jax_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", minimum)
+
+
+def program_key(config, facts) -> str:
+  """What the schedule-free programs of a run depend on, for
+  `kept`: the model (and its BatchNorm), the optimizer but its
+  learning rate (the schedule's input), the loss and the input's shape."""
+  optimizer = {k: v for k, v in config.optimizer.to_dict().items() if k != "learning_rate"}
+  return json.dumps({
+      "model": config.model.to_dict(), "bn": config.bn.to_dict(), "optimizer": optimizer,
+      "label_smoothing": config.loss.label_smoothing, "adversarial": facts.adversarial,
+      "gradient_penalty": facts.gradient_penalty, "classes": facts.num_classes,
+      "dataset": config.dataset.name,
+      "image_size": config_lib.dataset_field(config, "image_size")},
+                    sort_keys=True, default=str)
+
+
+def updates_where_they_apply(config, facts, source, plan, model, tx, schedule, mesh, key):
+  """The program of several updates a dispatch where it applies: data held
+  on the devices, one batch throughout, each update one unpadded microbatch;
+  else None (one dispatch an update)."""
+  if not isinstance(source, device_input.DeviceData) or plan.name != "constant" or (
+      source.pipeline.train_batches.layout(plan.batch) != (1, plan.batch, False)):
+    return None
+  if chunk_length(plan.batch) < 2:  # One update a dispatch anyway: the plain
+    return None  # step's program (a loop of one compiled otherwise drifted in the 5th digit).
+  return compile_updates(
+      model, tx, schedule, mesh, plan.batch, config.loss.label_smoothing,
+      needs=optim.needs(config.optimizer), adversarial=facts.adversarial,
+      gradient_penalty=facts.gradient_penalty, key=key)
+
+
+def initial_state(config, facts, pipeline, mesh, model, tx, key):
+  """The train state at initialization, created already replicated over the
+  mesh: the model's variables and the optimizer's state are two programs, so
+  that points of one model share the first; both kept for the next run of
+  the process with the same `key` (`kept`)."""
+  input_shape = (pipeline.image_size, pipeline.image_size, pipeline.spec.image_shape[2])
+  adversarial, replicated = facts.adversarial, parallel.replicated(mesh)
+  keep_previous = bool(adversarial) and adversarial["parameters"] == "stale"
+  init_variables = kept(("variables", key, mesh), lambda: jax.jit(
+      functools.partial(step.init_variables, model=model, input_shape=input_shape),
+      out_shardings=replicated))
+  init_state = kept(("state", key, mesh), lambda: jax.jit(
+      functools.partial(step.state_from_variables, tx=tx, keep_previous_params=keep_previous),
+      out_shardings=replicated))
+  return init_state(*init_variables(jax.random.PRNGKey(config.seed)))

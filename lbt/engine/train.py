@@ -23,8 +23,6 @@ beat the best one).
 
 import contextlib
 import dataclasses
-import functools
-import json
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -40,7 +38,7 @@ from lbt.engine import config as config_lib
 from lbt.io import faults
 from lbt.io import metrics as metrics_lib
 from lbt import optim
-from lbt.engine import parallel, programs, step, train_metrics, update_plan
+from lbt.engine import parallel, programs, train_metrics, update_plan
 from lbt.engine import workdir as workdir_lib
 from lbt.errors import ConfigError, Preempted
 from lbt.io.preemption import PreemptionNotice
@@ -160,8 +158,8 @@ def set_up(config, facts, workdir: str, lease, max_updates: int,
                                    facts.steps_per_epoch, facts.num_train_steps)
   # One route for the learning rate: the step sets it from the schedule.
   tx = optim.create_with_learning_rate_input(config.optimizer)
-  key = program_key(config, facts)
-  state = _initial_state(config, facts, pipeline, mesh, model, tx, key)
+  key = programs.program_key(config, facts)
+  state = programs.initial_state(config, facts, pipeline, mesh, model, tx, key)
   params_init = jax.tree.map(jnp.copy, state.params)  # `state` is donated.
   workdir_lib.write_config(config, workdir)
   workdir_lib.write_facts(facts, workdir)
@@ -172,7 +170,8 @@ def set_up(config, facts, workdir: str, lease, max_updates: int,
       model, tx, schedule, mesh, 1, config.loss.label_smoothing,
       needs=optim.needs(config.optimizer), adversarial=facts.adversarial,
       gradient_penalty=facts.gradient_penalty, key=key)
-  updates_fn = _compile_updates(config, facts, source, plan, model, tx, schedule, mesh, key)
+  updates_fn = programs.updates_where_they_apply(config, facts, source, plan, model, tx,
+                                                 schedule, mesh, key)
   stopped = _stopped_at(workdir, start_step, max_updates, plan.finished())
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0,
                                      resume_step=start_step)
@@ -225,52 +224,6 @@ def create_input(pipeline: data.Pipeline, mesh):
     return parallel.MeshInput(pipeline, mesh)
   return device_input.DeviceData(pipeline, parallel.replicated(mesh),
                                  parallel.batch_sharding(mesh))
-
-
-def program_key(config, facts) -> str:
-  """What the schedule-free programs of a run depend on, for
-  `programs.kept`: the model (and its BatchNorm), the optimizer but its
-  learning rate (the schedule's input), the loss and the input's shape."""
-  optimizer = {k: v for k, v in config.optimizer.to_dict().items() if k != "learning_rate"}
-  return json.dumps({
-      "model": config.model.to_dict(), "bn": config.bn.to_dict(), "optimizer": optimizer,
-      "label_smoothing": config.loss.label_smoothing, "adversarial": facts.adversarial,
-      "gradient_penalty": facts.gradient_penalty, "classes": facts.num_classes,
-      "dataset": config.dataset.name,
-      "image_size": config_lib.dataset_field(config, "image_size")},
-                    sort_keys=True, default=str)
-
-
-def _compile_updates(config, facts, source, plan, model, tx, schedule, mesh, key):
-  """The program of several updates a dispatch where it applies: data held
-  on the devices, one batch throughout, each update one unpadded microbatch;
-  else None (one dispatch an update)."""
-  if not isinstance(source, device_input.DeviceData) or plan.name != "constant" or (
-      source.pipeline.train_batches.layout(plan.batch) != (1, plan.batch, False)):
-    return None
-  if programs.chunk_length(plan.batch) < 2:  # One update a dispatch anyway: the plain
-    return None  # step's program (a loop of one compiled otherwise drifted in the 5th digit).
-  return programs.compile_updates(
-      model, tx, schedule, mesh, plan.batch, config.loss.label_smoothing,
-      needs=optim.needs(config.optimizer), adversarial=facts.adversarial,
-      gradient_penalty=facts.gradient_penalty, key=key)
-
-
-def _initial_state(config, facts, pipeline, mesh, model, tx, key):
-  """The train state at initialization, created already replicated over the
-  mesh: the model's variables and the optimizer's state are two programs, so
-  that points of one model share the first; both kept for the next run of
-  the process with the same `key` (`programs.kept`)."""
-  input_shape = (pipeline.image_size, pipeline.image_size, pipeline.spec.image_shape[2])
-  adversarial, replicated = facts.adversarial, parallel.replicated(mesh)
-  keep_previous = bool(adversarial) and adversarial["parameters"] == "stale"
-  init_variables = programs.kept(("variables", key, mesh), lambda: jax.jit(
-      functools.partial(step.init_variables, model=model, input_shape=input_shape),
-      out_shardings=replicated))
-  init_state = programs.kept(("state", key, mesh), lambda: jax.jit(
-      functools.partial(step.state_from_variables, tx=tx, keep_previous_params=keep_previous),
-      out_shardings=replicated))
-  return init_state(*init_variables(jax.random.PRNGKey(config.seed)))
 
 
 def _resume(workdir: str, manager, state, stream, plan):

@@ -68,6 +68,16 @@ def run(command: Callable[[], object]) -> int:
   return EXIT_OK
 
 
+def with_failures(status: int, failed: Sequence[str], program: str) -> int:
+  """A command's exit status once its work ended: 1, naming them, when
+  trials failed (the rerun retries them), else `status`."""
+  if status == EXIT_OK and failed:
+    print(f"{program}: {len(failed)} trial(s) failed: {', '.join(failed)}; fix the cause "
+          "and rerun the same command", file=sys.stderr)
+    return 1
+  return status
+
+
 def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], *, program: str,
                 override_prefix: str = "--config.") -> List[str]:
   """Parses `argv` (argv[0] is the program) into `flag_values`, repeatably.

@@ -43,7 +43,6 @@ plots. Rerunning the command resumes and rewrites the same files."""
 import json
 import math
 import os
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -53,9 +52,8 @@ import numpy as np
 from lbt.io import layout
 from lbt import optim
 from lbt.engine import config as config_lib
-from lbt.engine import workdir as workdir_lib
 from lbt.io import faults, files
-from lbt.stats import noise_scale, steps_to_target
+from lbt.stats import steps_to_target
 from lbt.studies import points as points_lib
 from lbt.studies import limit_rules, results, runner, search_rules
 

@@ -165,16 +165,16 @@ def test_validation_split_is_fixed_held_out_and_counted_once(data_dir):
 
 def test_a_damaged_decoded_cache_is_rebuilt(data_dir, tmp_path):
   import shutil
-  from lbt.data import pipeline as pipeline_lib
+  from lbt.data import sources as sources_lib
   spec = DATASETS.get("fashion_mnist")
   local = tmp_path / "data"
   shutil.copytree(os.path.join(data_dir, spec.tfds_name), local / spec.tfds_name)
-  source = pipeline_lib._load_source(spec, str(local), "test", True)
+  source = sources_lib._load_source(spec, str(local), "test", True)
   cache = local / "lbt_decoded" / spec.tfds_name / "1.0.0" / "test.npz"
   assert cache.exists()
   cache.write_bytes(cache.read_bytes()[:1000])
-  pipeline_lib._load_source.cache_clear()
-  again = pipeline_lib._load_source(spec, str(local), "test", True)
+  sources_lib._load_source.cache_clear()
+  again = sources_lib._load_source(spec, str(local), "test", True)
   np.testing.assert_array_equal(again.labels, source.labels)
 
 
@@ -201,13 +201,13 @@ def test_a_batch_that_does_not_divide_is_padded_and_masked(data_dir):
 def test_a_read_only_data_dir_without_the_cache_still_reads(data_dir, tmp_path):
   """The decoded copy cannot be written: decode in memory, say so, go on."""
   import shutil
-  from lbt.data import pipeline as pipeline_lib
+  from lbt.data import sources as sources_lib
   spec = DATASETS.get("fashion_mnist")
   local = tmp_path / "data"
   shutil.copytree(os.path.join(data_dir, spec.tfds_name), local / spec.tfds_name)
   (local / "lbt_decoded").write_text("a file where the cache directory would go")
-  pipeline_lib._load_source.cache_clear()
-  source = pipeline_lib._load_source(spec, str(local), "test", True)
+  sources_lib._load_source.cache_clear()
+  source = sources_lib._load_source(spec, str(local), "test", True)
   assert len(source) == 10000
 
 
@@ -215,15 +215,15 @@ def test_a_read_only_data_dir_without_the_cache_still_reads(data_dir, tmp_path):
 def test_a_damaged_shard_is_named_before_training(data_dir, tmp_path, cache):
   """Even when a decoded copy exists, a truncated array_record file is named."""
   import shutil
-  from lbt.data import pipeline as pipeline_lib
+  from lbt.data import sources as sources_lib
   from lbt.errors import ConfigError
   spec = DATASETS.get("fashion_mnist")
   local = tmp_path / "data"
   shutil.copytree(os.path.join(data_dir, spec.tfds_name), local / spec.tfds_name)
-  pipeline_lib._load_source.cache_clear()
-  pipeline_lib._load_source(spec, str(local), "test", True)  # the decoded copy
+  sources_lib._load_source.cache_clear()
+  sources_lib._load_source(spec, str(local), "test", True)  # the decoded copy
   shard = next((local / spec.tfds_name / "1.0.0").glob("*test.array_record*"))
   shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
-  pipeline_lib._load_source.cache_clear()
+  sources_lib._load_source.cache_clear()
   with pytest.raises(ConfigError, match=shard.name):
-    pipeline_lib._load_source(spec, str(local), "test", cache)
+    sources_lib._load_source(spec, str(local), "test", cache)

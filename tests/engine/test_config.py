@@ -4,6 +4,7 @@ import pytest
 
 from configs import fashion_mnist
 from lbt.engine import config as config_lib
+from lbt.engine import schema
 from lbt import optim
 from lbt.errors import ConfigError
 
@@ -122,18 +123,18 @@ def _leaves(schema, prefix=""):
   """Every field of the schema by dotted name, sections' fields included."""
   for key, field in schema.items():
     yield prefix + key, field
-    if isinstance(field, config_lib.Section) and field.fields:
+    if isinstance(field, schema.Section) and field.fields:
       yield from _leaves(field.fields, f"{prefix}{key}.")
 
 
 def test_every_benchmark_sets_the_required_fields_of_the_schema():
   from configs import cifar10_resnet, imagenet_resnet50
-  fields = dict(_leaves(config_lib.SCHEMA))
+  fields = dict(_leaves(schema.SCHEMA))
   for benchmark in (fashion_mnist, cifar10_resnet, imagenet_resnet50):
     config = benchmark.get_config()
     for name, field in fields.items():
       parent, _, key = name.rpartition(".")
-      if field.default is config_lib.REQUIRED and (not parent or parent in config):
+      if field.default is schema.REQUIRED and (not parent or parent in config):
         assert key in (config[parent] if parent else config), (
             f"{benchmark.__name__} leaves out the required {name}")
 
@@ -158,8 +159,8 @@ def test_a_field_left_out_means_the_default_the_schema_documents(field, meaning,
     if key in node:
       del node[key]
   assert read(config, config_lib.validate(config, num_devices=8)) == meaning
-  schema = config_lib.SCHEMA[parent].fields if parent else config_lib.SCHEMA
-  assert schema[key].default == meaning
+  fields = schema.SCHEMA[parent].fields if parent else schema.SCHEMA
+  assert fields[key].default == meaning
 
 
 def test_a_required_field_left_out_is_refused_naming_it():

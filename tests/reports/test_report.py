@@ -4,14 +4,12 @@ every comparison by the interval rule (t_{0.975, 2} = 4.303), the ladder's
 gains, Hoffer's test, the diffusion verdict, the Answers, and the ten
 sections with non-empty PNGs."""
 
-import json
 import math
 import os
 import re
 
 import pytest
 
-from configs import fashion_mnist
 from lbt.io import layout
 from lbt.studies import results
 from lbt import report

@@ -25,13 +25,16 @@ def point(arg, steps, eval_every, checkpoint_every=100):
   return points_lib.point(config, "sweep",
                           cell=f"{{config.optimizer.name}}-b{{config.batch_size}}")
 
-def get_study(arg=None):
+def plain_points():
   points = {{"momentum-b12000": point("momentum,batch=12000", 4, 2),
              "sgd-b6000": point("sgd,batch=6000", 12, 4),
              "lars-b6000": point("lars,batch=6000", 30, 10, checkpoint_every=5)}}
   points["sgd-b6000"].config.optimizer.learning_rate = 1e3
   points["sgd-b6000"].config.schedule.warmup_epochs = 1.0
   return points
+
+def get_study(arg=None):
+  return plain_points()
 """
 
 # The same three points beside a searched cell (lbt.studies.cell_search) and a
@@ -41,11 +44,7 @@ FAULT_STUDY_FILE = STUDY_FILE + """
 from lbt.studies import cell_search, limit_protocol
 
 def get_study(arg=None):
-  points = {{"momentum-b12000": point("momentum,batch=12000", 4, 2),
-             "sgd-b6000": point("sgd,batch=6000", 12, 4),
-             "lars-b6000": point("lars,batch=6000", 30, 10, checkpoint_every=5)}}
-  points["sgd-b6000"].config.optimizer.learning_rate = 1e3
-  points["sgd-b6000"].config.schedule.warmup_epochs = 1.0
+  points = plain_points()
   searched = point("momentum,batch=12000", 4, 2).config
   searched.dataset.validation_examples = 5000
   points["momentum-b12000-searched"] = points_lib.point(
