@@ -15,6 +15,7 @@ from typing import Dict, Sequence
 import jax
 import ml_collections
 
+from lbt.engine import config as config_lib
 from lbt.errors import ConfigError
 from lbt.io import cli
 from lbt.reports import limit_report
@@ -58,7 +59,7 @@ def protocol_from_file(values, spec: str, overrides: Sequence[str]) -> Protocol:
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError("--config", spec, "a file whose get_config returns a ConfigDict")
   cli.apply_overrides(config, overrides)
-  if not config.dataset.get("validation_examples", 0):
+  if not config_lib.dataset_field(config, "validation_examples"):
     config.dataset.validation_examples = DEFAULT_VALIDATION_EXAMPLES
   pick = lambda *choices: next((v for v in choices if v is not None), None)
   if constants["TARGET_ACCURACY"] is not None:  # lbt.study's test target, not this one

@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lbt.io import layout
+
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FILES = {
@@ -95,6 +97,6 @@ def _exclusive(data_dir: str):
     yield
     return
   os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, ".lbt_fashion_mnist.lock"), "a") as lock:
+  with open(os.path.join(data_dir, layout.FASHION_MNIST_LOCK), "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     yield

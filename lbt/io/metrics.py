@@ -220,7 +220,7 @@ def write_hparams(workdir: str, hparams: Dict[str, object], scores: Dict[str, fl
   tags = {f"hparams/{k}": float(v) for k, v in scores.items()
           if v is not None and math.isfinite(v)}
   experiment, start, end = tb_summary.hparams(values, tags)
-  events = _EventFile(os.path.join(workdir, layout.TENSORBOARD, "hparams"))
+  events = _EventFile(os.path.join(workdir, layout.TENSORBOARD, layout.HPARAMS))
   try:
     for summary in (experiment, start, end):
       events.add_summary(0, summary)

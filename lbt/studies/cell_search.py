@@ -245,7 +245,7 @@ def guess(cell: Cell, anchor: Optional[Tuple[Cell, Choice]]) -> float:
 
 
 def _examples(cell: Cell) -> int:
-  return cell.config.dataset.get("validation_examples", 0)
+  return config_lib.dataset_field(cell.config, "validation_examples")
 
 
 def _pooled(learning_rate: float, outcomes: Sequence[search_rules.Trial]) -> search_rules.Trial:

@@ -4,15 +4,17 @@ A full-batch study (configs/studies/fashion_mnist_full_batch.py) has two
 searched cells in section "full_batch": the full batch (its batch is every
 training example left after the validation hold-out, facts.json's
 train_examples) and a small-batch reference (any smaller batch). For each,
-`summarize` takes the validation-best trial of its learning-rate search (the
-one choice rule, `cell_search.choose`; the test set never chooses) and its
-seed reruns (section "seed", `of` the cell), and says:
+`summarize` takes the runner's choice of its learning-rate search
+(DIR/choices/<cell>.json: the validation chose, the test set never does) and
+its chosen runs (seed 0, then the other seeds), and says:
 
 - each arm's test accuracy, updates, examples and wall time, the learning
   rate chosen and whether the search bracketed it, the seed-to-seed range;
-- the gap (small minus full, in points) and whether it is closed: at most
-  the larger of GAP_POINTS and the arms' seed ranges;
+- the gap (small minus full, in points, seed 0's);
 - the cost: the full batch's updates and examples against the small batch's.
+
+Whether the gap closes is decided by the report, by its one rule for every
+comparison (the arms' seed intervals).
 
 Written by the runner when the study's work is done (`FullBatchSummary`,
 the last planner of a study with full-batch cells), rebuilt whole from the
@@ -25,20 +27,10 @@ from typing import Dict, List, Optional, Sequence
 
 from lbt.errors import ConfigError
 from lbt.io import files, layout
-from lbt.studies import cell_search, results, runner, search_rules
-from lbt.studies import points as points_lib
+from lbt.studies import results, runner
 
 SECTION = "full_batch"
-GAP_POINTS = 0.5  # a gap at most this (or the seed range) is closed
 ARMS = ("small", "full")
-
-
-def _trial(row: dict) -> Optional[search_rules.Trial]:
-  """A row as a search trial scored by its final validation accuracy; None
-  while it has not ended."""
-  return cell_search.outcome_of(row["status"], row["validation_accuracy"],
-                                row["base_learning_rate"], finished=(results.FINISHED,),
-                                diverged=(results.DIVERGED,))
 
 
 def _run(row: dict, curve: Sequence[dict] = ()) -> dict:
@@ -64,31 +56,38 @@ def _recipe(config: dict) -> dict:
           "schedule": config["schedule"], "microbatch_size": config["microbatch_size"]}
 
 
-def _arm(cell: str, trials: List[dict], seeds: List[dict],
+def _arm(cell: str, choice: Optional[dict], rows: Dict[str, dict], trials: List[dict],
          records: Dict[str, list]) -> dict:
-  """One arm: its search's choice, its seeds' range, its recipe and cost."""
-  validation = trials[0]["validation_examples"]
-  choice = cell_search.choose([t for t in map(_trial, trials) if t is not None], validation)
-  best = None
-  if choice.best is not None:
-    rate = choice.best.learning_rate
-    best = next((r for r in trials if r["status"] == results.FINISHED and abs(
-        r["base_learning_rate"] - rate) <= search_rules.LR_RTOL * rate), None)
-  runs = [best] + seeds if best is not None else []
+  """One arm: its search's choice (the runner's, as written), its chosen runs
+  (seed 0, then the other seeds), its recipe and cost."""
+  runs = [rows[n] for n in (choice or {}).get("chosen_runs", []) if n in rows]
+  best, seeds = (runs[0], runs[1:]) if runs else (None, [])
   accuracies = [r["final_accuracy"] for r in runs
                 if r["status"] == results.FINISHED and r["final_accuracy"] is not None]
   first = trials[0]
   curve = [r for r in records.get(best["name"], []) if r.get("kind") == "eval"] if best else []
+  spent = trials + [r for r in seeds if r not in trials]
   return {
       "cell": cell, "optimizer": first["optimizer"], "batch": first["batch_size"],
-      "validation_examples": validation, "chosen": _run(best, curve) if best else None,
-      "bracketed": choice.bracket.bracketed, "bracket": choice.bracket.reason,
+      "validation_examples": first["validation_examples"],
+      "chosen": _run(best, curve) if best else None,
+      "bracketed": bool(choice and choice["bracketed"]),
+      "bracket": (choice or {}).get("reason", "the search has not ended"),
       "trials": [_run(r) for r in trials], "seeds": [_run(r) for r in seeds],
       "seed_range_points": (100 * (max(accuracies) - min(accuracies))
                             if len(accuracies) > 1 else None),
-      "search_examples": sum((r["updates"] or 0) * r["batch_size"] for r in trials + seeds),
-      "search_wall_time_s": sum(r["wall_time_s"] or 0 for r in trials + seeds),
+      "search_examples": sum((r["updates"] or 0) * r["batch_size"] for r in spent),
+      "search_wall_time_s": sum(r["wall_time_s"] or 0 for r in spent),
       "recipe": _recipe(json.loads(first["config_json"]))}
+
+
+def read_choice(workdir: str, cell: str) -> Optional[dict]:
+  """The runner's choice for a cell (DIR/choices/<cell>.json), or None."""
+  try:
+    return json.loads(files.read_text(os.path.join(workdir, layout.choice_file(cell)))
+                      or "null")
+  except ValueError:
+    return None
 
 
 def summarize(workdir: str, rows: Sequence[dict],
@@ -101,11 +100,7 @@ def summarize(workdir: str, rows: Sequence[dict],
       cells.setdefault(row["cell"], []).append(row)
   if not cells:
     return None
-  seeds: Dict[str, List[dict]] = {}
-  for row in rows:
-    if row["section"] == "seed":
-      of = points_lib.read_role(os.path.join(workdir, row["name"]), row["name"]).get("of")
-      seeds.setdefault(of, []).append(row)
+  by_name = {row["name"]: row for row in rows}
   arms = {}
   largest = max(trials[0]["batch_size"] for trials in cells.values())
   for cell, trials in cells.items():
@@ -117,25 +112,21 @@ def summarize(workdir: str, rows: Sequence[dict],
       raise ConfigError(f"{workdir}: cells of section {SECTION!r}", sorted(cells),
                         "one full-batch cell and one small-batch cell (another "
                         "number of updates goes in a directory of its own)")
-    arms[arm] = {**_arm(cell, trials, seeds.get(cell, []), records or {}),
+    arms[arm] = {**_arm(cell, read_choice(workdir, cell), by_name, trials, records or {}),
                  "train_examples": train_examples}
   return {"arms": arms, **verdict(arms)}
 
 
 def verdict(arms: Dict[str, dict]) -> dict:
-  """The gap (small minus full, points), its tolerance, whether it is
-  closed, and the full batch's cost against the small batch's; None where
-  an arm has no finished choice yet."""
+  """The gap (small minus full, points, seed 0's) and the full batch's cost
+  against the small batch's; None where an arm has no finished choice yet.
+  Whether the gap closes is the report's one rule (the arms' seed
+  intervals, `lbt.reports.compare`), not decided here."""
   small, full = ((arms.get(a) or {}).get("chosen") for a in ARMS)
   done = [run is not None and run["test_accuracy"] is not None for run in (small, full)]
   if not all(done):
-    return {"gap_points": None, "tolerance_points": None, "closed": None,
-            "updates_ratio": None, "examples_ratio": None}
-  gap = 100 * (small["test_accuracy"] - full["test_accuracy"])
-  ranges = [arms[a]["seed_range_points"] for a in ARMS
-            if arms[a]["seed_range_points"] is not None]
-  tolerance = max([GAP_POINTS] + ranges)
-  return {"gap_points": gap, "tolerance_points": tolerance, "closed": gap <= tolerance,
+    return {"gap_points": None, "updates_ratio": None, "examples_ratio": None}
+  return {"gap_points": 100 * (small["test_accuracy"] - full["test_accuracy"]),
           "updates_ratio": full["updates"] / small["updates"],
           "examples_ratio": full["examples"] / small["examples"]}
 

@@ -46,11 +46,9 @@ from lbt.engine import config as config_lib
 from lbt.io import faults, files, layout, metrics, remote
 from lbt.stats import steps_to_target
 from lbt.studies import points as points_lib
+# A run's status, from its workdir (see `status_of`), in the one vocabulary.
+from lbt.studies.statuses import DIVERGED, FAILED, FINISHED, PENDING, RUNNING
 
-# Statuses of a run, from its workdir (see `status_of`): the one vocabulary of
-# how a run ended, which every module that asks imports from here.
-FINISHED, DIVERGED, FAILED, RUNNING, PENDING = (
-    "finished", "diverged", "failed", "running", "pending")
 # The TEST accuracy the *_to_test_target columns count to, by dataset, when
 # nothing else sets one (Fashion-MNIST: what a small MLP reaches in ~2 epochs).
 DEFAULT_TEST_TARGETS = {"fashion_mnist": 0.85, "cifar10": 0.90, "imagenet2012": 0.759}

@@ -25,12 +25,10 @@ import dataclasses
 import math
 from typing import ClassVar, List, Optional, Sequence, Tuple
 
-# A trial's status. The generic search knows two: it finished (with a score,
+from lbt.studies.statuses import DIVERGED, FINISHED
+
+# A trial's status: the generic search knows two, it finished (with a score,
 # higher is better, or None: finished but unscored), or it diverged.
-FINISHED = "finished"
-
-
-DIVERGED = "diverged"
 
 
 # Learning rates closer than this (relative) are the same grid point; the one
