@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lbt.data import pipeline as pipeline_lib
-from lbt.data import sources
+from lbt.data import sources as sources_lib
 from lbt.errors import ConfigError
 
 CHOICES = ("auto", "device", "pipeline")
@@ -49,7 +49,7 @@ def unavailable(pipeline: pipeline_lib.Pipeline) -> Optional[str]:
     return "the run has several processes"
   if spec.train_transform is not None or spec.eval_transform is not None:
     return f"{spec.tfds_name} is augmented per example"
-  if not all(isinstance(s, sources.ArraySource) and s.images.dtype == np.uint8
+  if not all(isinstance(s, sources_lib.ArraySource) and s.images.dtype == np.uint8
              and s.labels.dtype == np.int32 for s in sources):
     return "its splits are not decoded into memory as uint8 (dataset.cache)"
   size = sum(s.images.nbytes + s.labels.nbytes for s in sources)
@@ -74,7 +74,7 @@ def gather(split, table, indices):
 
 
 @functools.lru_cache(maxsize=8)
-def _on_devices(source: sources.ArraySource, replicated):
+def _on_devices(source: sources_lib.ArraySource, replicated):
   """A split copied to every device once per process: a study's runs on one
   mesh share it."""
   return jax.device_put({"image": source.images, "label": source.labels}, replicated)

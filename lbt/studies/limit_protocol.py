@@ -223,26 +223,19 @@ class LimitPlanner(runner.Planner):
     best = search_rules.best_trial(_finished(trials))
     return best.updates_to_target if best is not None else 0
 
-  def progress(self) -> Tuple[int, int, float]:
+  def progress(self) -> Tuple[int, int]:
     """Trials ended, and those expected: the batches measured so far at their
     mean trial count, the batches left to the largest at the same count (an
     upper bound: the protocol stops when doubling stops paying)."""
+    batches = limit_rules.doubling(self.protocol.start_batch, self.protocol.max_batch)
     if not files.exists(self.directory):
-      return 0, 4 * len(limit_rules.doubling(self.protocol.start_batch,
-                                            self.protocol.max_batch)), self._examples([])
+      return 0, 4 * len(batches)
     by_batch = measured(self.protocol, self.directory)
     trials = [t for batch in by_batch.values() for t in batch.values()]
-    ended = [t for t in trials if isinstance(t, limit_rules.TargetTrial)]
+    ended = sum(isinstance(t, limit_rules.TargetTrial) for t in trials)
     per_batch = max(4.0, len(trials) / max(1, len(by_batch)))
-    left = [b for b in limit_rules.doubling(self.protocol.start_batch, self.protocol.max_batch)
-            if b > max(by_batch, default=0)]
-    return len(ended), int(len(trials) + per_batch * len(left)), self._examples(ended)
-
-  def _examples(self, ended: Sequence[limit_rules.TargetTrial]) -> float:
-    reached = [t.examples_to_target for t in ended if t.examples_to_target]
-    if reached:
-      return sum(reached) / len(reached)
-    return self.protocol.budget_epochs * self.protocol.train_examples / 2
+    left = [b for b in batches if b > max(by_batch, default=0)]
+    return ended, int(len(trials) + per_batch * len(left))
 
   def finish(self) -> None:
     self.summary = summarize(self.protocol, self.directory)

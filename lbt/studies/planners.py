@@ -19,10 +19,8 @@ from lbt.studies.runner import ENDED, Planner, Task
 class PlainPoints(Planner):
   """Points run once each, at their own config (no search)."""
 
-  def __init__(self, points: Mapping[str, points_lib.Point], workdir: str,
-               facts: Mapping[str, config_lib.RunFacts]):
+  def __init__(self, points: Mapping[str, points_lib.Point], workdir: str):
     self.points, self.directory = dict(points), workdir
-    self.examples = {n: facts[n].examples for n in self.points}
 
   def _ended(self) -> List[str]:
     return [n for n in self.points
@@ -51,12 +49,8 @@ class PlainPoints(Planner):
         write_choice(self.directory, cell, cell_search.choose(
             trials, examples, runs=[[n] for n in names]))
 
-  def progress(self) -> Tuple[int, int, float]:
-    if not self.points:
-      return 0, 0, 0.0
-    ended = self._ended()
-    left = [self.examples[n] for n in self.points if n not in ended]
-    return len(ended), len(self.points), sum(left) / len(left) if left else 0.0
+  def progress(self) -> Tuple[int, int]:
+    return len(self._ended()), len(self.points)
 
 
 class Outcomes:
@@ -91,13 +85,10 @@ class SearchedCells(Planner):
   the next trials of every cell whose anchor has ended; a cell's choice is
   written to DIR/choices/<cell>.json when its search ends."""
 
-  def __init__(self, cells: Sequence[cell_search.Cell], workdir: str,
-               facts: Mapping[str, config_lib.RunFacts]):
+  def __init__(self, cells: Sequence[cell_search.Cell], workdir: str):
     self.cells, self.directory = list(cells), workdir
     self.outcome = Outcomes(workdir)
     self.chosen: Dict[str, cell_search.Choice] = {}
-    self.examples = ({c.label: facts[c.label].examples for c in self.cells}
-                     if self.cells else {})
 
   def plan(self) -> List[Task]:
     self.chosen, wave = cell_search.plan(self.cells, self.outcome)
@@ -109,12 +100,8 @@ class SearchedCells(Planner):
     return task.directory == self.directory and (
         role.get("of", role.get("cell")) in {c.label for c in self.cells})
 
-  def progress(self) -> Tuple[int, int, float]:
-    if not self.cells:
-      return 0, 0, 0.0
-    expected = sum(cell_search.expected_trials(self.cells).values())
-    mean = sum(self.examples.values()) / len(self.examples)
-    return len(self.outcome.known), expected, mean
+  def progress(self) -> Tuple[int, int]:
+    return len(self.outcome.known), sum(cell_search.expected_trials(self.cells).values())
 
   def ended(self, task: Task) -> None:
     write_hparams(self.directory, task.name, task.point.role)
@@ -157,4 +144,4 @@ def study_planners(points: Mapping[str, points_lib.Point], workdir: str,
                             updates=facts[name].num_train_steps)
            for name, p in points.items() if p.search is not None]
   plain = {n: p for n, p in points.items() if p.search is None}
-  return [PlainPoints(plain, workdir, facts), SearchedCells(cells, workdir, facts)]
+  return [PlainPoints(plain, workdir), SearchedCells(cells, workdir)]

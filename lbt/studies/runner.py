@@ -87,9 +87,9 @@ class Planner:
     """The update a trial stops at when it starts now (0: its own end)."""
     return 0
 
-  def progress(self) -> Tuple[int, int, float]:
-    """(trials ended, trials expected in all, examples per trial), for the ETA."""
-    return 0, 0, 0.0
+  def progress(self) -> Tuple[int, int]:
+    """(trials ended, trials expected in all), for the progress line."""
+    return 0, 0
 
   def ended(self, task: Task) -> None:
     """Process 0, after a trial of this planner ended and was recorded."""
@@ -243,7 +243,7 @@ def _train(tasks: Sequence[Task], facts, planners: Sequence[Planner], is_main: b
                                 placement)
     with lock:
       statuses[task.name, task.directory] = status
-      progress.ended(facts[task.name, task.directory].examples, time.time() - start)
+      progress.ended(planner, time.time() - start)
       if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
         record_point(task, status, {"wall_time_s": time.time() - start, **outcome})
         if planner:
@@ -332,18 +332,23 @@ def wait_for(tasks: Sequence[Task], root: str, program: str) -> List[str]:
 class StudyProgress:
   """The whole study's progress: trials ended of those expected across every
   planner (counted at each wave, then by the trials that end), and an ETA
-  from the seconds per example measured so far."""
+  from each planner's seconds per trial measured so far (a planner with none
+  yet: the mean over all), so that it converges as the study runs."""
 
   def __init__(self, planners: Sequence[Planner], side_by_side: int, program: str):
-    self.planners, self.side_by_side, self.program = planners, side_by_side, program
-    self.examples, self.seconds = 0, 0.0
-    self.done, self.expected, self.left = 0, 0, 0.0
+    self.planners, self.side_by_side, self.program = list(planners), side_by_side, program
+    self.spent = {id(p): [0, 0.0] for p in self.planners}  # trials run here, seconds
+    self.left = {id(p): 0 for p in self.planners}  # trials still expected
+    self.done = self.expected = 0
     self.is_main = jax.process_index() == 0
 
   def _eta(self) -> str:
-    if not self.examples:
+    trials = sum(n for n, _ in self.spent.values())
+    if not trials:
       return "ETA after the first trial"
-    seconds = self.seconds / self.examples * max(self.left, 0.0) / self.side_by_side
+    mean = sum(s for _, s in self.spent.values()) / trials
+    seconds = sum(left * (self.spent[key][1] / self.spent[key][0] if self.spent[key][0]
+                          else mean) for key, left in self.left.items()) / self.side_by_side
     return f"ETA {int(seconds // 60)} min {int(seconds % 60):02d} s"
 
   def _say(self, text: str) -> None:
@@ -351,12 +356,12 @@ class StudyProgress:
       print(f"{self.program}: {text}", flush=True)
 
   def wave(self, number: int, size: int, mine: int) -> None:
-    """Counts every planner's trials again (ended, expected, examples left)."""
-    self.done, self.expected, self.left = 0, 0, 0.0
+    """Counts every planner's trials again (ended, expected)."""
+    self.done = self.expected = 0
     for planner in self.planners:
-      done, total, per_trial = planner.progress()
+      done, total = planner.progress()
       self.done, self.expected = self.done + done, self.expected + max(total, done)
-      self.left += max(total - done, 0) * per_trial
+      self.left[id(planner)] = max(total - done, 0)
     self._say(f"wave {number}: {size} trial(s), {mine} of them this shard's; "
               f"{self.done} of about {self.expected} trials ended; {self._eta()}")
 
@@ -372,8 +377,9 @@ class StudyProgress:
     self._say(f"[{self.done + 1}/~{max(self.expected, self.done + 1)}] {task.name}{where} "
               f"({'resuming' if resuming else 'starting'}{stop}; {self._eta()})")
 
-  def ended(self, examples: int, seconds: float) -> None:
-    self.examples += examples
-    self.seconds += seconds
+  def ended(self, planner: Optional[Planner], seconds: float) -> None:
     self.done += 1
-    self.left -= examples
+    if planner is not None and id(planner) in self.spent:
+      self.spent[id(planner)][0] += 1
+      self.spent[id(planner)][1] += seconds
+      self.left[id(planner)] = max(self.left[id(planner)] - 1, 0)
