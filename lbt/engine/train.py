@@ -333,9 +333,8 @@ def train_loop(run: Run, state):
         buffer.flush(done)
         run.writer.flush()
         checkpoint.save(run.manager, done, state, run.stream)
-      for _ in slots[1:]:
-        faults.moment("update")
-      faults.moment("ended" if stop else "update")
+      for last in [False] * (len(slots) - 1) + [True]:  # one moment per update dispatched
+        faults.moment("ended" if stop and last else "update")
       if preemption.reached(done) and not stop:
         buffer.flush(done)
         run.writer.flush()

@@ -53,17 +53,18 @@ class CellResult:
       return "search not finished"
     if self.estimate is None:
       return outcome(self.row)
-    return f"{plots.pct(self.estimate.mean)}{_half(self.estimate)}"
+    if self.estimate.n == 1:
+      return plots.pct(self.estimate.mean)
+    return f"{plots.pct(self.estimate.mean)}{_half(self.estimate)} (n={self.estimate.n})"
 
   def table_text(self) -> str:
     """The cell in the accuracy table: its mean ± half-interval, † when its
     search did not bracket its best, then (n=k) its seeds, or, for a cell of
     one run, (k) the rates its search or grid tried (as before seeds)."""
-    text = self.outcome() + self.mark()
     if self.estimate is not None and self.estimate.n > 1:
-      return f"{text} (n={self.estimate.n})"
+      return self.outcome() + self.mark()
     rates = len(self.choice["trials"]) if self.choice else 0
-    return f"{text} ({rates})" if rates > 1 else text
+    return self.outcome() + self.mark() + (f" ({rates})" if rates > 1 else "")
 
 
 def _half(estimate: intervals.Estimate) -> str:

@@ -7,7 +7,7 @@ from configs.studies import fashion_mnist_optimizers as study_file
 from lbt.engine import config as config_lib
 from lbt import optim
 from lbt.studies import points as points_lib
-from lbt.studies import runner
+from lbt.studies import directory
 from lbt.errors import ConfigError
 
 
@@ -19,7 +19,7 @@ def test_every_optimizer_at_three_batches_with_a_validated_lr_grid():
   assert len(points) == len(names) * (1 + 3 + 3)
   grids = {}
   for name, (config, role, _) in points_lib.study_points(points).items():
-    assert runner.NAME.match(name), name
+    assert directory.NAME.match(name), name
     config_lib.validate(config, num_devices=8)
     grids.setdefault(role["cell"], []).append(config)
     # Every point is a trial of a tuned cell of the sweep, its role its config's.

@@ -119,9 +119,9 @@ def test_adversarial_section_is_validated_and_optional():
   config_lib.validate(config, num_devices=8)
 
 
-def _leaves(schema, prefix=""):
+def _leaves(fields, prefix=""):
   """Every field of the schema by dotted name, sections' fields included."""
-  for key, field in schema.items():
+  for key, field in fields.items():
     yield prefix + key, field
     if isinstance(field, schema.Section) and field.fields:
       yield from _leaves(field.fields, f"{prefix}{key}.")

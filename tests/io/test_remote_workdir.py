@@ -254,7 +254,8 @@ def test_study_into_a_gs_workdir(make_config, gcs, capsys):
   assert "report.md" in files and "accuracy_vs_batch.png" in files
   with open(os.path.join(local, "report", "report.md")) as f:
     assert f"`{workdir}`" in f.read()
-  # Rerun: both points are skipped; the report command reads the bucket too.
+  # Rerun: both points ended, so none is planned; the report command reads the bucket too.
+  capsys.readouterr()
   assert run_study(points, workdir) == {}
   assert "momentum-b6000 (" not in capsys.readouterr().out  # Both ended: none planned.
   assert report.main(["lbt.report", workdir]) == 0

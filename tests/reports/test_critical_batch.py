@@ -85,9 +85,9 @@ def test_b_simple_is_compared_with_b_crit_at_the_target(synthetic):
 def test_schedules_are_compared_at_equal_examples(synthetic):
   workdir, text = synthetic
   section = text[text.index("## 8."):]
-  assert ("| momentum-b250-batch-steps | steps | 250–1000 | 75 | 30000 | 87.50 (n=1) |"
+  assert ("| momentum-b250-batch-steps | steps | 250–1000 | 75 | 30000 | 87.50 |"
           in section)
-  assert ("| momentum-b250-batch-noise | noise | 250–1000 | 45 | 30000 | 86.00 (n=1) |"
+  assert ("| momentum-b250-batch-noise | noise | 250–1000 | 45 | 30000 | 86.00 |"
           in section)
   # One seed each: the differences are stated and called ties, untested.
   assert ("75 updates (0.62× the constant batch's 120), test accuracy against it -0.50 "

@@ -238,19 +238,14 @@ def test_one_host_and_shards_search_the_same_way_and_record_the_same():
 
 
 # Each kill lands in the run the previous one left (a moment's count is per
-# process): every phase of the protocol, each followed by the rerun the next
-# kill stops, the last by one to the end.
+# process): lbt.limit's own phases, each followed by the rerun the next kill
+# stops, the last by one to the end (the runner's every moment, a protocol's
+# among them, is swept by tests/studies/test_study_faults.py).
 KILLS = (
     "start:1",       # before the flags are read: nothing written yet
-    "write:2",       # the first trial's config.json written beside itself, not renamed
-    "claim:1",       # one trial of the first wave claimed, the others not
-    "setup:1",       # a trial set up, before its first update
-    "update:3",      # between two checkpoints
-    "checkpoint:2",  # right after a checkpoint
+    "claim:1",       # the first wave journaled, one trial's config written, the others not
     "ended:1",       # a trial's last update checkpointed, its summary not written
     "point_end:1",   # a trial ended, its row not written
-    "database:1",    # results.sqlite written beside itself, not renamed
-    "row:1",         # a row in place, the next trial not started
     "limit:1",       # every trial ended, limit.json not written
     "write:1",       # limit.json written beside itself, not renamed
     "report:1",      # limit.md's plots written, limit.md not

@@ -235,8 +235,8 @@ def test_renaming_the_points_keeps_the_report_table(tmp_path):
   text = write_study(named)
   other = write_study(renamed, lambda name: f"point{[n for n, _, _ in SPEC].index(name)}")
   table = study_report.main_table(named)
-  assert "| momentum (LR tuned) |  | 85.00 (n=1)† |" in table
-  assert "| lars | 89.00 (n=1) | 88.50 (n=1) |" in table
+  assert "| momentum (LR tuned) |  | 85.00† (2) |" in table  # one run; two rates tried
+  assert "| lars | 89.00 | 88.50 |" in table
   assert study_report.main_table(renamed) == table
   chosen = "`momentum-b1024-tuned`: base LR 0.05 (tied 0.05–0.05) among 0.05 (91.00% val)"
   assert chosen in text and chosen in other
