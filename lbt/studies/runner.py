@@ -26,6 +26,7 @@ with its own mesh; a trial's results are those of running it alone on D
 devices.
 """
 
+import abc
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -66,7 +67,7 @@ class Task:
     return os.path.join(self.directory, self.name)
 
 
-class Planner:
+class Planner(abc.ABC):
   """What one kind of study work runs next. A planner's `plan` reads only
   what has ended in its directory and is deterministic given that, so every
   shard and every rerun plans the same trials."""
@@ -75,9 +76,9 @@ class Planner:
   study_id: Optional[str] = None   # claimed for its directory when not the root's
   target: Optional[float] = None   # its directory's target, when it claims one
 
+  @abc.abstractmethod
   def plan(self) -> List[Task]:
     """The trials to run next; [] when this planner's work is done."""
-    raise NotImplementedError
 
   def owns(self, task: Task) -> bool:
     """Whether a trial (one the journal holds, say) is this planner's."""
