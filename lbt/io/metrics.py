@@ -61,9 +61,16 @@ class _EventFile:
     self._open()
 
   def _open(self) -> None:
-    self.path = os.path.join(self._directory, f"events.out.tfevents.{int(time.time())}."
-                                              f"{socket.gethostname()}"
-                                              f"{f'.{self._part}' if self._part else ''}")
+    # A resumed run that starts within the second of the last one's file would
+    # otherwise rewrite it (a remote object cannot be appended to): the name
+    # takes the next free part.
+    stamp = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+    while True:
+      self.path = os.path.join(self._directory,
+                               stamp + (f".{self._part}" if self._part else ""))
+      if not files.exists(self.path):
+        break
+      self._part += 1
     if self._remote:
       self._file = remote.WholeObject(self.path, interval=TB_FLUSH_SECONDS)
     else:

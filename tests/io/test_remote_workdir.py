@@ -207,6 +207,38 @@ def test_metrics_of_a_gs_workdir_are_rewritten_whole(gcs, monkeypatch):
   assert [r["step"] for r in metrics.read_jsonl(workdir)] == [1, 2, 3]
 
 
+def _event_steps(path):
+  """The steps of the summaries in one TFRecord-framed events file."""
+  from tensorboardX.proto import event_pb2
+  import struct
+  with open(path, "rb") as f:
+    data = f.read()
+  steps, at = [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+    at += 12 + length + 4
+    if event.HasField("summary"):
+      steps.append(event.step)
+  return steps
+
+
+@pytest.mark.parametrize("where", ["gs", "local"])
+def test_a_rerun_in_the_same_second_keeps_the_first_runs_events(gcs, tmp_path, monkeypatch,
+                                                                where):
+  # A preempted run and its rerun can open their events files within one second;
+  # the second must not rewrite the first (a gs:// object cannot be appended to).
+  monkeypatch.setattr(metrics.time, "time", lambda: 1_800_000_000.0)
+  workdir = "gs://bucket/same-second" if where == "gs" else str(tmp_path / "same-second")
+  for step in (1, 2):
+    writer = metrics.MetricsWriter(workdir, resume_step=step - 1)
+    writer.write(step, "train", {"loss": 1.0})
+    writer.close()
+  local = gcs.local(workdir) if where == "gs" else workdir
+  tb = os.path.join(local, "tensorboard")
+  assert sorted(_event_steps(os.path.join(tb, name)) for name in os.listdir(tb)) == [[1], [2]]
+
+
 def test_log_of_a_gs_workdir_is_copied_up_and_continued(gcs):
   for text in ("first run", "second run"):
     with logs.capture_logs("gs://bucket/logged") as path:
