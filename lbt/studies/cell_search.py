@@ -31,6 +31,7 @@ sharded search takes the same path and ends with the same choice
 
 import dataclasses
 import math
+import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
@@ -381,3 +382,27 @@ def expected_trials(cells: Sequence[Cell]) -> Mapping[str, int]:
   return {c.label: c.seeds_per_rate * min(c.search.max_trials,
                                           max(6 + 2 * c.search.refine, c.search.trials))
           + len(_rerun_seeds(c, c.seeds_per_rate)) for c in cells}
+
+
+def is_trial_of(label: str, name: str) -> bool:
+  """Whether `name` is one of the cell's runs (`trial_name` or `seed_name` of
+  `label`; a cell whose label extends another's is not the other's)."""
+  return re.fullmatch(re.escape(label) + r"(-lr[0-9.e+-]+)?(-seed[0-9]+)?", name) is not None \
+      and name != label
+
+
+def runs_left(cells: Sequence[Cell], chosen: Mapping[str, Choice],
+              wave: Sequence[Planned], ended: Sequence[str]) -> Dict[str, int]:
+  """The runs each cell still expects, for the ETA: a chosen cell's planned
+  reruns; another cell's `expected_trials` less its ended runs, and at least
+  what it has planned now."""
+  expected = expected_trials(cells)
+  left = {}
+  for cell in cells:
+    planned = sum(p.cell is cell for p in wave)
+    if cell.label in chosen:
+      left[cell.label] = planned
+    else:
+      done = sum(is_trial_of(cell.label, name) for name in ended)
+      left[cell.label] = max(expected[cell.label] - done, planned)
+  return left

@@ -223,19 +223,31 @@ class LimitPlanner(runner.Planner):
     best = search_rules.best_trial(_finished(trials))
     return best.updates_to_target if best is not None else 0
 
-  def progress(self) -> Tuple[int, int]:
+  def progress(self) -> runner.Progress:
     """Trials ended, and those expected: the batches measured so far at their
-    mean trial count, the batches left to the largest at the same count (an
-    upper bound: the protocol stops when doubling stops paying)."""
+    mean trial count (at least 4), the batches left to the largest at the same
+    count (an upper bound: the protocol stops when doubling stops paying);
+    each trial left trains about the last measured S(B) updates at its batch
+    (the trials stop at their batch's best count), the budget before any."""
     batches = limit_rules.doubling(self.protocol.start_batch, self.protocol.max_batch)
-    if not files.exists(self.directory):
-      return 0, 4 * len(batches)
-    by_batch = measured(self.protocol, self.directory)
+    by_batch = measured(self.protocol, self.directory) if files.exists(self.directory) else {}
     trials = [t for batch in by_batch.values() for t in batch.values()]
     ended = sum(isinstance(t, limit_rules.TargetTrial) for t in trials)
     per_batch = max(4.0, len(trials) / max(1, len(by_batch)))
-    left = [b for b in batches if b > max(by_batch, default=0)]
-    return ended, int(len(trials) + per_batch * len(left))
+    current = max(by_batch, default=None)
+    left = {b: per_batch for b in batches if current is None or b > current}
+    if current is not None:
+      left[current] = max(per_batch - len(by_batch[current]), 0.0) + sum(
+          not isinstance(t, limit_rules.TargetTrial) for t in by_batch[current].values())
+    updates = None
+    for batch in sorted(by_batch):
+      best = search_rules.best_trial(_finished(by_batch[batch]))
+      updates = best.updates_to_target if best is not None else updates
+    examples = sum(n * b * (updates or self._budget_updates(b)) for b, n in left.items())
+    return runner.Progress(ended, int(ended + sum(left.values())), examples)
+
+  def _budget_updates(self, batch: int) -> int:
+    return self.protocol.trial(batch, 1.0).num_train_steps
 
   def finish(self) -> None:
     self.summary = summarize(self.protocol, self.directory)

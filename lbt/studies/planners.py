@@ -7,13 +7,13 @@ rate is chosen. (The steps-to-target protocol's planner is
 
 import json
 import os
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence
 
 from lbt.engine import config as config_lib
 from lbt.io import files, layout, metrics
 from lbt.studies import cell_search, directory, results
 from lbt.studies import points as points_lib
-from lbt.studies.runner import ENDED, Planner, Task
+from lbt.studies.runner import ENDED, Planner, Progress, Task
 
 
 class PlainPoints(Planner):
@@ -21,6 +21,7 @@ class PlainPoints(Planner):
 
   def __init__(self, points: Mapping[str, points_lib.Point], workdir: str):
     self.points, self.directory = dict(points), workdir
+    self.examples = {n: planned_examples(p.config) for n, p in self.points.items()}
 
   def _ended(self) -> List[str]:
     return [n for n in self.points
@@ -49,8 +50,10 @@ class PlainPoints(Planner):
         write_choice(self.directory, cell, cell_search.choose(
             trials, examples, runs=[[n] for n in names]))
 
-  def progress(self) -> Tuple[int, int]:
-    return len(self._ended()), len(self.points)
+  def progress(self) -> Progress:
+    ended = set(self._ended())
+    left = sum(x for n, x in self.examples.items() if n not in ended)
+    return Progress(len(ended), len(self.points), left)
 
 
 class Outcomes:
@@ -100,8 +103,12 @@ class SearchedCells(Planner):
     return task.directory == self.directory and (
         role.get("of", role.get("cell")) in {c.label for c in self.cells})
 
-  def progress(self) -> Tuple[int, int]:
-    return len(self.outcome.known), sum(cell_search.expected_trials(self.cells).values())
+  def progress(self) -> Progress:
+    chosen, wave = cell_search.plan(self.cells, self.outcome)
+    ended = list(self.outcome.known)
+    left = cell_search.runs_left(self.cells, chosen, wave, ended)
+    examples = sum(left[c.label] * c.updates * c.config.batch_size for c in self.cells)
+    return Progress(len(ended), len(ended) + sum(left.values()), examples)
 
   def ended(self, task: Task) -> None:
     write_hparams(self.directory, task.name, task.point.role)
@@ -109,6 +116,12 @@ class SearchedCells(Planner):
   def write_decisions(self) -> None:
     for label, choice in self.chosen.items():
       write_choice(self.directory, label, choice)
+
+
+def planned_examples(config) -> float:
+  """The training examples a run of `config` plans (its updates times its batch)."""
+  facts = config_lib.validate(config, num_devices=1)
+  return float(facts.num_train_steps * facts.batch_size)
 
 
 def write_choice(workdir: str, cell: str, choice: cell_search.Choice) -> None:

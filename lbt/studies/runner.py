@@ -88,9 +88,10 @@ class Planner(abc.ABC):
     """The update a trial stops at when it starts now (0: its own end)."""
     return 0
 
-  def progress(self) -> Tuple[int, int]:
-    """(trials ended, trials expected in all), for the progress line."""
-    return 0, 0
+  def progress(self) -> "Progress":
+    """Trials ended and expected, and what the rest will train, for the
+    progress line and its ETA."""
+    return Progress(0, 0)
 
   def ended(self, task: Task) -> None:
     """Process 0, after a trial of this planner ended and was recorded."""
@@ -112,6 +113,16 @@ def _key(root: str, task: Task) -> str:
   return f"{relative}/{task.name}" if relative else task.name
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """A planner's work so far: trials ended, trials expected in all (an
+  estimate while its searches go on), and the training examples the trials
+  still expected will process (an estimate too: the ETA weighs a trial by them)."""
+  ended: int
+  expected: int
+  examples_left: float = 0.0
+
+
 @dataclasses.dataclass
 class Outcome:
   """What one call of `run` did: the status of each trial it ran (by key),
@@ -127,7 +138,7 @@ def run(planners: Sequence[Planner], root: str, *, shard: Tuple[int, int] = (0, 
   """Runs every planner's work to its end in `root` (resuming what a kill
   left), wave by wave; returns what it did."""
   is_main = jax.process_index() == 0
-  progress = StudyProgress(planners, max(1, len(groups)), program)
+  progress = StudyProgress(planners, max(1, len(groups)) * shard[1], program)
   statuses: Dict[str, str] = {}
   failed: Dict[str, None] = {}  # in the order they failed
   wave_number = 0
@@ -242,9 +253,10 @@ def _train(tasks: Sequence[Task], facts, planners: Sequence[Planner], is_main: b
     start = time.time()
     status, outcome = run_point(task, facts[task.name, task.directory], is_main, cap,
                                 placement)
+    examples = outcome.pop("examples", 0)
     with lock:
       statuses[task.name, task.directory] = status
-      progress.ended(planner, time.time() - start)
+      progress.ended(planner, time.time() - start, examples)
       if status != RUNNING and is_main:  # RUNNING: another runner's workdir, left alone.
         record_point(task, status, {"wall_time_s": time.time() - start, **outcome})
         if planner:
@@ -278,14 +290,16 @@ def _train(tasks: Sequence[Task], facts, planners: Sequence[Planner], is_main: b
 
 def run_point(task: Task, facts, is_main: bool, max_updates: int = 0,
               placement: Optional[train.Placement] = None) -> Tuple[str, dict]:
-  """Trains one trial to its end; returns its status and the outcome to record."""
+  """Trains one trial to its end; returns its status and the outcome to record
+  (with "examples": those it trained, for the ETA)."""
   try:
-    train.train_and_evaluate(task.point.config, task.workdir, facts=facts,
-                             max_updates=max_updates, placement=placement)
-    return FINISHED, {}
+    summary = train.train_and_evaluate(task.point.config, task.workdir, facts=facts,
+                                       max_updates=max_updates, placement=placement)
+    return FINISHED, {"examples": summary.get("examples", 0)}
   except errors.Diverged as e:
     return DIVERGED, {"update": e.update, "loss": e.loss, "grad_norm": e.grad_norm,
-                      "learning_rate": e.learning_rate}
+                      "learning_rate": e.learning_rate,
+                      "examples": (e.update or 0) * facts.batch_size}
   except (KeyboardInterrupt, errors.Preempted):
     raise
   except errors.WorkdirBusy as e:  # Another runner has this trial.
@@ -332,24 +346,26 @@ def wait_for(tasks: Sequence[Task], root: str, program: str) -> List[str]:
 
 class StudyProgress:
   """The whole study's progress: trials ended of those expected across every
-  planner (counted at each wave, then by the trials that end), and an ETA
-  from each planner's seconds per trial measured so far (a planner with none
-  yet: the mean over all), so that it converges as the study runs."""
+  planner (counted at each wave, then by the trials that end), and an ETA.
 
-  def __init__(self, planners: Sequence[Planner], side_by_side: int, program: str):
-    self.planners, self.side_by_side, self.program = list(planners), side_by_side, program
-    self.spent = {id(p): [0, 0.0] for p in self.planners}  # trials run here, seconds
-    self.left = {id(p): 0 for p in self.planners}  # trials still expected
+  A trial's seconds are modelled as a + b * (the examples it trains), fitted
+  to the trials ended here (`cost_model`), and summed over the trials every
+  planner still expects (`Progress`), shared by the trials that run at once
+  (devices side by side, times shards): a long trial at a large batch weighs
+  what it costs, so the ETA converges as the study runs."""
+
+  def __init__(self, planners: Sequence[Planner], at_once: int, program: str):
+    self.planners, self.at_once, self.program = list(planners), at_once, program
+    self.samples: List[Tuple[float, float]] = []  # (examples, seconds) of trials run here
+    self.trials_left, self.examples_left = 0, 0.0
     self.done = self.expected = 0
     self.is_main = jax.process_index() == 0
 
   def _eta(self) -> str:
-    trials = sum(n for n, _ in self.spent.values())
-    if not trials:
+    if not self.samples:
       return "ETA after the first trial"
-    mean = sum(s for _, s in self.spent.values()) / trials
-    seconds = sum(left * (self.spent[key][1] / self.spent[key][0] if self.spent[key][0]
-                          else mean) for key, left in self.left.items()) / self.side_by_side
+    per_trial, per_example = cost_model(self.samples)
+    seconds = (per_trial * self.trials_left + per_example * self.examples_left) / self.at_once
     return f"ETA {int(seconds // 60)} min {int(seconds % 60):02d} s"
 
   def _say(self, text: str) -> None:
@@ -357,12 +373,15 @@ class StudyProgress:
       print(f"{self.program}: {text}", flush=True)
 
   def wave(self, number: int, size: int, mine: int) -> None:
-    """Counts every planner's trials again (ended, expected)."""
-    self.done = self.expected = 0
+    """Counts every planner's trials again (ended, expected, examples left)."""
+    self.done = self.expected = self.trials_left = 0
+    self.examples_left = 0.0
     for planner in self.planners:
-      done, total = planner.progress()
-      self.done, self.expected = self.done + done, self.expected + max(total, done)
-      self.left[id(planner)] = max(total - done, 0)
+      found = planner.progress()
+      self.done += found.ended
+      self.expected += max(found.expected, found.ended)
+      self.trials_left += max(found.expected - found.ended, 0)
+      self.examples_left += found.examples_left
     self._say(f"wave {number}: {size} trial(s), {mine} of them this shard's; "
               f"{self.done} of about {self.expected} trials ended; {self._eta()}")
 
@@ -378,9 +397,29 @@ class StudyProgress:
     self._say(f"[{self.done + 1}/~{max(self.expected, self.done + 1)}] {task.name}{where} "
               f"({'resuming' if resuming else 'starting'}{stop}; {self._eta()})")
 
-  def ended(self, planner: Optional[Planner], seconds: float) -> None:
+  def ended(self, planner: Optional[Planner], seconds: float, examples: float) -> None:
     self.done += 1
-    if planner is not None and id(planner) in self.spent:
-      self.spent[id(planner)][0] += 1
-      self.spent[id(planner)][1] += seconds
-      self.left[id(planner)] = max(self.left[id(planner)] - 1, 0)
+    self.samples.append((float(examples), seconds))
+    if planner is not None:
+      self.trials_left = max(self.trials_left - 1, 0)
+      self.examples_left = max(self.examples_left - examples, 0.0)
+
+
+def cost_model(samples: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
+  """(a, b) with seconds = a + b * examples, least squares over (examples,
+  seconds) samples, both at least 0 (a alone when the examples do not vary)."""
+  n = len(samples)
+  sx = sum(x for x, _ in samples)
+  sy = sum(y for _, y in samples)
+  sxx = sum(x * x for x, _ in samples)
+  sxy = sum(x * y for x, y in samples)
+  det = n * sxx - sx * sx
+  if det <= 1e-12 * max(1.0, n * sxx):
+    return sy / n, 0.0
+  b = (n * sxy - sx * sy) / det
+  a = (sy - b * sx) / n
+  if a < 0:
+    return 0.0, sxy / sxx
+  if b < 0:
+    return sy / n, 0.0
+  return a, b

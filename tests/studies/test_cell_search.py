@@ -218,3 +218,35 @@ def test_the_expected_runs_count_seeds_per_rate_and_reruns():
   """8 rates at most: one seed each and two reruns (10), or three seeds each
   and none (24), as the searches above ran."""
   assert cell_search.expected_trials([cell("a"), cell("b", updates=10)]) == {"a": 10, "b": 24}
+
+
+def test_a_cells_runs_are_told_from_a_longer_labels():
+  assert cell_search.is_trial_of("m-b2048", "m-b2048-lr0.1")
+  assert cell_search.is_trial_of("m-b2048", "m-b2048-lr0.000353553-seed2")
+  assert cell_search.is_trial_of("m-b2048", "m-b2048-lr1e-05")
+  assert cell_search.is_trial_of("m-b2048", "m-b2048-seed1")
+  assert not cell_search.is_trial_of("m-b2048", "m-b2048-sqrt-lr0.1")
+  assert not cell_search.is_trial_of("m-b2048", "m-b2048-sqrt-seed1")
+  assert not cell_search.is_trial_of("m-b2048", "m-b2048")
+
+
+def test_the_runs_left_fall_to_none_as_the_searches_end():
+  """Before any run, every cell expects expected_trials; at the end none; in
+  between never fewer than what is planned now."""
+  cells = [cell("a"), cell("a-b", updates=10)]
+  done = {}
+  first = None
+  for _ in range(100):
+    chosen, wave = cell_search.plan(cells, done.get)
+    left = cell_search.runs_left(cells, chosen, wave, list(done))
+    first = first or left
+    for c in cells:
+      assert left[c.label] >= sum(p.cell is c for p in wave)
+    if not wave:
+      break
+    for planned in wave:
+      done[planned.name] = search_rules.Trial(
+          planned.learning_rate, search_rules.FINISHED,
+          accuracy(planned.learning_rate) + seed_offset(planned))
+  assert first == {"a": 10, "a-b": 24}
+  assert left == {"a": 0, "a-b": 0}
