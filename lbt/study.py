@@ -2,7 +2,8 @@
 
   python -m lbt.study --study=configs/studies/fashion_mnist.py --workdir=DIR \
       [--only=GLOB,...] [--shard=I/N] [--target_accuracy=X] \
-      [--devices_per_point=D] [--compilation_cache=DIR|none] [--include=DIR,...]
+      [--devices_per_point=D] [--compilation_cache=DIR|none] [--include=DIR,...] \
+      [--noreport]
 
 A study's plain points, the trials of its searched cells and the
 steps-to-target protocols its file declares with `get_limits(arg)` (each into
@@ -69,6 +70,9 @@ def _flags():
   flags.DEFINE_float("target_accuracy", None, "Test accuracy of the updates-to-target "
                      "columns (default: the study file's TARGET_ACCURACY, else the "
                      "benchmark's).", flag_values=values)
+  flags.DEFINE_bool("report", True, "Write the report when the work ends (false for the "
+                    "other shards of one machine, whose shard 0 writes it).",
+                    flag_values=values)
   return values
 
 
@@ -106,7 +110,7 @@ def main(argv: Sequence[str]) -> int:
         study_id=cli.file_id(values.study), compilation_cache=values.compilation_cache,
         devices_per_point=values.devices_per_point,
         limits=study_limits(values.study, constants["get_limits"])))
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and values.report:
       if outcome[0].statuses or not files.exists(
           os.path.join(values.workdir, layout.REPORT, layout.REPORT_MD)):
         print(f"lbt.study: report {study_report.build_report(values.workdir, values.include)}",
