@@ -223,6 +223,11 @@ class LimitPlanner(runner.Planner):
     best = search_rules.best_trial(_finished(trials))
     return best.updates_to_target if best is not None else 0
 
+  def group(self, task: runner.Task) -> str:
+    """A batch's trials run on one shard, one after another: each stops at
+    the best count of those before it (`cap`), as when run alone."""
+    return f"b{task.point.config.batch_size}"
+
   def progress(self) -> runner.Progress:
     """Trials ended, and those expected: the batches measured so far at their
     mean trial count (at least 4), the batches left to the largest at the same

@@ -4,8 +4,11 @@ functions from what has ended to what to run next), and this module runs
 them wave by wave with one rule for each of:
 
 - ownership: a trial is run by the shard `owner(key, N)` names, from its key
-  (its directory and name) alone, so shards that plan at different moments
-  never disagree on who runs a trial (`--shard=I/N`, one command per host);
+  (its directory and name, or the group its planner puts it in) alone, so
+  shards that plan at different moments never disagree on who runs a trial
+  (`--shard=I/N`, one command per host); a steps-to-target protocol keeps the
+  trials of one batch on one shard, so that each stops at the best count of
+  those before it as when run alone;
 - waiting: after its own trials, a shard polls the wave's others every
   WAIT_SECONDS until each has ended (a failed one is recorded, not waited on);
 - resume: before a wave trains, it is written whole to DIR/journal.json
@@ -88,6 +91,11 @@ class Planner(abc.ABC):
     """The update a trial stops at when it starts now (0: its own end)."""
     return 0
 
+  def group(self, task: Task) -> Optional[str]:  # pylint: disable=unused-argument
+    """A name, within its directory, for trials that one shard runs together
+    (None: the trial is its own)."""
+    return None
+
   def progress(self) -> "Progress":
     """Trials ended and expected, and what the rest will train, for the
     progress line and its ETA."""
@@ -108,9 +116,18 @@ def owner(key: str, shards: int) -> int:
   return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % shards
 
 
-def _key(root: str, task: Task) -> str:
+def _key(root: str, task: Task, name: Optional[str] = None) -> str:
   relative = os.path.relpath(task.directory, root) if task.directory != root else ""
-  return f"{relative}/{task.name}" if relative else task.name
+  name = name or task.name
+  return f"{relative}/{name}" if relative else name
+
+
+def shard_of(root: str, task: Task, planners: Sequence[Planner], shards: int) -> int:
+  """The shard that runs `task`: `owner` of its key, or of its group's where
+  its planner groups it."""
+  planner = next((p for p in planners if p.owns(task)), None)
+  group = planner.group(task) if planner else None
+  return owner(_key(root, task, f"group:{group}" if group else None), shards)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +168,7 @@ def run(planners: Sequence[Planner], root: str, *, shard: Tuple[int, int] = (0, 
     facts = _validate(wave)
     if is_main:
       _claim(root, wave, planners, journal=not resumed)
-    mine = [t for t in wave if owner(_key(root, t), shard[1]) == shard[0]]
+    mine = [t for t in wave if shard_of(root, t, planners, shard[1]) == shard[0]]
     progress.wave(wave_number, len(wave), len(mine))
     ran = _train(mine, facts, planners, is_main, groups, progress)
     statuses.update({_key(root, t): ran[t.name, t.directory] for t in mine})

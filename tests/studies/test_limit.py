@@ -10,7 +10,8 @@ import pytest
 
 from lbt.io import layout
 from lbt import limit
-from lbt.studies import limit_protocol, limit_rules, search_rules
+from configs import fashion_mnist
+from lbt.studies import limit_protocol, limit_rules, runner, search_rules
 import kill_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -268,3 +269,19 @@ def test_a_kill_at_every_moment_of_the_protocol_then_a_rerun_gives_the_same_limi
   kill_sweep.assert_ended_as(workdir, reference_dir, "the last rerun")
   report = lambda d: open(os.path.join(d, layout.REPORT, layout.LIMIT_MD)).read()
   assert report(workdir) == report(reference_dir)
+
+
+def test_shards_keep_a_batchs_trials_together():
+  """Split over shards, a protocol's trials of one batch run on one shard,
+  one after another (each stopped at the best count before it); its batches,
+  and other work, spread over the shards."""
+  config = fashion_mnist.get_config("momentum,batch=128,model=mlp")
+  protocol = limit_protocol.Protocol(config, 0.8, 2.0, 40)
+  planner = limit_protocol.LimitPlanner(protocol, "/study/limits/momentum")
+  batches = [128 * 2 ** k for k in range(8)]
+  tasks = {b: [runner.Task(planner.directory, protocol.name(b, lr), protocol.point(b, lr))
+               for lr in (0.025, 0.05, 0.1, 0.2, 0.4)] for b in batches}
+  shards = {b: {runner.shard_of("/study", t, [planner], 2) for t in ts}
+            for b, ts in tasks.items()}
+  assert all(len(s) == 1 for s in shards.values())
+  assert set.union(*shards.values()) == {0, 1}
