@@ -43,7 +43,7 @@ plots. Rerunning the command resumes and rewrites the same files."""
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -229,27 +229,36 @@ class LimitPlanner(runner.Planner):
     return f"b{task.point.config.batch_size}"
 
   def progress(self) -> runner.Progress:
-    """Trials ended, and those expected: the batches measured so far at their
-    mean trial count (at least 4), the batches left to the largest at the same
-    count (an upper bound: the protocol stops when doubling stops paying);
-    each trial left trains about the last measured S(B) updates at its batch
-    (the trials stop at their batch's best count), the budget before any."""
-    batches = limit_rules.doubling(self.protocol.start_batch, self.protocol.max_batch)
+    """Trials ended, and those expected: each batch still to search takes the
+    mean trial count so far (at least 4), each trial about S(B) updates (a
+    trial stops at its batch's best count). S(B) is the best measured at the
+    batch, else predicted (`predicted_updates`); the batches still to come are
+    those the doubling rule (`limit_rules.next_batch`) measures on the
+    predicted counts."""
     by_batch = measured(self.protocol, self.directory) if files.exists(self.directory) else {}
     trials = [t for batch in by_batch.values() for t in batch.values()]
     ended = sum(isinstance(t, limit_rules.TargetTrial) for t in trials)
     per_batch = max(4.0, len(trials) / max(1, len(by_batch)))
+    best = {}
+    for batch, found in by_batch.items():
+      winner = search_rules.best_trial(_finished(found))
+      best[batch] = winner.updates_to_target if winner is not None else None
     current = max(by_batch, default=None)
-    left = {b: per_batch for b in batches if current is None or b > current}
+    updates = predicted_updates({b: s for b, s in best.items() if s is not None},
+                                self._budget_updates)
+    left, chain = {}, {b: s for b, s in best.items() if b != current}
     if current is not None:
       left[current] = max(per_batch - len(by_batch[current]), 0.0) + sum(
           not isinstance(t, limit_rules.TargetTrial) for t in by_batch[current].values())
-    updates = None
-    for batch in sorted(by_batch):
-      best = search_rules.best_trial(_finished(by_batch[batch]))
-      updates = best.updates_to_target if best is not None else updates
-    examples = sum(n * b * (updates or self._budget_updates(b)) for b, n in left.items())
-    return runner.Progress(ended, int(ended + sum(left.values())), examples)
+      chain[current] = best[current] or updates(current)
+    batch = self.protocol.start_batch if current is None else limit_rules.next_batch(
+        chain, start=self.protocol.start_batch, max_batch=self.protocol.max_batch)
+    while batch is not None:
+      left[batch], chain[batch] = per_batch, updates(batch)
+      batch = limit_rules.next_batch(chain, start=self.protocol.start_batch,
+                                     max_batch=self.protocol.max_batch)
+    examples = float(sum(n * b * updates(b) for b, n in left.items()))
+    return runner.Progress(ended, int(round(ended + sum(left.values()))), examples)
 
   def _budget_updates(self, batch: int) -> int:
     return self.protocol.trial(batch, 1.0).num_train_steps
@@ -259,6 +268,24 @@ class LimitPlanner(runner.Planner):
     faults.moment("limit")
     files.write_text_atomic(os.path.join(self.directory, layout.LIMIT),
                             json.dumps(self.summary, indent=2, sort_keys=True))
+
+
+def predicted_updates(reached: Dict[int, float], budget: Callable[[int], float]
+                      ) -> Callable[[int], float]:
+  """S(B) for the progress line's ETA: the measured value at a measured batch;
+  elsewhere S = a + b / B (S_min (1 + B_noise / B)) fitted by least squares to
+  the batches measured, when two or more are and a, b > 0; else the last
+  measured S; before any, `budget(B)`, the trial's budget."""
+  if len(reached) >= 2:
+    x = np.array([1.0 / b for b in reached])
+    y = np.array(list(reached.values()), dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    if intercept > 0 and slope > 0:
+      return lambda batch: reached.get(batch, float(intercept + slope / batch))
+  if reached:
+    last = reached[max(reached)]
+    return lambda batch: reached.get(batch, last)
+  return budget
 
 
 def read_summary(workdir: str) -> Optional[dict]:

@@ -285,3 +285,14 @@ def test_shards_keep_a_batchs_trials_together():
             for b, ts in tasks.items()}
   assert all(len(s) == 1 for s in shards.values())
   assert set.union(*shards.values()) == {0, 1}
+
+
+def test_the_eta_predicts_s_of_b_from_the_batches_measured():
+  budget = lambda batch: 300
+  # S = 10 + 20000 / B through (1000, 30) and (2000, 20), by hand.
+  predict = limit_protocol.predicted_updates({1000: 30, 2000: 20}, budget)
+  assert predict(4000) == pytest.approx(15.0) and predict(1000) == 30
+  # One batch, or a count that grew with the batch: the last measured count.
+  assert limit_protocol.predicted_updates({1000: 30}, budget)(8000) == 30
+  assert limit_protocol.predicted_updates({1000: 20, 2000: 30}, budget)(4000) == 30
+  assert limit_protocol.predicted_updates({}, budget)(4000) == 300
