@@ -9,16 +9,16 @@ around the optimizer's own scaling rule, batches doubling from START_BATCH)
 on the MLP of `configs/studies/fashion_mnist.py` (two hidden layers of 128),
 with 10,000 training examples held out for validation. `--study` runs them
 one after another in DIR/<optimizer>/ and writes DIR/critical.md, the four
-answers side by side. The default study runs the same protocols (and
-Nesterov's) itself, into DIR/limits/<optimizer>/, and reports them in its §2.
+answers side by side. The default study runs the same protocols itself
+(`:full` Nesterov's too), into DIR/limits/<optimizer>/, and reports them in its §2.
 """
 
 import ml_collections
 
 from configs.studies import fashion_mnist as default_study
 
-OPTIMIZERS = ("momentum", "lars", "lamb", "adam")
-START_BATCH = 128
+OPTIMIZERS = default_study.LIMIT_OPTIMIZERS  # momentum, LARS, LAMB, Adam
+START_BATCH = default_study.LIMIT_START_BATCH
 VALIDATION_EXAMPLES = default_study.VALIDATION_EXAMPLES
 # The validation accuracy each trial trains to: the default study's protocols'.
 VALIDATION_TARGET = default_study.VALIDATION_TARGET
