@@ -228,7 +228,7 @@ class LimitPlanner(runner.Planner):
     the best count of those before it (`cap`), as when run alone."""
     return f"b{task.point.config.batch_size}"
 
-  def progress(self) -> runner.Progress:
+  def progress(self) -> runner.WorkCount:
     """Trials ended, and those expected: each batch still to search takes the
     mean trial count so far (at least 4), each trial about S(B) updates (a
     trial stops at its batch's best count). S(B) is the best measured at the
@@ -258,7 +258,7 @@ class LimitPlanner(runner.Planner):
       batch = limit_rules.next_batch(chain, start=self.protocol.start_batch,
                                      max_batch=self.protocol.max_batch)
     examples = float(sum(n * b * updates(b) for b, n in left.items()))
-    return runner.Progress(ended, int(round(ended + sum(left.values()))), examples)
+    return runner.WorkCount(ended, int(round(ended + sum(left.values()))), examples)
 
   def _budget_updates(self, batch: int) -> int:
     return self.protocol.trial(batch, 1.0).num_train_steps

@@ -13,7 +13,7 @@ from lbt.engine import config as config_lib
 from lbt.io import files, layout, metrics
 from lbt.studies import cell_search, directory, results
 from lbt.studies import points as points_lib
-from lbt.studies.runner import ENDED, Planner, Progress, Task
+from lbt.studies.runner import ENDED, Planner, Task, WorkCount
 
 
 class PlainPoints(Planner):
@@ -50,10 +50,10 @@ class PlainPoints(Planner):
         write_choice(self.directory, cell, cell_search.choose(
             trials, examples, runs=[[n] for n in names]))
 
-  def progress(self) -> Progress:
+  def progress(self) -> WorkCount:
     ended = set(self._ended())
     left = sum(x for n, x in self.examples.items() if n not in ended)
-    return Progress(len(ended), len(self.points), left)
+    return WorkCount(len(ended), len(self.points), left)
 
 
 class Outcomes:
@@ -103,12 +103,12 @@ class SearchedCells(Planner):
     return task.directory == self.directory and (
         role.get("of", role.get("cell")) in {c.label for c in self.cells})
 
-  def progress(self) -> Progress:
+  def progress(self) -> WorkCount:
     chosen, wave = cell_search.plan(self.cells, self.outcome)
     ended = list(self.outcome.known)
     left = cell_search.runs_left(self.cells, chosen, wave, ended)
     examples = sum(left[c.label] * c.updates * c.config.batch_size for c in self.cells)
-    return Progress(len(ended), len(ended) + sum(left.values()), examples)
+    return WorkCount(len(ended), len(ended) + sum(left.values()), examples)
 
   def ended(self, task: Task) -> None:
     write_hparams(self.directory, task.name, task.point.role)

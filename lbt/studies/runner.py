@@ -96,10 +96,10 @@ class Planner(abc.ABC):
     (None: the trial is its own)."""
     return None
 
-  def progress(self) -> "Progress":
+  def progress(self) -> "WorkCount":
     """Trials ended and expected, and what the rest will train, for the
     progress line and its ETA."""
-    return Progress(0, 0)
+    return WorkCount(0, 0)
 
   def ended(self, task: Task) -> None:
     """Process 0, after a trial of this planner ended and was recorded."""
@@ -131,7 +131,7 @@ def shard_of(root: str, task: Task, planners: Sequence[Planner], shards: int) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
+class WorkCount:
   """A planner's work so far: trials ended, trials expected in all (an
   estimate while its searches go on), and the training examples the trials
   still expected will process (an estimate too: the ETA weighs a trial by them)."""
@@ -367,7 +367,7 @@ class StudyProgress:
 
   A trial's seconds are modelled as a + b * (the examples it trains), fitted
   to the trials ended here (`cost_model`), and summed over the trials every
-  planner still expects (`Progress`), shared by the trials that run at once
+  planner still expects (`WorkCount`), shared by the trials that run at once
   (devices side by side, times shards): a long trial at a large batch weighs
   what it costs, so the ETA converges as the study runs."""
 

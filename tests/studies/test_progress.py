@@ -36,7 +36,7 @@ def test_the_eta_weighs_the_work_left_and_shares_it(capsys):
   # 10 left with 16,000 examples, 10 * 1 + 0.002 * 16,000 = 42 s, shared
   # by the trials at once.
   for at_once, seconds in ((1, 42), (2, 21)):
-    planners = [Planned(runner.Progress(2, 12, 16000.0)), Planned(runner.Progress(0, 2, 4000.0))]
+    planners = [Planned(runner.WorkCount(2, 12, 16000.0)), Planned(runner.WorkCount(0, 2, 4000.0))]
     progress = runner.StudyProgress(planners, at_once, "lbt.study")
     progress.wave(1, 3, 3)
     assert "2 of about 14 trials ended; ETA after the first trial" in capsys.readouterr().out
@@ -45,6 +45,6 @@ def test_the_eta_weighs_the_work_left_and_shares_it(capsys):
     eta = f"ETA {int(seconds // 60)} min {int(seconds % 60):02d} s"
     progress.starting(runner.Task("d", "next", None), False, None, 0)
     assert f"[5/~14] next (starting; {eta})" in capsys.readouterr().out
-    planners[0].found = runner.Progress(4, 12, 12000.0)  # as the planner counts again
+    planners[0].found = runner.WorkCount(4, 12, 12000.0)  # as the planner counts again
     progress.wave(2, 3, 3)
     assert f"4 of about 14 trials ended; {eta}" in capsys.readouterr().out
